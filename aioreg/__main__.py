@@ -1,0 +1,3 @@
+from aioreg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""HTTP layer: routes, thin handlers over ``aioreg.registry``, and spec error bodies."""

@@ -1,0 +1,64 @@
+"""Small request/response helpers shared by the handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+import msgspec
+from aiohttp import web
+
+from aioreg.errors import ErrorCode, RegistryError, TooLargeError
+from aioreg.registry import Registry
+
+REGISTRY_KEY = web.AppKey("registry", Registry)
+
+
+def registry(request: web.Request) -> Registry:
+    return request.app[REGISTRY_KEY]
+
+
+def json_response(payload: object, content_type: str = "application/json") -> web.Response:
+    return web.Response(body=msgspec.json.encode(payload), content_type=content_type)
+
+
+def has_body(request: web.Request) -> bool:
+    return bool(request.content_length) or request.headers.get("Transfer-Encoding", "").lower() == (
+        "chunked"
+    )
+
+
+def body_stream(request: web.Request) -> AsyncIterator[bytes]:
+    return request.content.iter_any()
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """Read a small body whole, refusing it as soon as it passes ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLargeError(f"body is {request.content_length} bytes; the limit is {limit}", limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError(f"body is over the limit of {limit} bytes", limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def page_params(request: web.Request, maximum: int) -> tuple[str | None, int]:
+    """``last`` and ``n`` of a paginated listing; an ``n`` over the maximum is capped."""
+    raw_n = request.query.get("n")
+    last = request.query.get("last") or None
+    if raw_n is None or raw_n == "":
+        return last, maximum
+    if not raw_n.isdigit():
+        raise RegistryError(
+            ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, got {raw_n!r}"
+        )
+    return last, min(int(raw_n), maximum)
+
+
+def next_link(path: str, limit: int, last: str, extra: dict[str, str] | None = None) -> str:
+    query = urlencode({**(extra or {}), "n": str(limit), "last": last})
+    return f'<{path}?{query}>; rel="next"'

@@ -1,0 +1,82 @@
+"""Content discovery: ``/v2/``, tag lists, the catalog and the referrers API."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from aioreg.api.http import json_response, next_link, page_params, registry
+from aioreg.index import Referrer
+from aioreg.manifest import OCI_INDEX
+
+
+class TagList(msgspec.Struct):
+    name: str
+    tags: list[str]
+
+
+class Catalog(msgspec.Struct):
+    repositories: list[str]
+
+
+class ReferrerDescriptor(msgspec.Struct, omit_defaults=True):
+    mediaType: str
+    digest: str
+    size: int
+    artifactType: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+class ReferrerIndex(msgspec.Struct):
+    manifests: list[ReferrerDescriptor]
+    schemaVersion: int = 2
+    mediaType: str = OCI_INDEX
+
+
+async def base(request: web.Request) -> web.StreamResponse:
+    return json_response({})
+
+
+def _paged(
+    request: web.Request, payload: object, names: list[str], limit: int, more: bool
+) -> web.Response:
+    response = json_response(payload)
+    if more and limit > 0 and names:
+        response.headers["Link"] = next_link(request.path, limit, names[-1])
+    return response
+
+
+async def tags_list(request: web.Request) -> web.StreamResponse:
+    reg = registry(request)
+    name = request.match_info["name"]
+    last, limit = page_params(request, reg.config.limits.page_size_max)
+    tags, more = await reg.tags(name, last, limit)
+    return _paged(request, TagList(name, tags), tags, limit, more)
+
+
+async def catalog(request: web.Request) -> web.StreamResponse:
+    reg = registry(request)
+    last, limit = page_params(request, reg.config.limits.page_size_max)
+    names, more = await reg.catalog(last, limit)
+    return _paged(request, Catalog(names), names, limit, more)
+
+
+def _descriptor(referrer: Referrer) -> ReferrerDescriptor:
+    return ReferrerDescriptor(
+        mediaType=referrer.media_type,
+        digest=referrer.digest,
+        size=referrer.size,
+        artifactType=referrer.artifact_type,
+        annotations=referrer.annotations,
+    )
+
+
+async def referrers(request: web.Request) -> web.StreamResponse:
+    artifact_type = request.query.get("artifactType") or None
+    found = await registry(request).referrers(
+        request.match_info["name"], request.match_info["digest"], artifact_type
+    )
+    response = json_response(ReferrerIndex([_descriptor(r) for r in found]), content_type=OCI_INDEX)
+    if artifact_type is not None:
+        response.headers["OCI-Filters-Applied"] = "artifactType"
+    return response

@@ -1,0 +1,39 @@
+"""The distribution-spec's endpoint table.
+
+Repository names span several path segments, so ``name`` matches greedily and
+each route ends in the literal segments that tell them apart; handlers then
+check the name against the spec's grammar (``NAME_INVALID``).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from aioreg.api import blobs, listing, manifests, uploads
+
+NAME = "{name:.+}"
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/v2/", listing.base)
+    router.add_get("/v2", listing.base)
+    router.add_get("/v2/_catalog", listing.catalog)
+    router.add_post(f"/v2/{NAME}/blobs/uploads/", uploads.start_upload)
+    router.add_post(f"/v2/{NAME}/blobs/uploads", uploads.start_upload)
+    upload = router.add_resource(f"/v2/{NAME}/blobs/uploads/{{upload_id:[^/]+}}")
+    upload.add_route("GET", uploads.upload_status)
+    upload.add_route("PATCH", uploads.patch_upload)
+    upload.add_route("PUT", uploads.finish_upload)
+    upload.add_route("DELETE", uploads.cancel_upload)
+    blob = router.add_resource(f"/v2/{NAME}/blobs/{{digest:[^/]+}}")
+    blob.add_route("GET", blobs.get_blob)
+    blob.add_route("HEAD", blobs.get_blob)
+    blob.add_route("DELETE", blobs.delete_blob)
+    manifest = router.add_resource(f"/v2/{NAME}/manifests/{{reference:[^/]+}}")
+    manifest.add_route("GET", manifests.get_manifest)
+    manifest.add_route("HEAD", manifests.get_manifest)
+    manifest.add_route("PUT", manifests.put_manifest)
+    manifest.add_route("DELETE", manifests.delete_manifest)
+    router.add_get(f"/v2/{NAME}/tags/list", listing.tags_list)
+    router.add_get(f"/v2/{NAME}/referrers/{{digest:[^/]+}}", listing.referrers)

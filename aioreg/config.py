@@ -1,0 +1,129 @@
+"""Typed configuration: one TOML file, then ``AIOREG_*`` environment overrides, then CLI flags.
+
+Every option has a default here, so the registry runs with no file at all (the
+embedded default: SQLite + local disk under ``./data``). ``conf/aioreg.toml``
+documents each option; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is malformed."""
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    listen: str = "0.0.0.0:5000"
+    access_log: bool = True
+    shutdown_timeout: float = 30.0
+    client_max_header_bytes: int = 16384
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    data_dir: str = "./data"
+    chunk_min_length: int = 1048576
+    write_buffer_bytes: int = 1048576
+    upload_session_ttl: float = 86400.0
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    manifest_max_bytes: int = 4194304
+    page_size_max: int = 10000
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.storage.data_dir).expanduser().resolve()
+
+
+# Short names documented in the README for the most common overrides.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "AIOREG_LISTEN": ("server", "listen"),
+    "AIOREG_DATA_DIR": ("storage", "data_dir"),
+}
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``AIOREG_<SECTION>_<OPTION>`` (and the aliases) as a nested mapping of strings."""
+    sections = {
+        field: set(type_.__struct_fields__)
+        for field, type_ in (
+            ("server", ServerConfig),
+            ("storage", StorageConfig),
+            ("limits", LimitsConfig),
+        )
+    }
+    found: dict[str, dict[str, str]] = {}
+    for key, value in environ.items():
+        if key in ENV_ALIASES:
+            section, option = ENV_ALIASES[key]
+        elif key.startswith("AIOREG_"):
+            section, _, option = key[len("AIOREG_") :].lower().partition("_")
+            if section not in sections or option not in sections[section]:
+                continue
+        else:
+            continue
+        found.setdefault(section, {})[option] = value
+    return found
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    merged = {section: dict(values) for section, values in base.items()}
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the effective config: defaults < file < environment < explicit overrides."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("AIOREG_CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    raw = _merge(raw, _env_overrides(environ))
+    raw = _merge(raw, overrides or {})
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    split_listen(config.server.listen)
+    return config

@@ -1,0 +1,57 @@
+"""Registry errors as the OCI distribution-spec names them.
+
+Domain code raises these; the HTTP layer (``aioreg.api.errors``) turns the code
+into a status and the spec's JSON body. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorCode(enum.StrEnum):
+    BLOB_UNKNOWN = "BLOB_UNKNOWN"
+    BLOB_UPLOAD_INVALID = "BLOB_UPLOAD_INVALID"
+    BLOB_UPLOAD_UNKNOWN = "BLOB_UPLOAD_UNKNOWN"
+    DIGEST_INVALID = "DIGEST_INVALID"
+    MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
+    MANIFEST_INVALID = "MANIFEST_INVALID"
+    MANIFEST_UNKNOWN = "MANIFEST_UNKNOWN"
+    NAME_INVALID = "NAME_INVALID"
+    NAME_UNKNOWN = "NAME_UNKNOWN"
+    SIZE_INVALID = "SIZE_INVALID"
+    TAG_INVALID = "TAG_INVALID"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    DENIED = "DENIED"
+    UNSUPPORTED = "UNSUPPORTED"
+    TOOMANYREQUESTS = "TOOMANYREQUESTS"
+    PAGINATION_NUMBER_INVALID = "PAGINATION_NUMBER_INVALID"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNKNOWN = "UNKNOWN"
+
+
+class RegistryError(Exception):
+    """A failure the client can act on, carrying the spec's error code."""
+
+    def __init__(self, code: ErrorCode, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+
+class RangeError(RegistryError):
+    """A chunk arrived out of order; ``offset`` is where the upload really stands."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(ErrorCode.BLOB_UPLOAD_INVALID, message, {"offset": offset})
+        self.offset = offset
+
+
+class TooLargeError(RegistryError):
+    """A body is over a configured limit."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(ErrorCode.SIZE_INVALID, message, {"limit": limit})
+        self.limit = limit

@@ -1,0 +1,422 @@
+"""Index over SQLite (WAL): one serialized writer connection, one reader connection.
+
+WAL lets reads run while a write transaction is open; writes go through a single
+connection behind an asyncio lock so each transaction is one unit, never
+interleaved with another coroutine's statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import aiosqlite
+import msgspec
+
+from aioreg.errors import ErrorCode, RegistryError
+from aioreg.index.migrations import MIGRATIONS
+from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
+from aioreg.manifest import ParsedManifest
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=10000",
+)
+PULL_FLUSH_SECONDS = 1.0
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        # Pull timestamps are batched: a pull must not cost a write transaction.
+        self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._migrate()
+        self._reader = await self._connect()
+        self._flusher = asyncio.create_task(self._flush_pulls_forever())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        if self._writer is not None:
+            await self.flush_pulls()
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+        return conn
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+            row = await (await db.execute("SELECT max(version) FROM schema_version")).fetchone()
+            current = row[0] or 0
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
+
+    @property
+    def schema_version(self) -> int:
+        return len(MIGRATIONS)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        assert self._writer is not None, "index is not open"
+        async with self._write_lock:
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            else:
+                await db.execute("COMMIT")
+
+    @property
+    def _read(self) -> aiosqlite.Connection:
+        assert self._reader is not None, "index is not open"
+        return self._reader
+
+    async def _one(self, sql: str, params: Iterable[object] = ()) -> aiosqlite.Row | None:
+        async with self._read.execute(sql, tuple(params)) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, params: Iterable[object] = ()) -> list[aiosqlite.Row]:
+        async with self._read.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- repositories ----------------------------------------------------
+
+    async def repository_id(self, name: str) -> int | None:
+        row = await self._one("SELECT id FROM repositories WHERE name = ?", (name,))
+        return None if row is None else row[0]
+
+    @staticmethod
+    async def _ensure_repository(db: aiosqlite.Connection, name: str, now: float) -> int:
+        await db.execute(
+            "INSERT INTO repositories(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+            (name, now),
+        )
+        row = await (
+            await db.execute("SELECT id FROM repositories WHERE name = ?", (name,))
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """Repository names after ``last`` in byte order; the flag says whether more follow."""
+        rows = await self._all(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+            (last or "", limit + 1),
+        )
+        names = [r[0] for r in rows]
+        return names[:limit], len(names) > limit
+
+    # -- blobs -----------------------------------------------------------
+
+    async def blob(self, digest: str) -> BlobRow | None:
+        row = await self._one(
+            "SELECT digest, size, xxh3_128 FROM blobs WHERE digest = ?", (digest,)
+        )
+        return None if row is None else BlobRow(*row)
+
+    async def repository_blob(self, name: str, digest: str) -> BlobRow | None:
+        row = await self._one(
+            """SELECT b.digest, b.size, b.xxh3_128 FROM blobs b
+               JOIN repository_blobs rb ON rb.digest = b.digest
+               JOIN repositories r ON r.id = rb.repository_id
+               WHERE r.name = ? AND b.digest = ?""",
+            (name, digest),
+        )
+        return None if row is None else BlobRow(*row)
+
+    async def link_blob(self, name: str, blob: BlobRow, now: float | None = None) -> None:
+        """Record a stored blob (once, registry-wide) and make it visible in ``name``."""
+        now = time.time() if now is None else now
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO blobs(digest, size, xxh3_128, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(digest) DO NOTHING",
+                (blob.digest, blob.size, blob.xxh3_128, now),
+            )
+            repo_id = await self._ensure_repository(db, name, now)
+            await db.execute(
+                "INSERT INTO repository_blobs(repository_id, digest, linked_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (repo_id, blob.digest, now),
+            )
+
+    async def unlink_blob(self, name: str, digest: str) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM repository_blobs WHERE digest = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?)",
+                (digest, name),
+            )
+            return cursor.rowcount > 0
+
+    # -- upload sessions -------------------------------------------------
+
+    async def create_upload(self, upload_id: str, name: str, now: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO uploads(id, repository, started_at, updated_at) VALUES (?, ?, ?, ?)",
+                (upload_id, name, now, now),
+            )
+
+    async def upload(self, upload_id: str) -> UploadRow | None:
+        row = await self._one(
+            "SELECT id, repository, started_at, updated_at, committed_bytes FROM uploads "
+            "WHERE id = ?",
+            (upload_id,),
+        )
+        return None if row is None else UploadRow(*row)
+
+    async def uploads(self) -> list[UploadRow]:
+        rows = await self._all(
+            "SELECT id, repository, started_at, updated_at, committed_bytes FROM uploads"
+        )
+        return [UploadRow(*r) for r in rows]
+
+    async def set_upload_offset(self, upload_id: str, committed_bytes: int, now: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE uploads SET committed_bytes = ?, updated_at = ? WHERE id = ?",
+                (committed_bytes, now, upload_id),
+            )
+
+    async def delete_upload(self, upload_id: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    # -- manifests and tags ----------------------------------------------
+
+    async def put_manifest(
+        self, name: str, manifest: ParsedManifest, body: bytes, tag: str | None, now: float
+    ) -> None:
+        """Store a manifest and its references, moving ``tag`` to it, in one transaction.
+
+        Every referenced blob must be linked to the repository and every child
+        manifest stored in it; the check runs inside the write transaction so a
+        concurrent delete cannot slip between check and insert.
+        """
+        digest = str(manifest.digest)
+        async with self._transaction() as db:
+            repo_id = await self._ensure_repository(db, name, now)
+            blobs = sorted({str(d) for d in manifest.blobs})
+            missing = await self._missing(
+                db,
+                "SELECT digest FROM repository_blobs WHERE repository_id = ? AND digest IN ({})",
+                repo_id,
+                blobs,
+            )
+            if missing:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"blob {missing[0]} is not in repository {name}",
+                    {"missing": missing},
+                )
+            children = sorted({str(d) for d in manifest.children})
+            missing = await self._missing(
+                db,
+                "SELECT digest FROM manifests WHERE repository_id = ? AND digest IN ({})",
+                repo_id,
+                children,
+            )
+            if missing:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"child manifest {missing[0]} is not in repository {name}",
+                    {"missing": missing},
+                )
+            cursor = await db.execute(
+                """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
+                       subject, annotations, body, pushed_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(repository_id, digest) DO UPDATE SET pushed_at = excluded.pushed_at
+                   RETURNING id""",
+                (
+                    repo_id,
+                    digest,
+                    manifest.media_type,
+                    manifest.size,
+                    manifest.artifact_type,
+                    None if manifest.subject is None else str(manifest.subject),
+                    msgspec.json.encode(manifest.annotations) if manifest.annotations else None,
+                    body,
+                    now,
+                ),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            manifest_id = int(row[0])
+            await db.executemany(
+                "INSERT OR IGNORE INTO manifest_blobs(manifest_id, digest) VALUES (?, ?)",
+                [(manifest_id, d) for d in blobs],
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO manifest_children(manifest_id, child_digest) VALUES (?, ?)",
+                [(manifest_id, d) for d in children],
+            )
+            if tag is not None:
+                await db.execute(
+                    """INSERT INTO tags(repository_id, name, manifest_id, pushed_at)
+                       VALUES (?, ?, ?, ?)
+                       ON CONFLICT(repository_id, name) DO UPDATE
+                       SET manifest_id = excluded.manifest_id, pushed_at = excluded.pushed_at""",
+                    (repo_id, tag, manifest_id, now),
+                )
+            await db.execute(
+                "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
+            )
+
+    @staticmethod
+    async def _missing(
+        db: aiosqlite.Connection, sql: str, repo_id: int, digests: list[str]
+    ) -> list[str]:
+        found: set[str] = set()
+        # Stay under SQLite's bound-parameter limit for very wide manifests.
+        for start in range(0, len(digests), 500):
+            batch = digests[start : start + 500]
+            query = sql.format(",".join("?" * len(batch)))
+            async with db.execute(query, (repo_id, *batch)) as cursor:
+                found.update(r[0] for r in await cursor.fetchall())
+        return [d for d in digests if d not in found]
+
+    _MANIFEST_COLUMNS = "m.id, m.repository_id, m.digest, m.media_type, m.size, m.body, m.subject"
+
+    async def manifest_by_digest(self, name: str, digest: str) -> ManifestRow | None:
+        row = await self._one(
+            f"""SELECT {self._MANIFEST_COLUMNS} FROM manifests m
+                JOIN repositories r ON r.id = m.repository_id
+                WHERE r.name = ? AND m.digest = ?""",
+            (name, digest),
+        )
+        return None if row is None else ManifestRow(*row)
+
+    async def manifest_by_tag(self, name: str, tag: str) -> ManifestRow | None:
+        row = await self._one(
+            f"""SELECT {self._MANIFEST_COLUMNS} FROM tags t
+                JOIN repositories r ON r.id = t.repository_id
+                JOIN manifests m ON m.id = t.manifest_id
+                WHERE r.name = ? AND t.name = ?""",
+            (name, tag),
+        )
+        return None if row is None else ManifestRow(*row)
+
+    async def delete_manifest(self, name: str, digest: str) -> bool:
+        """Remove a manifest and every tag pointing at it."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM manifests WHERE digest = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?)",
+                (digest, name),
+            )
+            return cursor.rowcount > 0
+
+    async def delete_tag(self, name: str, tag: str) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM tags WHERE name = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?)",
+                (tag, name),
+            )
+            return cursor.rowcount > 0
+
+    async def tags(self, repo_id: int, last: str | None, limit: int) -> tuple[list[str], bool]:
+        rows = await self._all(
+            "SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name LIMIT ?",
+            (repo_id, last or "", limit + 1),
+        )
+        names = [r[0] for r in rows]
+        return names[:limit], len(names) > limit
+
+    async def referrers(
+        self, repo_id: int, subject: str, artifact_type: str | None
+    ) -> list[Referrer]:
+        sql = (
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
+            "WHERE repository_id = ? AND subject = ?"
+        )
+        params: list[object] = [repo_id, subject]
+        if artifact_type is not None:
+            sql += " AND artifact_type = ?"
+            params.append(artifact_type)
+        rows = await self._all(sql + " ORDER BY pushed_at, digest", params)
+        return [
+            Referrer(
+                digest=r[0],
+                media_type=r[1],
+                size=r[2],
+                artifact_type=r[3],
+                annotations=None if r[4] is None else msgspec.json.decode(r[4]),
+            )
+            for r in rows
+        ]
+
+    # -- pull bookkeeping ------------------------------------------------
+
+    def note_pull(self, manifest: ManifestRow, tag: str | None) -> None:
+        self._pending_pulls[(manifest.repository_id, manifest.id, tag)] = time.time()
+
+    async def flush_pulls(self) -> None:
+        if not self._pending_pulls:
+            return
+        pending, self._pending_pulls = self._pending_pulls, {}
+        async with self._transaction() as db:
+            for (repo_id, manifest_id, tag), when in pending.items():
+                await db.execute(
+                    "UPDATE repositories SET last_pull_at = max(coalesce(last_pull_at, 0), ?) "
+                    "WHERE id = ?",
+                    (when, repo_id),
+                )
+                await db.execute(
+                    "UPDATE manifests SET last_pull_at = ? WHERE id = ?", (when, manifest_id)
+                )
+                if tag is not None:
+                    await db.execute(
+                        "UPDATE tags SET last_pull_at = ? WHERE repository_id = ? AND name = ?",
+                        (when, repo_id, tag),
+                    )
+
+    async def _flush_pulls_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PULL_FLUSH_SECONDS)
+            try:
+                await self.flush_pulls()
+            except aiosqlite.Error:
+                # Pull timestamps are best effort; the next flush retries newer ones.
+                continue
+
+    async def pull_times(self, name: str) -> tuple[float | None, float | None]:
+        """(last push, last pull) of a repository, for tests and the management API."""
+        await self.flush_pulls()
+        row = await self._one(
+            "SELECT last_push_at, last_pull_at FROM repositories WHERE name = ?", (name,)
+        )
+        return (None, None) if row is None else (row[0], row[1])

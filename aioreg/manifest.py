@@ -1,0 +1,200 @@
+"""Manifest formats the registry accepts, decoded and checked with msgspec.
+
+Docker schema2 and manifest lists, OCI image manifests and indexes, and OCI 1.1
+artifacts (``artifactType``, any config media type, ``subject``). The bytes are
+kept exactly as pushed; these types only read them to learn what they reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from aioreg.errors import ErrorCode, RegistryError
+from aioreg.reference import Digest
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
+
+# Layers a client pulls from elsewhere; a registry does not hold them.
+NONDISTRIBUTABLE_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
+
+
+class Platform(msgspec.Struct, kw_only=True):
+    architecture: str
+    os: str
+    variant: str | None = None
+    os_version: str | None = msgspec.field(default=None, name="os.version")
+    os_features: list[str] | None = msgspec.field(default=None, name="os.features")
+    features: list[str] | None = None
+
+
+class Descriptor(msgspec.Struct, kw_only=True, omit_defaults=True):
+    mediaType: str
+    digest: str
+    size: int
+    urls: list[str] | None = None
+    annotations: dict[str, str] | None = None
+    artifactType: str | None = None
+    platform: Platform | None = None
+    data: str | None = None
+
+
+class ImageManifest(msgspec.Struct, kw_only=True):
+    schemaVersion: int
+    mediaType: str | None = None
+    artifactType: str | None = None
+    config: Descriptor
+    layers: list[Descriptor] = []
+    subject: Descriptor | None = None
+    annotations: dict[str, str] | None = None
+
+
+class ImageIndex(msgspec.Struct, kw_only=True):
+    schemaVersion: int
+    mediaType: str | None = None
+    artifactType: str | None = None
+    manifests: list[Descriptor]
+    subject: Descriptor | None = None
+    annotations: dict[str, str] | None = None
+
+
+class _Probe(msgspec.Struct):
+    """Just enough to tell which format a body claims to be."""
+
+    mediaType: str | None = None
+    schemaVersion: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    """What the index needs to know about a pushed manifest."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    artifact_type: str | None
+    subject: Digest | None
+    blobs: tuple[Digest, ...]
+    children: tuple[Digest, ...]
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def _invalid(message: str, detail: object = None) -> RegistryError:
+    return RegistryError(ErrorCode.MANIFEST_INVALID, message, detail)
+
+
+def _descriptor_digest(descriptor: Descriptor, where: str) -> Digest:
+    if descriptor.size < 0:
+        raise _invalid(f"{where}: negative size {descriptor.size}")
+    try:
+        return Digest.parse(descriptor.digest)
+    except RegistryError as exc:
+        raise _invalid(f"{where}: {exc.message}") from None
+
+
+def _media_type(body: bytes, content_type: str | None) -> str:
+    """Decide the format from the body's ``mediaType`` and the request's Content-Type."""
+    try:
+        probe = msgspec.json.decode(body, type=_Probe)
+    except msgspec.DecodeError as exc:
+        raise _invalid(f"manifest is not a JSON object: {exc}") from None
+    declared = probe.mediaType
+    if declared in DOCKER_SCHEMA1 or (probe.schemaVersion == 1 and declared is None):
+        raise RegistryError(
+            ErrorCode.MANIFEST_INVALID,
+            "Docker schema1 manifests are not supported; push schema2 or OCI",
+        )
+    if probe.schemaVersion != 2:
+        raise _invalid(f"schemaVersion must be 2, got {probe.schemaVersion!r}")
+    if declared is not None:
+        if declared not in MANIFEST_TYPES:
+            raise _invalid(f"unsupported manifest mediaType {declared!r}")
+        if content_type and content_type in MANIFEST_TYPES and content_type != declared:
+            raise _invalid(
+                f"Content-Type {content_type!r} does not match the manifest's "
+                f"mediaType {declared!r}"
+            )
+        return declared
+    if content_type in (OCI_MANIFEST, OCI_INDEX):
+        return content_type
+    if content_type in (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST):
+        raise _invalid(f"a {content_type} manifest must carry its mediaType field")
+    raise _invalid(
+        "manifest has no mediaType and the Content-Type does not name an OCI manifest type",
+        {"content_type": content_type},
+    )
+
+
+def parse_manifest(
+    body: bytes, content_type: str | None, algorithm: str = "sha256"
+) -> ParsedManifest:
+    """Decode and check a manifest body; the digest is of these exact bytes."""
+    if content_type:
+        content_type = content_type.split(";", 1)[0].strip() or None
+    media_type = _media_type(body, content_type)
+    digest = Digest.of(body, algorithm)
+    try:
+        if media_type in IMAGE_TYPES:
+            image = msgspec.json.decode(body, type=ImageManifest)
+            config = _descriptor_digest(image.config, "config")
+            layers = tuple(
+                _descriptor_digest(layer, f"layers[{i}]")
+                for i, layer in enumerate(image.layers)
+                if not _is_foreign(layer)
+            )
+            if media_type == DOCKER_MANIFEST and image.subject is not None:
+                raise _invalid("Docker schema2 manifests cannot carry a subject")
+            return ParsedManifest(
+                media_type=media_type,
+                digest=digest,
+                size=len(body),
+                artifact_type=image.artifactType or image.config.mediaType,
+                subject=_subject(image.subject),
+                blobs=(config, *layers),
+                children=(),
+                annotations=image.annotations or {},
+            )
+        index = msgspec.json.decode(body, type=ImageIndex)
+        children = tuple(
+            _descriptor_digest(child, f"manifests[{i}]") for i, child in enumerate(index.manifests)
+        )
+        return ParsedManifest(
+            media_type=media_type,
+            digest=digest,
+            size=len(body),
+            artifact_type=index.artifactType,
+            subject=_subject(index.subject),
+            blobs=(),
+            children=children,
+            annotations=index.annotations or {},
+        )
+    except msgspec.ValidationError as exc:
+        raise _invalid(f"malformed {media_type}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise _invalid(f"manifest is not valid JSON: {exc}") from None
+
+
+def _is_foreign(layer: Descriptor) -> bool:
+    return layer.mediaType in NONDISTRIBUTABLE_TYPES or bool(layer.urls)
+
+
+def _subject(subject: Descriptor | None) -> Digest | None:
+    return None if subject is None else _descriptor_digest(subject, "subject")

@@ -1,0 +1,258 @@
+"""The registry's domain layer: what each distribution-spec operation means.
+
+Handlers in ``aioreg.api`` translate HTTP to these calls; this layer joins the
+index (what exists) with the blob store (the bytes) and owns every path out of
+an upload session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aioreg.config import Config
+from aioreg.errors import ErrorCode, RegistryError, TooLargeError
+from aioreg.index import BlobRow, Index, ManifestRow, Referrer
+from aioreg.manifest import ParsedManifest, parse_manifest
+from aioreg.reference import Digest, parse_reference, validate_name
+from aioreg.storage import BlobStore, BlobWriter
+
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    digest: str
+    size: int
+    path: Path
+
+
+class Registry:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        root = config.data_path
+        self.index = Index(root / "index.db")
+        self.store = BlobStore(root)
+        self._writers: dict[str, BlobWriter] = {}
+        self._upload_locks: dict[str, asyncio.Lock] = {}
+
+    async def open(self) -> None:
+        self.store.open()
+        await self.index.open()
+
+    async def close(self) -> None:
+        await self.index.close()
+
+    # -- blobs -----------------------------------------------------------
+
+    async def blob(self, name: str, digest: str) -> StoredBlob:
+        validate_name(name)
+        parsed = Digest.parse(digest)
+        row = await self.index.repository_blob(name, str(parsed))
+        if row is None:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
+        return StoredBlob(row.digest, row.size, self.store.path(parsed))
+
+    async def delete_blob(self, name: str, digest: str) -> None:
+        validate_name(name)
+        parsed = Digest.parse(digest)
+        if not await self.index.unlink_blob(name, str(parsed)):
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
+
+    async def mount_blob(self, name: str, digest: str, source: str | None) -> BlobRow | None:
+        """Link a blob already stored into ``name``; None when it cannot be mounted.
+
+        With no ``source`` any stored copy will do, as the spec allows: the bytes
+        are content-addressed, so a matching digest is the same blob.
+        """
+        validate_name(name)
+        parsed = Digest.parse(digest)
+        if source is not None:
+            validate_name(source)
+            row = await self.index.repository_blob(source, str(parsed))
+        else:
+            row = await self.index.blob(str(parsed))
+        if row is None or not self.store.exists(parsed):
+            return None
+        await self.index.link_blob(name, row)
+        return row
+
+    # -- upload sessions -------------------------------------------------
+
+    async def start_upload(self, name: str) -> str:
+        validate_name(name)
+        upload_id = uuid.uuid4().hex
+        self._writers[upload_id] = BlobWriter.create(self.store, upload_id)
+        await self.index.create_upload(upload_id, name, time.time())
+        return upload_id
+
+    async def upload_blob(self, name: str, digest: str, body: AsyncIterator[bytes]) -> BlobRow:
+        """A whole blob in one request (``POST ?digest=``)."""
+        Digest.parse(digest)
+        upload_id = await self.start_upload(name)
+        return await self.finish_upload(name, upload_id, digest, body, None)
+
+    async def upload_offset(self, name: str, upload_id: str) -> int:
+        async with self._upload(name, upload_id) as writer:
+            return writer.offset
+
+    async def append_upload(
+        self, name: str, upload_id: str, body: AsyncIterator[bytes], start: int | None
+    ) -> int:
+        async with self._upload(name, upload_id) as writer:
+            offset = await writer.write(body, start, self.config.storage.write_buffer_bytes)
+            await self.index.set_upload_offset(upload_id, offset, time.time())
+            return offset
+
+    async def finish_upload(
+        self,
+        name: str,
+        upload_id: str,
+        digest: str,
+        body: AsyncIterator[bytes] | None,
+        start: int | None,
+    ) -> BlobRow:
+        """Take the last bytes (if any), verify, store and link; the session ends either way."""
+        expected = Digest.parse(digest)
+        async with self._upload(name, upload_id) as writer:
+            try:
+                if body is not None:
+                    await writer.write(body, start, self.config.storage.write_buffer_bytes)
+                row = await writer.commit(expected)
+            except RegistryError as exc:
+                if exc.code == ErrorCode.BLOB_UPLOAD_INVALID:
+                    raise  # An out-of-order last chunk leaves the session usable.
+                await self._end_upload(upload_id, writer)
+                raise
+            except BaseException:
+                await self._end_upload(upload_id, writer)
+                raise
+            await self.index.link_blob(name, row)
+            await self._end_upload(upload_id, writer, remove_file=False)
+            return row
+
+    async def cancel_upload(self, name: str, upload_id: str) -> None:
+        async with self._upload(name, upload_id) as writer:
+            await self._end_upload(upload_id, writer)
+
+    async def _end_upload(
+        self, upload_id: str, writer: BlobWriter, remove_file: bool = True
+    ) -> None:
+        if remove_file:
+            await writer.cancel()
+        self._writers.pop(upload_id, None)
+        self._upload_locks.pop(upload_id, None)
+        await self.index.delete_upload(upload_id)
+
+    @contextlib.asynccontextmanager
+    async def _upload(self, name: str, upload_id: str) -> AsyncIterator[BlobWriter]:
+        """The session's writer, with requests on one session taking turns."""
+        validate_name(name)
+        unknown = RegistryError(
+            ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id[:64]!r} is unknown in {name}"
+        )
+        if not UPLOAD_ID_RE.fullmatch(upload_id):
+            raise unknown
+        row = await self.index.upload(upload_id)
+        if row is None or row.repository != name:
+            raise unknown
+        async with self._upload_locks.setdefault(upload_id, asyncio.Lock()):
+            if upload_id not in self._upload_locks:
+                raise unknown  # Ended while this request waited its turn.
+            yield await self._writer_for(upload_id, row.committed_bytes, unknown)
+
+    async def _writer_for(
+        self, upload_id: str, committed_bytes: int, unknown: RegistryError
+    ) -> BlobWriter:
+        writer = self._writers.get(upload_id)
+        if writer is None:
+            try:
+                writer = await BlobWriter.resume(self.store, upload_id, committed_bytes)
+            except FileNotFoundError:
+                await self.index.delete_upload(upload_id)
+                raise unknown from None
+            self._writers[upload_id] = writer
+        return writer
+
+    # -- manifests -------------------------------------------------------
+
+    async def put_manifest(
+        self, name: str, reference: str, body: bytes, content_type: str | None
+    ) -> ParsedManifest:
+        validate_name(name)
+        limit = self.config.limits.manifest_max_bytes
+        if len(body) > limit:
+            raise TooLargeError(f"manifest is {len(body)} bytes; the limit is {limit}", limit)
+        ref = parse_reference(reference)
+        algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
+        manifest = parse_manifest(body, content_type, algorithm)
+        if isinstance(ref, Digest) and ref != manifest.digest:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"manifest digest is {manifest.digest}, not {ref}",
+                {"expected": str(ref), "actual": str(manifest.digest)},
+            )
+        tag = None if isinstance(ref, Digest) else ref
+        await self.index.put_manifest(name, manifest, body, tag, time.time())
+        return manifest
+
+    async def manifest(self, name: str, reference: str, *, pull: bool) -> ManifestRow:
+        validate_name(name)
+        ref = parse_reference(reference)
+        if isinstance(ref, Digest):
+            row = await self.index.manifest_by_digest(name, str(ref))
+            tag = None
+        else:
+            row = await self.index.manifest_by_tag(name, ref)
+            tag = ref
+        if row is None:
+            if await self.index.repository_id(name) is None:
+                raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
+            )
+        if pull:
+            self.index.note_pull(row, tag)
+        return row
+
+    async def delete_manifest(self, name: str, reference: str) -> None:
+        validate_name(name)
+        ref = parse_reference(reference)
+        if isinstance(ref, Digest):
+            deleted = await self.index.delete_manifest(name, str(ref))
+        else:
+            deleted = await self.index.delete_tag(name, ref)
+        if not deleted:
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
+            )
+
+    # -- listings --------------------------------------------------------
+
+    async def _repository_id(self, name: str) -> int:
+        validate_name(name)
+        repo_id = await self.index.repository_id(name)
+        if repo_id is None:
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
+        return repo_id
+
+    async def tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        repo_id = await self._repository_id(name)
+        return await self.index.tags(repo_id, last, limit)
+
+    async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:
+        return await self.index.catalog(last, limit)
+
+    async def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[Referrer]:
+        validate_name(name)
+        subject = Digest.parse(digest)
+        repo_id = await self.index.repository_id(name)
+        if repo_id is None:
+            return []
+        return await self.index.referrers(repo_id, str(subject), artifact_type)

@@ -1,0 +1,52 @@
+"""Content-addressed blob files: ``blobs/<algorithm>/<first two hex>/<hex>``.
+
+A blob is stored once, whatever number of repositories link it. Files reach
+their final name only complete and fsynced (see ``BlobWriter.commit``), so a
+file under a final name always holds exactly its digest's bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from aioreg.reference import Digest
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs"
+        self.uploads_dir = root / "uploads"
+
+    def open(self) -> None:
+        for directory in (self.blobs_dir, self.uploads_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def upload_path(self, upload_id: str) -> Path:
+        return self.uploads_dir / upload_id
+
+    def exists(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def place(self, temp: Path, digest: Digest) -> None:
+        """Give a complete, fsynced temp file its final name, keeping any copy already there."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # FileExistsError: stored already, by an earlier or concurrent upload of the same bytes.
+        with contextlib.suppress(FileExistsError):
+            os.link(temp, final)
+        _fsync_dir(final.parent)
+        temp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,198 @@
+"""One blob upload's lifecycle: write → commit (verify, fsync, place) or cancel.
+
+Bytes stream from the client to a temporary file under ``uploads/`` on the
+same filesystem as the blobs, while sha256 and xxh3-128 run over them. File
+writes and hashing happen on a worker thread (hashlib and xxhash release the
+GIL) so they overlap with the event loop reading the next bytes off the socket.
+Nothing holds more than one buffer of a blob in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from aioreg.errors import ErrorCode, RangeError, RegistryError
+from aioreg.index.rows import BlobRow
+from aioreg.reference import Digest
+from aioreg.storage.blobstore import BlobStore
+
+READ_BLOCK = 1 << 20
+
+
+class BlobWriter:
+    """Temp file plus running hashes; ``offset`` counts bytes acknowledged to the client."""
+
+    def __init__(self, store: BlobStore, upload_id: str, executor: Executor | None = None) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        self.path = store.upload_path(upload_id)
+        self.offset = 0
+        self._executor = executor
+        self._sha256: Any = hashlib.sha256()
+        self._xxh3: Any = xxhash.xxh3_128()
+
+    # -- opening ---------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, store: BlobStore, upload_id: str, executor: Executor | None = None
+    ) -> BlobWriter:
+        writer = cls(store, upload_id, executor)
+        fd = os.open(writer.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        return writer
+
+    @classmethod
+    async def resume(
+        cls,
+        store: BlobStore,
+        upload_id: str,
+        committed_bytes: int,
+        executor: Executor | None = None,
+    ) -> BlobWriter:
+        """Rebuild a writer after a restart: drop unacknowledged bytes, rehash the rest."""
+        writer = cls(store, upload_id, executor)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, writer._rehash, committed_bytes)
+        return writer
+
+    def _rehash(self, committed_bytes: int) -> None:
+        with open(self.path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < committed_bytes:
+                raise RegistryError(
+                    ErrorCode.BLOB_UPLOAD_UNKNOWN,
+                    f"upload {self.upload_id} lost data it had acknowledged",
+                )
+            f.truncate(committed_bytes)
+            while block := f.read(READ_BLOCK):
+                self._sha256.update(block)
+                self._xxh3.update(block)
+        self.offset = committed_bytes
+
+    # -- write -----------------------------------------------------------
+
+    async def write(
+        self,
+        chunks: AsyncIterator[bytes],
+        start: int | None = None,
+        buffer_bytes: int = READ_BLOCK,
+    ) -> int:
+        """Append a request body; on any failure roll the file and hashes back to before it.
+
+        ``start`` is the first byte's offset the client claims (from
+        Content-Range); it must be where the upload stands.
+        """
+        if start is not None and start != self.offset:
+            raise RangeError(
+                f"chunk starts at byte {start} but the upload has {self.offset} bytes",
+                self.offset,
+            )
+        loop = asyncio.get_running_loop()
+        before = (self.offset, self._sha256.copy(), self._xxh3.copy())
+        f = await loop.run_in_executor(self._executor, open, self.path, "r+b")
+        try:
+            f.seek(self.offset)
+            pending: asyncio.Future[int] | None = None
+            batch: list[bytes] = []
+            batched = 0
+            async for chunk in chunks:
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= buffer_bytes:
+                    if pending is not None:
+                        self.offset += await pending
+                    pending = loop.run_in_executor(self._executor, self._absorb, f, batch)
+                    batch, batched = [], 0
+            if pending is not None:
+                self.offset += await pending
+            if batch:
+                self.offset += await loop.run_in_executor(self._executor, self._absorb, f, batch)
+            await loop.run_in_executor(self._executor, f.flush)
+        except BaseException:
+            if pending is not None and not pending.done():
+                # Let the worker finish with the file before it is truncated.
+                await asyncio.gather(pending, return_exceptions=True)
+            self.offset, self._sha256, self._xxh3 = before
+            await loop.run_in_executor(self._executor, _truncate_close, f, self.offset)
+            raise
+        await loop.run_in_executor(self._executor, f.close)
+        return self.offset
+
+    def _absorb(self, f: Any, batch: list[bytes]) -> int:
+        written = 0
+        for block in batch:
+            f.write(block)
+            self._sha256.update(block)
+            self._xxh3.update(block)
+            written += len(block)
+        return written
+
+    # -- finish ----------------------------------------------------------
+
+    async def commit(self, expected: Digest, expected_size: int | None = None) -> BlobRow:
+        """Verify the bytes against the client's digest, fsync, and move them into place.
+
+        On a mismatch the temp file is removed: the upload is over either way.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            if expected_size is not None and expected_size != self.offset:
+                raise RegistryError(
+                    ErrorCode.SIZE_INVALID,
+                    f"upload has {self.offset} bytes, client declared {expected_size}",
+                )
+            actual = await loop.run_in_executor(self._executor, self._digest, expected.algorithm)
+            if actual != expected:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    f"uploaded content has digest {actual}, not {expected}",
+                    {"expected": str(expected), "actual": str(actual)},
+                )
+            await loop.run_in_executor(self._executor, _fsync_file, self.path)
+            await loop.run_in_executor(self._executor, self.store.place, self.path, expected)
+        except BaseException:
+            await self.cancel()
+            raise
+        return BlobRow(str(expected), self.offset, self._xxh3.hexdigest())
+
+    def _digest(self, algorithm: str) -> Digest:
+        if algorithm == "sha256":
+            return Digest("sha256", self._sha256.hexdigest())
+        # Other algorithms are rare: hash the finished file once rather than every upload twice.
+        hasher = hashlib.new(algorithm)
+        with open(self.path, "rb") as f:
+            while block := f.read(READ_BLOCK):
+                hasher.update(block)
+        return Digest(algorithm, hasher.hexdigest())
+
+    async def cancel(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, _unlink, self.path)
+
+
+def _truncate_close(f: Any, size: int) -> None:
+    try:
+        f.truncate(size)
+    finally:
+        f.close()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
