@@ -1,0 +1,112 @@
+"""Fixtures: a real aioreg app on a loopback port with its data in a temp dir."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from aioreg.api.http import REGISTRY_KEY
+from aioreg.app import create_app
+from aioreg.config import Config, load_config
+from aioreg.registry import Registry
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def make_config(data_dir: Path, **limits: int) -> Config:
+    overrides: dict[str, dict[str, object]] = {"storage": {"data_dir": str(data_dir)}}
+    if limits:
+        overrides["limits"] = dict(limits)
+    return load_config(None, environ={}, overrides=overrides)
+
+
+class Reg:
+    """A test client with helpers for the common pushes."""
+
+    def __init__(self, client: TestClient, app: web.Application) -> None:
+        self.client = client
+        self.app = app
+
+    @property
+    def registry(self) -> Registry:
+        return self.app[REGISTRY_KEY]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.registry.config.data_path
+
+    async def push_blob(self, name: str, data: bytes) -> str:
+        digest = digest_of(data)
+        resp = await self.client.post(f"/v2/{name}/blobs/uploads/?digest={digest}", data=data)
+        assert resp.status == 201, await resp.text()
+        return digest
+
+    async def push_manifest(
+        self, name: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST
+    ) -> str:
+        resp = await self.client.put(
+            f"/v2/{name}/manifests/{reference}", data=body, headers={"Content-Type": media_type}
+        )
+        assert resp.status == 201, await resp.text()
+        return resp.headers["Docker-Content-Digest"]
+
+    async def push_image(
+        self, name: str, tag: str | None, seed: str = "x", **extra: object
+    ) -> tuple[str, bytes]:
+        """Config + one layer + OCI manifest; returns (manifest digest, manifest bytes)."""
+        config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
+        layer = f"layer-{seed}".encode() * 100
+        config_digest = await self.push_blob(name, config)
+        layer_digest = await self.push_blob(name, layer)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest, "size": len(layer)}],
+            **extra,
+        }
+        body = json.dumps(manifest, indent=1).encode()
+        digest = await self.push_manifest(name, tag or digest_of(body), body)
+        return digest, body
+
+
+AppFactory = Callable[..., Awaitable[Reg]]
+
+
+@pytest.fixture
+async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
+    """Start (and restart) registries on a data dir; all are closed at teardown."""
+    clients: list[TestClient] = []
+
+    async def start(data_dir: Path | None = None, **limits: int) -> Reg:
+        app = create_app(make_config(data_dir or tmp_path / "data", **limits))
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return Reg(client, app)
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def reg(make_registry: AppFactory) -> Reg:
+    return await make_registry()
+
+
+def error_codes(payload: dict[str, object]) -> list[str]:
+    return [e["code"] for e in payload["errors"]]  # type: ignore[index, union-attr]
