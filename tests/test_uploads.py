@@ -1,0 +1,302 @@
+"""Upload sessions: monolithic, chunked, resumable, cancelled, mounted, concurrent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from tests.conftest import AppFactory, Reg, digest_of, error_codes
+
+
+async def _start(reg: Reg, name: str) -> str:
+    resp = await reg.client.post(f"/v2/{name}/blobs/uploads/")
+    assert resp.status == 202, await resp.text()
+    return resp.headers["Location"]
+
+
+def _upload_files(reg: Reg) -> list[str]:
+    return sorted(p.name for p in (reg.data_dir / "uploads").iterdir())
+
+
+async def _blob(reg: Reg, name: str, digest: str) -> bytes:
+    resp = await reg.client.get(f"/v2/{name}/blobs/{digest}")
+    assert resp.status == 200, await resp.text()
+    return await resp.read()
+
+
+async def test_post_starts_a_session(reg: Reg) -> None:
+    resp = await reg.client.post("/v2/app/blobs/uploads/")
+    assert resp.status == 202
+    location = resp.headers["Location"]
+    assert location.startswith("/v2/app/blobs/uploads/")
+    assert resp.headers["Range"] == "0-0"
+    assert int(resp.headers["OCI-Chunk-Min-Length"]) > 0
+    assert resp.headers["Docker-Upload-UUID"] in location
+
+
+async def test_monolithic_post(reg: Reg) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    digest = digest_of(data)
+    resp = await reg.client.post(f"/v2/app/blobs/uploads/?digest={digest}", data=data)
+    assert resp.status == 201
+    assert resp.headers["Location"] == f"/v2/app/blobs/{digest}"
+    assert resp.headers["Docker-Content-Digest"] == digest
+    assert await _blob(reg, "app", digest) == data
+    assert _upload_files(reg) == []
+
+
+async def test_post_then_put(reg: Reg) -> None:
+    data = b"post then put"
+    location = await _start(reg, "app")
+    digest = digest_of(data)
+    resp = await reg.client.put(f"{location}?digest={digest}", data=data)
+    assert resp.status == 201
+    assert resp.headers["Location"] == f"/v2/app/blobs/{digest}"
+    assert await _blob(reg, "app", digest) == data
+
+
+async def test_chunked_upload_with_content_range(reg: Reg) -> None:
+    data = os.urandom(100_000)
+    chunks = [data[:30_000], data[30_000:70_000], data[70_000:]]
+    location = await _start(reg, "chunky")
+    offset = 0
+    for chunk in chunks:
+        resp = await reg.client.patch(
+            location,
+            data=chunk,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+            },
+        )
+        assert resp.status == 202, await resp.text()
+        offset += len(chunk)
+        assert resp.headers["Range"] == f"0-{offset - 1}"
+        location = resp.headers["Location"]
+    resp = await reg.client.put(f"{location}?digest={digest_of(data)}")
+    assert resp.status == 201
+    assert await _blob(reg, "chunky", digest_of(data)) == data
+
+
+async def test_streamed_patch_without_content_range(reg: Reg) -> None:
+    data = os.urandom(50_000)
+    location = await _start(reg, "stream")
+
+    async def body():  # chunked transfer encoding, as docker sends it
+        for i in range(0, len(data), 7_000):
+            yield data[i : i + 7_000]
+
+    resp = await reg.client.patch(location, data=body())
+    assert resp.status == 202
+    assert resp.headers["Range"] == f"0-{len(data) - 1}"
+    resp = await reg.client.put(f"{resp.headers['Location']}?digest={digest_of(data)}")
+    assert resp.status == 201
+    assert await _blob(reg, "stream", digest_of(data)) == data
+
+
+async def test_final_chunk_in_put(reg: Reg) -> None:
+    data = b"a" * 1000 + b"b" * 500
+    location = await _start(reg, "app")
+    resp = await reg.client.patch(location, data=data[:1000], headers={"Content-Range": "0-999"})
+    assert resp.status == 202
+    resp = await reg.client.put(
+        f"{location}?digest={digest_of(data)}",
+        data=data[1000:],
+        headers={"Content-Range": "1000-1499", "Content-Type": "application/octet-stream"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert await _blob(reg, "app", digest_of(data)) == data
+
+
+async def test_out_of_order_and_overlapping_chunks_are_416(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    resp = await reg.client.patch(location, data=b"x" * 10, headers={"Content-Range": "0-9"})
+    assert resp.status == 202
+    for bad in ["20-29", "5-14", "0-9"]:
+        resp = await reg.client.patch(location, data=b"y" * 10, headers={"Content-Range": bad})
+        assert resp.status == 416, bad
+        assert resp.headers["Range"] == "0-9"
+        assert resp.headers["Location"] == location
+        assert error_codes(await resp.json()) == ["BLOB_UPLOAD_INVALID"]
+    # The session survives: the right next chunk is accepted.
+    resp = await reg.client.patch(location, data=b"z" * 5, headers={"Content-Range": "10-14"})
+    assert resp.status == 202
+    assert resp.headers["Range"] == "0-14"
+
+
+async def test_content_range_disagreeing_with_length_is_rejected(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    resp = await reg.client.patch(location, data=b"x" * 10, headers={"Content-Range": "0-4"})
+    assert resp.status == 400
+    assert error_codes(await resp.json()) == ["BLOB_UPLOAD_INVALID"]
+    resp = await reg.client.patch(location, data=b"x", headers={"Content-Range": "garbage"})
+    assert resp.status == 400
+
+
+async def test_get_upload_status_for_resume(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    resp = await reg.client.get(location)
+    assert resp.status == 204
+    assert resp.headers["Range"] == "0-0"
+    await reg.client.patch(location, data=b"q" * 123, headers={"Content-Range": "0-122"})
+    resp = await reg.client.get(location)
+    assert resp.status == 204
+    assert resp.headers["Range"] == "0-122"
+    assert resp.headers["Location"] == location
+
+
+async def test_interrupted_patch_rolls_back_to_last_acknowledged_byte(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    await reg.client.patch(location, data=b"A" * 100, headers={"Content-Range": "0-99"})
+
+    async def dying_body():
+        yield b"B" * 5000
+        raise ConnectionError("client vanished")
+
+    try:
+        await reg.client.patch(location, data=dying_body())
+    except Exception:
+        pass
+    await asyncio.sleep(0.2)
+    resp = await reg.client.get(location)
+    assert resp.headers["Range"] == "0-99"
+    data = b"A" * 100 + b"C" * 50
+    resp = await reg.client.put(
+        f"{location}?digest={digest_of(data)}", data=b"C" * 50, headers={"Content-Range": "100-149"}
+    )
+    assert resp.status == 201, await resp.text()
+    assert await _blob(reg, "app", digest_of(data)) == data
+
+
+async def test_delete_cancels_the_session(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    await reg.client.patch(location, data=b"doomed", headers={"Content-Range": "0-5"})
+    assert len(_upload_files(reg)) == 1
+    resp = await reg.client.delete(location)
+    assert resp.status == 204
+    assert _upload_files(reg) == []
+    resp = await reg.client.get(location)
+    assert resp.status == 404
+    assert error_codes(await resp.json()) == ["BLOB_UPLOAD_UNKNOWN"]
+    resp = await reg.client.put(f"{location}?digest={digest_of(b'doomed')}")
+    assert resp.status == 404
+
+
+async def test_digest_mismatch_removes_temp_file_and_indexes_nothing(reg: Reg) -> None:
+    data = b"the real bytes"
+    wrong = digest_of(b"other bytes")
+    resp = await reg.client.post(f"/v2/app/blobs/uploads/?digest={wrong}", data=data)
+    assert resp.status == 400
+    assert error_codes(await resp.json()) == ["DIGEST_INVALID"]
+    assert _upload_files(reg) == []
+    assert not any(p.is_file() for p in (reg.data_dir / "blobs").rglob("*"))
+    assert await reg.registry.index.blob(wrong) is None
+    assert await reg.registry.index.blob(digest_of(data)) is None
+    # Chunked: the mismatch ends the session too.
+    location = await _start(reg, "app")
+    await reg.client.patch(location, data=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+    resp = await reg.client.put(f"{location}?digest={wrong}")
+    assert resp.status == 400
+    assert error_codes(await resp.json()) == ["DIGEST_INVALID"]
+    assert _upload_files(reg) == []
+    assert (await reg.client.get(location)).status == 404
+
+
+async def test_put_without_digest_or_with_bad_digest(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    resp = await reg.client.put(location, data=b"x")
+    assert resp.status == 400
+    assert error_codes(await resp.json()) == ["DIGEST_INVALID"]
+    resp = await reg.client.put(f"{location}?digest=sha256:nothex", data=b"x")
+    assert resp.status == 400
+    assert error_codes(await resp.json()) == ["DIGEST_INVALID"]
+
+
+async def test_session_belongs_to_its_repository(reg: Reg) -> None:
+    location = await _start(reg, "mine")
+    upload_id = location.rsplit("/", 1)[1]
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        url = f"/v2/theirs/blobs/uploads/{upload_id}?digest={digest_of(b'')}"
+        resp = await reg.client.request(method, url)
+        assert resp.status == 404, method
+        assert error_codes(await resp.json()) == ["BLOB_UPLOAD_UNKNOWN"]
+    assert (await reg.client.get(location)).status == 204
+    resp = await reg.client.get("/v2/mine/blobs/uploads/../../../../etc")
+    assert resp.status in (400, 404)
+
+
+async def test_cross_repository_mount(reg: Reg) -> None:
+    data = os.urandom(10_000)
+    digest = await reg.push_blob("source/repo", data)
+    resp = await reg.client.post(f"/v2/target/repo/blobs/uploads/?mount={digest}&from=source/repo")
+    assert resp.status == 201
+    assert resp.headers["Location"] == f"/v2/target/repo/blobs/{digest}"
+    assert resp.headers["Docker-Content-Digest"] == digest
+    assert await _blob(reg, "target/repo", digest) == data
+
+
+async def test_mount_falls_back_to_an_upload_session(reg: Reg) -> None:
+    digest = await reg.push_blob("source", b"abc")
+    missing = digest_of(b"not stored anywhere")
+    resp = await reg.client.post(f"/v2/target/blobs/uploads/?mount={missing}&from=source")
+    assert resp.status == 202
+    assert "/v2/target/blobs/uploads/" in resp.headers["Location"]
+    # Right digest, wrong source repository: also a plain session.
+    resp = await reg.client.post(f"/v2/target/blobs/uploads/?mount={digest}&from=elsewhere")
+    assert resp.status == 202
+
+
+async def test_automatic_mount_without_from(reg: Reg) -> None:
+    digest = await reg.push_blob("source", b"known bytes")
+    resp = await reg.client.post(f"/v2/target/blobs/uploads/?mount={digest}")
+    assert resp.status == 201
+    assert await _blob(reg, "target", digest) == b"known bytes"
+
+
+async def test_concurrent_pushes_of_the_same_blob(reg: Reg) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    digest = digest_of(data)
+
+    async def push(name: str) -> int:
+        location = await _start(reg, name)
+        resp = await reg.client.patch(location, data=data)
+        resp = await reg.client.put(f"{resp.headers['Location']}?digest={digest}")
+        return resp.status
+
+    statuses = await asyncio.gather(*(push(f"repo{i}") for i in range(6)), push("repo0"))
+    assert statuses == [201] * 7
+    files = [p for p in (reg.data_dir / "blobs").rglob("*") if p.is_file()]
+    assert len(files) == 1
+    for i in range(6):
+        assert await _blob(reg, f"repo{i}", digest) == data
+    assert _upload_files(reg) == []
+
+
+async def test_restart_keeps_open_upload_sessions(make_registry: AppFactory, tmp_path) -> None:
+    data_dir = tmp_path / "persist"
+    first = await make_registry(data_dir)
+    data = os.urandom(200_000)
+    location = await _start(first, "app")
+    resp = await first.client.patch(location, data=data[:120_000])
+    assert resp.status == 202
+    await first.client.close()
+    second = await make_registry(data_dir)
+    resp = await second.client.get(location)
+    assert resp.status == 204
+    assert resp.headers["Range"] == "0-119999"
+    resp = await second.client.patch(
+        location, data=data[120_000:], headers={"Content-Range": f"120000-{len(data) - 1}"}
+    )
+    assert resp.status == 202
+    resp = await second.client.put(f"{location}?digest={digest_of(data)}")
+    assert resp.status == 201, await resp.text()
+    assert await _blob(second, "app", digest_of(data)) == data
+
+
+async def test_empty_blob(reg: Reg) -> None:
+    digest = digest_of(b"")
+    resp = await reg.client.post(f"/v2/app/blobs/uploads/?digest={digest}", data=b"")
+    assert resp.status == 201
+    resp = await reg.client.get(f"/v2/app/blobs/{digest}")
+    assert resp.status == 200
+    assert await resp.read() == b""
