@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aioreg.api.errors import API_VERSION_HEADER, error_middleware
+from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.routes import add_routes
 from aioreg.config import Config
@@ -18,13 +19,56 @@ async def _api_version_header(request: web.Request, response: web.StreamResponse
         response.headers.update(API_VERSION_HEADER)
 
 
+class InFlight:
+    """Counts requests being handled so shutdown can wait for them.
+
+    aiohttp's own shutdown stops reading from sockets, which would cut an
+    upload off mid-body; draining first lets every started request finish.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            response = await handler(request)
+            if self.draining:
+                response.force_close()
+            return response
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if the timeout ran out first."""
+        self.draining = True
+        await asyncio.sleep(0.05)  # let requests already read off sockets reach their handlers
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT_KEY = web.AppKey("in_flight", InFlight)
+
+
 def create_app(config: Config) -> web.Application:
+    in_flight = InFlight()
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[in_flight.middleware, error_middleware],
         client_max_size=config.limits.manifest_max_bytes + 1,
     )
     registry = Registry(config)
     app[REGISTRY_KEY] = registry
+    app[IN_FLIGHT_KEY] = in_flight
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         await registry.open()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from aioreg import __version__
-from aioreg.app import create_app
+from aioreg.app import IN_FLIGHT_KEY, create_app
 from aioreg.config import Config, ConfigError, load_config
 
 log = logging.getLogger("aioreg")
@@ -71,9 +71,12 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info(
-        "shutting down: draining in-flight requests (up to %ss)", config.server.shutdown_timeout
-    )
+    timeout = config.server.shutdown_timeout
+    log.info("shutting down: draining in-flight requests (up to %ss)", timeout)
+    await site.stop()  # no new connections
+    in_flight = app[IN_FLIGHT_KEY]
+    if not await in_flight.drain(timeout):
+        log.warning("%d requests still running after %ss; closing them", in_flight.count, timeout)
     await runner.cleanup()
     log.info("stopped")
 

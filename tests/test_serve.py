@@ -1,0 +1,217 @@
+"""``aioreg serve`` as a real process: flags, environment, config file, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digest_of
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"aioreg-{os.getpid()}-{id(self)}.log"
+        )
+        self.log = open(self.log_path, "w+")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aioreg", "serve", *args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text()
+            if "listening on" in text:
+                return text
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{text}")
+            time.sleep(0.05)
+        raise AssertionError(f"server did not start:\n{self.log_path.read_text()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.log.close()
+        return code
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+        if os.environ.get("AIOREG_KEEP_LOGS") is None:
+            server.log_path.unlink(missing_ok=True)
+
+
+def start(servers: list[Server], args: list[str], env: dict[str, str] | None = None) -> Server:
+    server = Server(args, env)
+    servers.append(server)
+    server.wait_ready()
+    return server
+
+
+async def push_image(base: str, name: str, tag: str) -> tuple[str, bytes, bytes]:
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    layer = os.urandom(300_000)
+    async with aiohttp.ClientSession(base) as http:
+        for blob in (config, layer):
+            resp = await http.post(f"/v2/{name}/blobs/uploads/?digest={digest_of(blob)}", data=blob)
+            assert resp.status == 201, await resp.text()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": OCI_CONFIG,
+                    "digest": digest_of(config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}
+                ],
+            }
+        ).encode()
+        resp = await http.put(
+            f"/v2/{name}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert resp.status == 201, await resp.text()
+    return digest_of(manifest), manifest, layer
+
+
+async def test_flags_log_and_restart_keep_everything(servers: list[Server], tmp_path: Path) -> None:
+    port, data = free_port(), tmp_path / "data"
+    server = start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(data)])
+    assert f"listening on http://127.0.0.1:{port}" in server.output
+    assert str(data) in server.output
+    base = f"http://127.0.0.1:{port}"
+    digest, manifest, layer = await push_image(base, "team/app", "v1")
+    async with aiohttp.ClientSession(base) as http:
+        resp = await http.post("/v2/team/app/blobs/uploads/")
+        upload = resp.headers["Location"]
+        resp = await http.patch(upload, data=b"partial", headers={"Content-Range": "0-6"})
+        assert resp.status == 202
+    assert server.stop() == 0
+    assert "stopped" in server.output
+
+    server = start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(data)])
+    async with aiohttp.ClientSession(base) as http:
+        resp = await http.get("/v2/team/app/manifests/v1")
+        assert resp.status == 200
+        assert await resp.read() == manifest
+        resp = await http.get(f"/v2/team/app/blobs/{digest_of(layer)}")
+        assert await resp.read() == layer
+        resp = await http.get("/v2/team/app/tags/list")
+        assert (await resp.json())["tags"] == ["v1"]
+        resp = await http.get(upload)
+        assert resp.status == 204
+        assert resp.headers["Range"] == "0-6"
+        resp = await http.get(f"/v2/team/app/manifests/{digest}")
+        assert resp.status == 200
+
+
+async def test_environment_and_config_file(servers: list[Server], tmp_path: Path) -> None:
+    port = free_port()
+    env = {"AIOREG_LISTEN": f"127.0.0.1:{port}", "AIOREG_DATA_DIR": str(tmp_path / "envdata")}
+    server = start(servers, [], env)
+    assert f"127.0.0.1:{port}" in server.output
+    await push_image(f"http://127.0.0.1:{port}", "envrepo", "latest")
+    assert (tmp_path / "envdata" / "index.db").exists()
+    assert server.stop() == 0
+
+    config = tmp_path / "custom.toml"
+    file_port, flag_port = free_port(), free_port()
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{file_port}"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "filedata"}"\n'
+        "[limits]\nmanifest_max_bytes = 100\n"
+    )
+    server = start(servers, ["--config", str(config)])
+    assert f"127.0.0.1:{file_port}" in server.output
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{file_port}") as http:
+        resp = await http.put(
+            "/v2/a/manifests/t",
+            data=b"{" + b" " * 200 + b"}",
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert resp.status == 413
+    assert server.stop() == 0
+    # A flag wins over the file; AIOREG_CONFIG names the file.
+    server = start(servers, ["--listen", f"127.0.0.1:{flag_port}"], {"AIOREG_CONFIG": str(config)})
+    assert f"127.0.0.1:{flag_port}" in server.output
+    assert str(tmp_path / "filedata") in server.output
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nlisten = 5000\nbogus = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "aioreg", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "invalid configuration" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_sigterm_drains_in_flight_upload(servers: list[Server], tmp_path: Path) -> None:
+    port = free_port()
+    server = start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")])
+    data = os.urandom(2_000_000)
+    base = f"http://127.0.0.1:{port}"
+    sent_first = asyncio.Event()
+
+    async def slow_body():
+        for i in range(0, len(data), 200_000):
+            yield data[i : i + 200_000]
+            sent_first.set()
+            await asyncio.sleep(0.1)
+
+    async with aiohttp.ClientSession(base) as http:
+        resp = await http.post("/v2/slow/blobs/uploads/")
+        location = resp.headers["Location"]
+
+        async def upload() -> int:
+            resp = await http.patch(location, data=slow_body())
+            return resp.status
+
+        task = asyncio.create_task(upload())
+        await sent_first.wait()
+        await asyncio.sleep(0.3)  # the server is now inside the PATCH handler
+        server.proc.send_signal(signal.SIGTERM)
+        assert await task == 202
+    assert await asyncio.to_thread(server.stop) == 0
+    assert "draining" in server.output
