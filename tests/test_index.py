@@ -1,0 +1,64 @@
+"""The SQLite index: WAL mode, migrations, and last push/pull bookkeeping."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from tests.conftest import AppFactory, Reg
+
+
+async def test_wal_mode_and_schema_version(reg: Reg) -> None:
+    await reg.push_image("app", "v1")
+    db = sqlite3.connect(reg.data_dir / "index.db")
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        assert version == reg.registry.index.schema_version
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"repositories", "tags", "manifests", "blobs", "uploads"} <= tables
+    finally:
+        db.close()
+
+
+async def test_migrations_run_once(make_registry: AppFactory, tmp_path) -> None:
+    first = await make_registry(tmp_path / "d")
+    await first.push_image("app", "v1")
+    await first.client.close()
+    second = await make_registry(tmp_path / "d")
+    db = sqlite3.connect(tmp_path / "d" / "index.db")
+    try:
+        assert db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == (
+            second.registry.index.schema_version
+        )
+    finally:
+        db.close()
+    assert (await second.client.get("/v2/app/manifests/v1")).status == 200
+
+
+async def test_last_push_and_pull_times(reg: Reg) -> None:
+    before = time.time()
+    digest, _ = await reg.push_image("team/app", "v1")
+    index = reg.registry.index
+    pushed, pulled = await index.pull_times("team/app")
+    assert pushed is not None and pushed >= before
+    assert pulled is None
+    # HEAD is not a pull; GET is.
+    assert (await reg.client.head("/v2/team/app/manifests/v1")).status == 200
+    assert (await index.pull_times("team/app"))[1] is None
+    assert (await reg.client.get("/v2/team/app/manifests/v1")).status == 200
+    _, pulled = await index.pull_times("team/app")
+    assert pulled is not None and pulled >= pushed
+    db = sqlite3.connect(reg.data_dir / "index.db")
+    try:
+        tag_pull, tag_push = db.execute(
+            "SELECT last_pull_at, pushed_at FROM tags WHERE name = 'v1'"
+        ).fetchone()
+        assert tag_pull == pulled
+        assert tag_push == pushed
+        manifest_pull = db.execute(
+            "SELECT last_pull_at FROM manifests WHERE digest = ?", (digest,)
+        ).fetchone()[0]
+        assert manifest_pull == pulled
+    finally:
+        db.close()
