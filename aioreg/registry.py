@@ -41,13 +41,48 @@ class Registry:
         self.store = BlobStore(root)
         self._writers: dict[str, BlobWriter] = {}
         self._upload_locks: dict[str, asyncio.Lock] = {}
+        self._janitor: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self.store.open()
         await self.index.open()
+        await self.expire_uploads()
+        self._janitor = asyncio.create_task(self._expire_uploads_forever())
 
     async def close(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+            self._janitor = None
         await self.index.close()
+
+    async def expire_uploads(self, now: float | None = None) -> int:
+        """End sessions idle past the TTL and remove temp files no session owns."""
+        now = time.time() if now is None else now
+        ttl = self.config.storage.upload_session_ttl
+        expired = 0
+        sessions = await self.index.uploads()
+        for row in sessions:
+            lock = self._upload_locks.get(row.id)
+            if row.updated_at < now - ttl and not (lock and lock.locked()):
+                await self.index.delete_upload(row.id)
+                self._writers.pop(row.id, None)
+                self._upload_locks.pop(row.id, None)
+                self.store.upload_path(row.id).unlink(missing_ok=True)
+                expired += 1
+        live = {row.id for row in sessions}
+        for path in self.store.uploads_dir.iterdir():
+            # A file younger than a minute may belong to a session being created right now.
+            if path.name not in live and path.stat().st_mtime < now - 60:
+                path.unlink(missing_ok=True)
+        return expired
+
+    async def _expire_uploads_forever(self) -> None:
+        interval = min(max(self.config.storage.upload_session_ttl / 4, 1.0), 3600.0)
+        while True:
+            await asyncio.sleep(interval)
+            await self.expire_uploads()
 
     # -- blobs -----------------------------------------------------------
 
@@ -165,7 +200,13 @@ class Registry:
         async with self._upload_locks.setdefault(upload_id, asyncio.Lock()):
             if upload_id not in self._upload_locks:
                 raise unknown  # Ended while this request waited its turn.
-            yield await self._writer_for(upload_id, row.committed_bytes, unknown)
+            writer = await self._writer_for(upload_id, row.committed_bytes, unknown)
+            try:
+                yield writer
+            except FileNotFoundError:
+                # The session's file went away under it (expired meanwhile).
+                self._writers.pop(upload_id, None)
+                raise unknown from None
 
     async def _writer_for(
         self, upload_id: str, committed_bytes: int, unknown: RegistryError

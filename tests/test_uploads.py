@@ -299,3 +299,23 @@ async def test_empty_blob(reg: Reg) -> None:
     resp = await reg.client.get(f"/v2/app/blobs/{digest}")
     assert resp.status == 200
     assert await resp.read() == b""
+
+
+async def test_idle_sessions_expire_and_orphan_temp_files_go(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    await reg.client.patch(location, data=b"stale", headers={"Content-Range": "0-4"})
+    fresh = await _start(reg, "app")
+    orphan = reg.data_dir / "uploads" / "orphan-from-a-crash"
+    orphan.write_bytes(b"junk")
+    os.utime(orphan, (0, 0))
+    row = await reg.registry.index.upload(location.rsplit("/", 1)[1])
+    assert row is not None
+    ttl = reg.registry.config.storage.upload_session_ttl
+    # Pretend the clock moved past the first session's TTL but not the second's.
+    fresh_row = await reg.registry.index.upload(fresh.rsplit("/", 1)[1])
+    assert fresh_row is not None
+    await reg.registry.index.set_upload_offset(fresh_row.id, 0, row.updated_at + ttl)
+    assert await reg.registry.expire_uploads(now=row.updated_at + ttl + 1) == 1
+    assert (await reg.client.get(location)).status == 404
+    assert (await reg.client.get(fresh)).status == 204
+    assert _upload_files(reg) == [fresh_row.id]
