@@ -130,12 +130,9 @@ class Index:
 
     async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:
         """Repository names after ``last`` in byte order; the flag says whether more follow."""
-        rows = await self._all(
-            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
-            (last or "", limit + 1),
+        return await self._page(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", (), last, limit
         )
-        names = [r[0] for r in rows]
-        return names[:limit], len(names) > limit
 
     # -- blobs -----------------------------------------------------------
 
@@ -172,13 +169,7 @@ class Index:
             )
 
     async def unlink_blob(self, name: str, digest: str) -> bool:
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM repository_blobs WHERE digest = ? AND repository_id = "
-                "(SELECT id FROM repositories WHERE name = ?)",
-                (digest, name),
-            )
-            return cursor.rowcount > 0
+        return await self._delete_in_repository("repository_blobs", "digest", name, digest)
 
     # -- upload sessions -------------------------------------------------
 
@@ -229,31 +220,9 @@ class Index:
         async with self._transaction() as db:
             repo_id = await self._ensure_repository(db, name, now)
             blobs = sorted({str(d) for d in manifest.blobs})
-            missing = await self._missing(
-                db,
-                "SELECT digest FROM repository_blobs WHERE repository_id = ? AND digest IN ({})",
-                repo_id,
-                blobs,
-            )
-            if missing:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                    f"blob {missing[0]} is not in repository {name}",
-                    {"missing": missing},
-                )
+            await self._require(db, "repository_blobs", repo_id, blobs, f"blob in {name}")
             children = sorted({str(d) for d in manifest.children})
-            missing = await self._missing(
-                db,
-                "SELECT digest FROM manifests WHERE repository_id = ? AND digest IN ({})",
-                repo_id,
-                children,
-            )
-            if missing:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                    f"child manifest {missing[0]} is not in repository {name}",
-                    {"missing": missing},
-                )
+            await self._require(db, "manifests", repo_id, children, f"child manifest in {name}")
             cursor = await db.execute(
                 """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
                        subject, annotations, body, pushed_at)
@@ -296,17 +265,25 @@ class Index:
             )
 
     @staticmethod
-    async def _missing(
-        db: aiosqlite.Connection, sql: str, repo_id: int, digests: list[str]
-    ) -> list[str]:
+    async def _require(
+        db: aiosqlite.Connection, table: str, repo_id: int, digests: list[str], what: str
+    ) -> None:
+        """Raise MANIFEST_BLOB_UNKNOWN unless every digest has a row in ``table`` for the repo."""
         found: set[str] = set()
         # Stay under SQLite's bound-parameter limit for very wide manifests.
         for start in range(0, len(digests), 500):
             batch = digests[start : start + 500]
-            query = sql.format(",".join("?" * len(batch)))
-            async with db.execute(query, (repo_id, *batch)) as cursor:
+            marks = ",".join("?" * len(batch))
+            sql = f"SELECT digest FROM {table} WHERE repository_id = ? AND digest IN ({marks})"
+            async with db.execute(sql, (repo_id, *batch)) as cursor:
                 found.update(r[0] for r in await cursor.fetchall())
-        return [d for d in digests if d not in found]
+        missing = [d for d in digests if d not in found]
+        if missing:
+            raise RegistryError(
+                ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                f"manifest references {missing[0]}, which is not a {what}",
+                {"missing": missing},
+            )
 
     _MANIFEST_COLUMNS = "m.id, m.repository_id, m.digest, m.media_type, m.size, m.body, m.subject"
 
@@ -331,28 +308,33 @@ class Index:
 
     async def delete_manifest(self, name: str, digest: str) -> bool:
         """Remove a manifest and every tag pointing at it."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM manifests WHERE digest = ? AND repository_id = "
-                "(SELECT id FROM repositories WHERE name = ?)",
-                (digest, name),
-            )
-            return cursor.rowcount > 0
+        return await self._delete_in_repository("manifests", "digest", name, digest)
 
     async def delete_tag(self, name: str, tag: str) -> bool:
+        return await self._delete_in_repository("tags", "name", name, tag)
+
+    async def _delete_in_repository(self, table: str, column: str, name: str, key: str) -> bool:
         async with self._transaction() as db:
             cursor = await db.execute(
-                "DELETE FROM tags WHERE name = ? AND repository_id = "
+                f"DELETE FROM {table} WHERE {column} = ? AND repository_id = "
                 "(SELECT id FROM repositories WHERE name = ?)",
-                (tag, name),
+                (key, name),
             )
             return cursor.rowcount > 0
 
     async def tags(self, repo_id: int, last: str | None, limit: int) -> tuple[list[str], bool]:
-        rows = await self._all(
+        return await self._page(
             "SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name LIMIT ?",
-            (repo_id, last or "", limit + 1),
+            (repo_id,),
+            last,
+            limit,
         )
+
+    async def _page(
+        self, sql: str, params: tuple[object, ...], last: str | None, limit: int
+    ) -> tuple[list[str], bool]:
+        """One page of names after ``last``, fetching one extra to learn whether more follow."""
+        rows = await self._all(sql, (*params, last or "", limit + 1))
         names = [r[0] for r in rows]
         return names[:limit], len(names) > limit
 
