@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from aioreg.api.http import REGISTRY_KEY
 from aioreg.app import create_app
 from aioreg.config import Config, load_config
 from aioreg.registry import Registry
+from tests.process import Server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -110,3 +112,13 @@ async def reg(make_registry: AppFactory) -> Reg:
 
 def error_codes(payload: dict[str, object]) -> list[str]:
     return [e["code"] for e in payload["errors"]]  # type: ignore[index, union-attr]
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+        if os.environ.get("AIOREG_KEEP_LOGS") is None:
+            server.log_path.unlink(missing_ok=True)

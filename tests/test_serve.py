@@ -6,80 +6,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digest_of
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.log_path = (
-            Path(os.environ.get("TMPDIR", "/tmp")) / f"aioreg-{os.getpid()}-{id(self)}.log"
-        )
-        self.log = open(self.log_path, "w+")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aioreg", "serve", *args],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-
-    def wait_ready(self, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text()
-            if "listening on" in text:
-                return text
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited early:\n{text}")
-            time.sleep(0.05)
-        raise AssertionError(f"server did not start:\n{self.log_path.read_text()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.log.close()
-        return code
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop()
-        if os.environ.get("AIOREG_KEEP_LOGS") is None:
-            server.log_path.unlink(missing_ok=True)
-
-
-def start(servers: list[Server], args: list[str], env: dict[str, str] | None = None) -> Server:
-    server = Server(args, env)
-    servers.append(server)
-    server.wait_ready()
-    return server
+from tests.process import Server, free_port, start
 
 
 async def push_image(base: str, name: str, tag: str) -> tuple[str, bytes, bytes]:
