@@ -1,21 +1,18 @@
-"""Command line: ``aioreg serve``."""
+"""Command line: ``aioreg serve|scrub|check``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from aioreg import __version__
-from aioreg.app import IN_FLIGHT_KEY, create_app
 from aioreg.config import Config, ConfigError, load_config
-
-log = logging.getLogger("aioreg")
+from aioreg.maintenance import check, open_parts, scrub
+from aioreg.progress import Progress
+from aioreg.server import run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,71 +20,72 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aioreg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the registry")
-    serve.add_argument("--config", help="TOML config file (default: $AIOREG_CONFIG or built-in)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides config)")
-    serve.add_argument("--data", help="data directory (overrides config)")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    scrub_cmd = commands.add_parser(
+        "scrub", help="verify every blob's bytes; quarantine corrupt or missing ones"
+    )
+    scrub_cmd.add_argument(
+        "--full", action="store_true", help="recompute sha256 (default: compare stored xxh3-128)"
+    )
+    check_cmd = commands.add_parser(
+        "check", help="reconcile index and disk, repairing what is safe to repair"
+    )
+    check_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    for command in (serve, scrub_cmd, check_cmd):
+        command.add_argument(
+            "--config", help="TOML config file (default: $AIOREG_CONFIG or built-in)"
+        )
+        command.add_argument("--data", help="data directory (overrides config)")
+        command.add_argument(
+            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        )
     return parser
 
 
 def _cli_overrides(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     overrides: dict[str, dict[str, str]] = {}
-    if args.listen:
+    if getattr(args, "listen", None):
         overrides.setdefault("server", {})["listen"] = args.listen
     if args.data:
         overrides.setdefault("storage", {})["data_dir"] = args.data
     return overrides
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM/SIGINT, then stop accepting and let in-flight requests finish."""
+async def _scrub(config: Config, full: bool) -> int:
+    index, store = open_parts(config.data_path)
+    await index.open()
     try:
-        import uvloop  # noqa: F401 - presence checked for the log line only
-
-        loop_name = "uvloop"
-    except ImportError:
-        loop_name = "asyncio"
-    app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        access_log=log.getChild("access") if config.server.access_log else None,
-        shutdown_timeout=config.server.shutdown_timeout,
-        handle_signals=False,
-        max_field_size=config.server.client_max_header_bytes,
-        max_line_size=config.server.client_max_header_bytes,
+        count, total = await index.blob_totals()
+        progress = Progress("scrub" + (" (sha256)" if full else " (xxh3)"), count, total)
+        report = await scrub(index, store, full=full, on_blob=progress.advance)
+        progress.done()
+    finally:
+        await index.close()
+    for digest in report.corrupt:
+        print(f"corrupt, quarantined: {digest}")
+    for digest in report.missing:
+        print(f"missing, quarantined: {digest}")
+    print(
+        f"checked {report.checked} blobs ({report.bytes} bytes): "
+        f"{len(report.corrupt)} corrupt, {len(report.missing)} missing"
     )
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-    await site.start()
-    log.info(
-        "aioreg %s listening on http://%s (%s), data in %s",
-        __version__,
-        config.server.listen,
-        loop_name,
-        config.data_path,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    timeout = config.server.shutdown_timeout
-    log.info("shutting down: draining in-flight requests (up to %ss)", timeout)
-    await site.stop()  # no new connections
-    in_flight = app[IN_FLIGHT_KEY]
-    if not await in_flight.drain(timeout):
-        log.warning("%d requests still running after %ss; closing them", in_flight.count, timeout)
-    await runner.cleanup()
-    log.info("stopped")
+    return 1 if report.corrupt or report.missing else 0
 
 
-def _run(config: Config) -> None:
+async def _check(config: Config, dry_run: bool) -> int:
+    index, store = open_parts(config.data_path)
+    await index.open()
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+        report = await check(index, store, repair=not dry_run)
+    finally:
+        await index.close()
+    for line in report.actions:
+        print(line)
+    for line in report.problems:
+        print(f"problem: {line}")
+    if not report.actions and not report.problems:
+        print("index and disk agree")
+    return 1 if dry_run and report.actions else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,5 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aioreg: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        _run(config)
-    return 0
+        run(config)
+        return 0
+    if args.command == "scrub":
+        return asyncio.run(_scrub(config, args.full))
+    return asyncio.run(_check(config, args.dry_run))

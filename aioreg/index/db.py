@@ -28,6 +28,9 @@ PRAGMAS = (
     "PRAGMA busy_timeout=10000",
 )
 PULL_FLUSH_SECONDS = 1.0
+SERVABLE_LINKED_BLOBS = (
+    "repository_blobs JOIN blobs USING (digest) WHERE blobs.quarantined_at IS NULL AND"
+)
 
 
 class Index:
@@ -137,17 +140,47 @@ class Index:
     # -- blobs -----------------------------------------------------------
 
     async def blob(self, digest: str) -> BlobRow | None:
+        """A stored, servable blob (quarantined ones are not)."""
         row = await self._one(
-            "SELECT digest, size, xxh3_128 FROM blobs WHERE digest = ?", (digest,)
+            "SELECT digest, size, xxh3_128 FROM blobs WHERE digest = ? AND quarantined_at IS NULL",
+            (digest,),
         )
         return None if row is None else BlobRow(*row)
+
+    async def blobs_after(self, last: str, limit: int) -> list[BlobRow]:
+        """Servable blobs in digest order, for walks over the whole store."""
+        rows = await self._all(
+            "SELECT digest, size, xxh3_128 FROM blobs WHERE digest > ? AND quarantined_at IS NULL "
+            "ORDER BY digest LIMIT ?",
+            (last, limit),
+        )
+        return [BlobRow(*r) for r in rows]
+
+    async def blob_totals(self) -> tuple[int, int]:
+        row = await self._one(
+            "SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE quarantined_at IS NULL"
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def quarantine_blob(self, digest: str, now: float | None = None) -> None:
+        """Stop serving a blob; a later upload of the same digest heals it."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE blobs SET quarantined_at = ? WHERE digest = ?",
+                (time.time() if now is None else now, digest),
+            )
+
+    async def known_blob_digests(self) -> set[str]:
+        """Every blob row, quarantined or not: files without one are orphans."""
+        return {r[0] for r in await self._all("SELECT digest FROM blobs")}
 
     async def repository_blob(self, name: str, digest: str) -> BlobRow | None:
         row = await self._one(
             """SELECT b.digest, b.size, b.xxh3_128 FROM blobs b
                JOIN repository_blobs rb ON rb.digest = b.digest
                JOIN repositories r ON r.id = rb.repository_id
-               WHERE r.name = ? AND b.digest = ?""",
+               WHERE r.name = ? AND b.digest = ? AND b.quarantined_at IS NULL""",
             (name, digest),
         )
         return None if row is None else BlobRow(*row)
@@ -158,7 +191,9 @@ class Index:
         async with self._transaction() as db:
             await db.execute(
                 "INSERT INTO blobs(digest, size, xxh3_128, created_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(digest) DO NOTHING",
+                "ON CONFLICT(digest) DO UPDATE SET quarantined_at = NULL, "
+                "xxh3_128 = coalesce(excluded.xxh3_128, xxh3_128) "
+                "WHERE quarantined_at IS NOT NULL",
                 (blob.digest, blob.size, blob.xxh3_128, now),
             )
             repo_id = await self._ensure_repository(db, name, now)
@@ -220,9 +255,11 @@ class Index:
         async with self._transaction() as db:
             repo_id = await self._ensure_repository(db, name, now)
             blobs = sorted({str(d) for d in manifest.blobs})
-            await self._require(db, "repository_blobs", repo_id, blobs, f"blob in {name}")
+            await self._require(db, SERVABLE_LINKED_BLOBS, repo_id, blobs, f"blob in {name}")
             children = sorted({str(d) for d in manifest.children})
-            await self._require(db, "manifests", repo_id, children, f"child manifest in {name}")
+            await self._require(
+                db, "manifests WHERE", repo_id, children, f"child manifest in {name}"
+            )
             cursor = await db.execute(
                 """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
                        subject, annotations, body, pushed_at)
@@ -266,15 +303,18 @@ class Index:
 
     @staticmethod
     async def _require(
-        db: aiosqlite.Connection, table: str, repo_id: int, digests: list[str], what: str
+        db: aiosqlite.Connection, source: str, repo_id: int, digests: list[str], what: str
     ) -> None:
-        """Raise MANIFEST_BLOB_UNKNOWN unless every digest has a row in ``table`` for the repo."""
+        """Raise MANIFEST_BLOB_UNKNOWN unless every digest has a row in ``source`` for the repo.
+
+        ``source`` is a FROM clause ending in WHERE or AND.
+        """
         found: set[str] = set()
         # Stay under SQLite's bound-parameter limit for very wide manifests.
         for start in range(0, len(digests), 500):
             batch = digests[start : start + 500]
             marks = ",".join("?" * len(batch))
-            sql = f"SELECT digest FROM {table} WHERE repository_id = ? AND digest IN ({marks})"
+            sql = f"SELECT digest FROM {source} repository_id = ? AND digest IN ({marks})"
             async with db.execute(sql, (repo_id, *batch)) as cursor:
                 found.update(r[0] for r in await cursor.fetchall())
         missing = [d for d in digests if d not in found]

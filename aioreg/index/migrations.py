@@ -70,4 +70,8 @@ MIGRATIONS: list[str] = [
         committed_bytes INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     """,
+    # 2: scrub can quarantine a blob whose bytes no longer match its digest.
+    """
+    ALTER TABLE blobs ADD COLUMN quarantined_at REAL;
+    """,
 ]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from aioreg.errors import RegistryError
 from aioreg.reference import Digest
 
 
@@ -32,6 +34,26 @@ class BlobStore:
 
     def exists(self, digest: Digest) -> bool:
         return self.path(digest).is_file()
+
+    def quarantine(self, digest: Digest) -> None:
+        """Move a corrupt blob out of the served tree, keeping it for inspection."""
+        target = self.root / "quarantine" / f"{digest.algorithm}-{digest.hex}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path(digest), target)
+
+    def walk(self) -> Iterator[tuple[Path, Digest | None]]:
+        """Every file under ``blobs/`` with the digest its name claims (None if not a digest)."""
+        for path in sorted(self.blobs_dir.rglob("*")):
+            if not path.is_file():
+                continue
+            algorithm = path.parent.parent.name
+            try:
+                digest = Digest.parse(f"{algorithm}:{path.name}")
+            except RegistryError:
+                yield path, None
+                continue
+            yield path, (digest if self.path(digest) == path else None)
 
     def place(self, temp: Path, digest: Digest) -> None:
         """Give a complete, fsynced temp file its final name, keeping any copy already there."""

@@ -1,0 +1,49 @@
+"""A one-line progress bar for long CLI operations (stderr; plain lines when not a TTY)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+GIB = 1 << 30
+
+
+class Progress:
+    def __init__(self, label: str, total_items: int, total_bytes: int, out: TextIO = sys.stderr):
+        self.label = label
+        self.total_items = total_items
+        self.total_bytes = total_bytes
+        self.items = 0
+        self.bytes = 0
+        self._out = out
+        self._tty = out.isatty()
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def advance(self, size: int) -> None:
+        self.items += 1
+        self.bytes += size
+        now = time.monotonic()
+        if now - self._last >= (0.1 if self._tty else 5.0) or self.items == self.total_items:
+            self._last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        fraction = self.bytes / self.total_bytes if self.total_bytes else 1.0
+        filled = int(fraction * 30)
+        line = (
+            f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
+            f"{self.items}/{self.total_items} blobs, "
+            f"{self.bytes / GIB:.2f}/{self.total_bytes / GIB:.2f} GiB"
+        )
+        self._out.write(("\r" + line) if self._tty else (line + "\n"))
+        self._out.flush()
+
+    def done(self) -> None:
+        elapsed = time.monotonic() - self._started
+        if self._tty:
+            self._out.write("\n")
+        rate = self.bytes / elapsed / (1 << 20) if elapsed > 0 else 0.0
+        self._out.write(f"{self.label}: {self.items} blobs in {elapsed:.1f}s ({rate:.0f} MiB/s)\n")
+        self._out.flush()
