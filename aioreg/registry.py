@@ -128,10 +128,32 @@ class Registry:
         return upload_id
 
     async def upload_blob(self, name: str, digest: str, body: AsyncIterator[bytes]) -> BlobRow:
-        """A whole blob in one request (``POST ?digest=``)."""
-        Digest.parse(digest)
-        upload_id = await self.start_upload(name)
-        return await self.finish_upload(name, upload_id, digest, body, None)
+        """A whole blob in one request (``POST ?digest=``): no session row, just a temp file."""
+        validate_name(name)
+        expected = Digest.parse(digest)
+        writer = BlobWriter.create(self.store, uuid.uuid4().hex)
+        try:
+            await writer.write(body, None, self.config.storage.write_buffer_bytes)
+            row = await writer.commit(expected)
+        except BaseException:
+            await writer.cancel()
+            raise
+        await self._publish(name, row, writer, None)
+        return row
+
+    async def _publish(
+        self, name: str, row: BlobRow, writer: BlobWriter, upload_id: str | None
+    ) -> None:
+        """Index a placed blob and end its session in one transaction, then drop the temp file.
+
+        Until that transaction commits, a crash leaves the session resumable
+        (its temp file is still there); after it, the blob is fully recorded.
+        """
+        await self.index.link_blob(name, row, ended_upload=upload_id)
+        if upload_id is not None:
+            self._writers.pop(upload_id, None)
+            self._upload_locks.pop(upload_id, None)
+        await writer.release()
 
     async def upload_offset(self, name: str, upload_id: str) -> int:
         async with self._upload(name, upload_id) as writer:
@@ -168,19 +190,15 @@ class Registry:
             except BaseException:
                 await self._end_upload(upload_id, writer)
                 raise
-            await self.index.link_blob(name, row)
-            await self._end_upload(upload_id, writer, remove_file=False)
+            await self._publish(name, row, writer, upload_id)
             return row
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:
         async with self._upload(name, upload_id) as writer:
             await self._end_upload(upload_id, writer)
 
-    async def _end_upload(
-        self, upload_id: str, writer: BlobWriter, remove_file: bool = True
-    ) -> None:
-        if remove_file:
-            await writer.cancel()
+    async def _end_upload(self, upload_id: str, writer: BlobWriter) -> None:
+        await writer.cancel()
         self._writers.pop(upload_id, None)
         self._upload_locks.pop(upload_id, None)
         await self.index.delete_upload(upload_id)

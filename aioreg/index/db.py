@@ -185,8 +185,19 @@ class Index:
         )
         return None if row is None else BlobRow(*row)
 
-    async def link_blob(self, name: str, blob: BlobRow, now: float | None = None) -> None:
-        """Record a stored blob (once, registry-wide) and make it visible in ``name``."""
+    async def link_blob(
+        self,
+        name: str,
+        blob: BlobRow,
+        now: float | None = None,
+        *,
+        ended_upload: str | None = None,
+    ) -> None:
+        """Record a stored blob (once, registry-wide) and make it visible in ``name``.
+
+        ``ended_upload`` names the session that produced it, deleted in the same
+        transaction so a crash never leaves a session whose blob is already in.
+        """
         now = time.time() if now is None else now
         async with self._transaction() as db:
             await db.execute(
@@ -202,6 +213,8 @@ class Index:
                 "ON CONFLICT DO NOTHING",
                 (repo_id, blob.digest, now),
             )
+            if ended_upload is not None:
+                await db.execute("DELETE FROM uploads WHERE id = ?", (ended_upload,))
 
     async def unlink_blob(self, name: str, digest: str) -> bool:
         return await self._delete_in_repository("repository_blobs", "digest", name, digest)

@@ -56,14 +56,18 @@ class BlobStore:
             yield path, (digest if self.path(digest) == path else None)
 
     def place(self, temp: Path, digest: Digest) -> None:
-        """Give a complete, fsynced temp file its final name, keeping any copy already there."""
+        """Give a complete, fsynced temp file its final name, keeping any copy already there.
+
+        The temp file stays until the caller has indexed the blob: a crash in
+        between leaves the upload resumable and, at worst, an unindexed copy
+        under the final name that ``check`` removes.
+        """
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         # FileExistsError: stored already, by an earlier or concurrent upload of the same bytes.
         with contextlib.suppress(FileExistsError):
             os.link(temp, final)
         _fsync_dir(final.parent)
-        temp.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:

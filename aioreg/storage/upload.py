@@ -142,6 +142,7 @@ class BlobWriter:
         """Verify the bytes against the client's digest, fsync, and move them into place.
 
         On a mismatch the temp file is removed: the upload is over either way.
+        On success the temp file stays until ``release`` (see ``BlobStore.place``).
         """
         loop = asyncio.get_running_loop()
         try:
@@ -175,6 +176,14 @@ class BlobWriter:
         return Digest(algorithm, hasher.hexdigest())
 
     async def cancel(self) -> None:
+        """Abandon the upload: its bytes are gone."""
+        await self._remove_temp()
+
+    async def release(self) -> None:
+        """After the committed blob is indexed: the temp copy is no longer needed."""
+        await self._remove_temp()
+
+    async def _remove_temp(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, _unlink, self.path)
 
