@@ -7,6 +7,8 @@ into a status and the spec's JSON body. Nothing here knows about HTTP.
 from __future__ import annotations
 
 import enum
+import errno
+import sqlite3
 from typing import Any
 
 
@@ -55,3 +57,38 @@ class TooLargeError(RegistryError):
     def __init__(self, message: str, limit: int) -> None:
         super().__init__(ErrorCode.SIZE_INVALID, message, {"limit": limit})
         self.limit = limit
+
+
+class StorageFullError(RegistryError):
+    """The disk under the data directory (or the index) has no room left."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            ErrorCode.UNKNOWN,
+            f"registry storage is full ({what}); nothing was stored, retry once space is freed",
+            {"reason": "ENOSPC"},
+        )
+
+
+class UnavailableError(RegistryError):
+    """A transient condition (index busy, too much load): the client should retry later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message, {"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class TooManyRequestsError(RegistryError):
+    """A client went over its request rate or the upload concurrency cap."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(ErrorCode.TOOMANYREQUESTS, message, {"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return "disk is full" in str(exc) or "disk I/O error" in str(exc)
+    return False

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
 
-from aioreg.errors import ErrorCode, RangeError, RegistryError, TooLargeError
+from aioreg.errors import (
+    ErrorCode,
+    RangeError,
+    RegistryError,
+    StorageFullError,
+    TooLargeError,
+    UnavailableError,
+    is_disk_full,
+)
 
 log = logging.getLogger("aioreg.api")
 
@@ -64,13 +74,22 @@ def error_response(
     )
 
 
+# Errors whose status is not the one their code usually has.
+STATUS_BY_KIND: tuple[tuple[type[RegistryError], int], ...] = (
+    (RangeError, 416),
+    (TooLargeError, 413),
+    (StorageFullError, 507),
+    (UnavailableError, 503),
+)
+
+
 def registry_error_response(exc: RegistryError) -> web.Response:
-    status = None
-    if isinstance(exc, RangeError):
-        status = 416
-    elif isinstance(exc, TooLargeError):
-        status = 413
-    return error_response(exc.code, exc.message, exc.detail, status)
+    status = next((s for kind, s in STATUS_BY_KIND if isinstance(exc, kind)), None)
+    response = error_response(exc.code, exc.message, exc.detail, status)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -99,7 +118,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except (ConnectionResetError, TimeoutError):
         raise
-    except Exception:
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is not None:
+            log.warning("%s %s: %s", request.method, request.path[:200], exc)
+            return registry_error_response(translated)
         log.exception("unhandled error on %s %s", request.method, request.path[:200])
         return error_response(ErrorCode.UNKNOWN, "internal server error", status=500)
     return response
+
+
+def _translate(exc: Exception) -> RegistryError | None:
+    """Environment failures the client should hear about plainly, not as a bare 500."""
+    if is_disk_full(exc):
+        return StorageFullError(str(exc))
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return UnavailableError("the index is busy; retry shortly", retry_after=1.0)
+    return None
