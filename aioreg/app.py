@@ -9,6 +9,7 @@ from aiohttp import web
 
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
 from aioreg.api.http import REGISTRY_KEY
+from aioreg.api.limits import Limiter
 from aioreg.api.routes import add_routes
 from aioreg.config import Config
 from aioreg.registry import Registry
@@ -63,7 +64,7 @@ IN_FLIGHT_KEY = web.AppKey("in_flight", InFlight)
 def create_app(config: Config) -> web.Application:
     in_flight = InFlight()
     app = web.Application(
-        middlewares=[in_flight.middleware, error_middleware],
+        middlewares=[in_flight.middleware, error_middleware, Limiter(config.limits).middleware],
         client_max_size=config.limits.manifest_max_bytes + 1,
     )
     registry = Registry(config)

@@ -25,6 +25,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     access_log: bool = True
     shutdown_timeout: float = 30.0
     client_max_header_bytes: int = 16384
+    body_read_timeout: float = 60.0
 
     @property
     def host(self) -> str:
@@ -45,6 +46,9 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     manifest_max_bytes: int = 4194304
     page_size_max: int = 10000
+    requests_per_second: float = 0.0
+    request_burst: int = 100
+    max_concurrent_uploads: int = 256
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -92,3 +92,10 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return "disk is full" in str(exc) or "disk I/O error" in str(exc)
     return False
+
+
+class RequestTimeoutError(RegistryError):
+    """The client stopped sending its request body."""
+
+    def __init__(self, message: str, timeout: float) -> None:
+        super().__init__(ErrorCode.UNKNOWN, message, {"timeout": timeout})

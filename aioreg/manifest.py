@@ -116,6 +116,8 @@ def _media_type(body: bytes, content_type: str | None) -> str:
         probe = msgspec.json.decode(body, type=_Probe)
     except msgspec.DecodeError as exc:
         raise _invalid(f"manifest is not a JSON object: {exc}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
     declared = probe.mediaType
     if declared in DOCKER_SCHEMA1 or (probe.schemaVersion == 1 and declared is None):
         raise RegistryError(
@@ -190,6 +192,8 @@ def parse_manifest(
         raise _invalid(f"malformed {media_type}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
 
 
 def _is_foreign(layer: Descriptor) -> bool:

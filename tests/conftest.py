@@ -28,10 +28,12 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def make_config(data_dir: Path, **limits: int) -> Config:
+def make_config(data_dir: Path, server: dict[str, object] | None = None, **limits: float) -> Config:
     overrides: dict[str, dict[str, object]] = {"storage": {"data_dir": str(data_dir)}}
     if limits:
         overrides["limits"] = dict(limits)
+    if server:
+        overrides["server"] = server
     return load_config(None, environ={}, overrides=overrides)
 
 
@@ -93,8 +95,10 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
     """Start (and restart) registries on a data dir; all are closed at teardown."""
     clients: list[TestClient] = []
 
-    async def start(data_dir: Path | None = None, **limits: int) -> Reg:
-        app = create_app(make_config(data_dir or tmp_path / "data", **limits))
+    async def start(
+        data_dir: Path | None = None, server: dict[str, object] | None = None, **limits: float
+    ) -> Reg:
+        app = create_app(make_config(data_dir or tmp_path / "data", server, **limits))
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

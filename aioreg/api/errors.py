@@ -14,8 +14,10 @@ from aioreg.errors import (
     ErrorCode,
     RangeError,
     RegistryError,
+    RequestTimeoutError,
     StorageFullError,
     TooLargeError,
+    TooManyRequestsError,
     UnavailableError,
     is_disk_full,
 )
@@ -80,12 +82,16 @@ STATUS_BY_KIND: tuple[tuple[type[RegistryError], int], ...] = (
     (TooLargeError, 413),
     (StorageFullError, 507),
     (UnavailableError, 503),
+    (TooManyRequestsError, 429),
+    (RequestTimeoutError, 408),
 )
 
 
 def registry_error_response(exc: RegistryError) -> web.Response:
     status = next((s for kind, s in STATUS_BY_KIND if isinstance(exc, kind)), None)
     response = error_response(exc.code, exc.message, exc.detail, status)
+    if isinstance(exc, RequestTimeoutError):
+        response.force_close()
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import msgspec
 from aiohttp import web
 
-from aioreg.errors import ErrorCode, RegistryError, TooLargeError
+from aioreg.errors import ErrorCode, RegistryError, RequestTimeoutError, TooLargeError
 from aioreg.registry import Registry
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
@@ -28,8 +29,20 @@ def has_body(request: web.Request) -> bool:
     )
 
 
-def body_stream(request: web.Request) -> AsyncIterator[bytes]:
-    return request.content.iter_any()
+async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a body that stalls past the timeout is abandoned."""
+    timeout = request.app[REGISTRY_KEY].config.server.body_read_timeout
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"request body stalled for more than {timeout:g}s", timeout
+            ) from None
+        if not chunk:
+            return
+        yield chunk
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
@@ -38,7 +51,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
         raise TooLargeError(f"body is {request.content_length} bytes; the limit is {limit}", limit)
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    async for chunk in body_stream(request):
         size += len(chunk)
         if size > limit:
             raise TooLargeError(f"body is over the limit of {limit} bytes", limit)
