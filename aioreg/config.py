@@ -41,6 +41,7 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     chunk_min_length: int = 1048576
     write_buffer_bytes: int = 1048576
     upload_session_ttl: float = 86400.0
+    index_busy_timeout: float = 10.0
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

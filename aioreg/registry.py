@@ -37,7 +37,7 @@ class Registry:
     def __init__(self, config: Config) -> None:
         self.config = config
         root = config.data_path
-        self.index = Index(root / "index.db")
+        self.index = Index(root / "index.db", config.storage.index_busy_timeout)
         self.store = BlobStore(root)
         self._writers: dict[str, BlobWriter] = {}
         self._upload_locks: dict[str, asyncio.Lock] = {}
@@ -135,10 +135,10 @@ class Registry:
         try:
             await writer.write(body, None, self.config.storage.write_buffer_bytes)
             row = await writer.commit(expected)
+            await self._publish(name, row, writer, None)
         except BaseException:
             await writer.cancel()
             raise
-        await self._publish(name, row, writer, None)
         return row
 
     async def _publish(

@@ -28,8 +28,15 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def make_config(data_dir: Path, server: dict[str, object] | None = None, **limits: float) -> Config:
-    overrides: dict[str, dict[str, object]] = {"storage": {"data_dir": str(data_dir)}}
+def make_config(
+    data_dir: Path,
+    server: dict[str, object] | None = None,
+    storage: dict[str, object] | None = None,
+    **limits: float,
+) -> Config:
+    overrides: dict[str, dict[str, object]] = {
+        "storage": {"data_dir": str(data_dir), **(storage or {})}
+    }
     if limits:
         overrides["limits"] = dict(limits)
     if server:
@@ -96,9 +103,12 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
     clients: list[TestClient] = []
 
     async def start(
-        data_dir: Path | None = None, server: dict[str, object] | None = None, **limits: float
+        data_dir: Path | None = None,
+        server: dict[str, object] | None = None,
+        storage: dict[str, object] | None = None,
+        **limits: float,
     ) -> Reg:
-        app = create_app(make_config(data_dir or tmp_path / "data", server, **limits))
+        app = create_app(make_config(data_dir or tmp_path / "data", server, storage, **limits))
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

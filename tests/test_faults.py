@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +92,38 @@ async def test_disk_full_push_fails_cleanly_and_recovers(
     resp = await reg.client.get(f"/v2/app/blobs/{digest_of(big)}")
     assert await resp.read() == big
     assert manifest_digest == digest_of(manifest)
+
+
+def hold_write_lock(db_path: Path, seconds: float) -> None:
+    db = sqlite3.connect(db_path, isolation_level=None, timeout=30)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        time.sleep(seconds)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+async def test_index_locked_by_another_process_waits_then_503(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    reg = await make_registry(tmp_path / "locked", storage={"index_busy_timeout": 1.0})
+    db_path = reg.data_dir / "index.db"
+    # A short hold: the push waits for the lock and succeeds.
+    holder = asyncio.create_task(asyncio.to_thread(hold_write_lock, db_path, 0.4))
+    await asyncio.sleep(0.1)
+    await reg.push_blob("app", b"waited for the lock")
+    await holder
+    # A hold longer than the busy timeout: a clean 503 with Retry-After, nothing half-done.
+    holder = asyncio.create_task(asyncio.to_thread(hold_write_lock, db_path, 2.5))
+    await asyncio.sleep(0.1)
+    data = b"blocked by the lock"
+    resp = await reg.client.post(f"/v2/app/blobs/uploads/?digest={digest_of(data)}", data=data)
+    assert resp.status == 503, await resp.text()
+    assert error_codes(await resp.json()) == ["UNAVAILABLE"]
+    assert resp.headers["Retry-After"] == "1"
+    assert list((reg.data_dir / "uploads").iterdir()) == []
+    await holder
+    assert (await reg.client.head(f"/v2/app/blobs/{digest_of(data)}")).status == 404
+    await reg.push_blob("app", data)
+    assert (await reg.client.get(f"/v2/app/blobs/{digest_of(data)}")).status == 200

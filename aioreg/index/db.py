@@ -25,7 +25,6 @@ PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=10000",
 )
 PULL_FLUSH_SECONDS = 1.0
 SERVABLE_LINKED_BLOBS = (
@@ -34,8 +33,9 @@ SERVABLE_LINKED_BLOBS = (
 
 
 class Index:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -69,6 +69,8 @@ class Index:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in PRAGMAS:
             await conn.execute(pragma)
+        # Another process (``aioreg check``, a second server) may hold the write lock briefly.
+        await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         return conn
 
     async def _migrate(self) -> None:
