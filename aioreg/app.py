@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from aioreg.api.auth import AUTH_KEY, auth_middleware
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
 from aioreg.api.routes import add_routes
+from aioreg.auth.service import AuthService
 from aioreg.config import Config
 from aioreg.registry import Registry
 
@@ -64,16 +66,25 @@ IN_FLIGHT_KEY = web.AppKey("in_flight", InFlight)
 def create_app(config: Config) -> web.Application:
     in_flight = InFlight()
     app = web.Application(
-        middlewares=[in_flight.middleware, error_middleware, Limiter(config.limits).middleware],
+        middlewares=[
+            in_flight.middleware,
+            error_middleware,
+            Limiter(config.limits).middleware,
+            auth_middleware,
+        ],
         client_max_size=config.limits.manifest_max_bytes + 1,
     )
     registry = Registry(config)
+    auth = AuthService(config.auth, registry.index, config.data_path)
     app[REGISTRY_KEY] = registry
+    app[AUTH_KEY] = auth
     app[IN_FLIGHT_KEY] = in_flight
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         await registry.open()
+        await auth.open()
         yield
+        await auth.close()
         await registry.close()
 
     app.cleanup_ctx.append(registry_context)

@@ -1,4 +1,4 @@
-"""Command line: ``aioreg serve|scrub|check``."""
+"""Command line: ``aioreg serve|scrub|check|user|token|namespace|audit``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aioreg import __version__
+from aioreg import __version__, admin
 from aioreg.config import Config, ConfigError, load_config
 from aioreg.maintenance import check, open_parts, scrub
 from aioreg.progress import Progress
@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the registry")
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides config)")
+    serve.add_argument(
+        "--auth", action="store_true", help="turn on access control (same as [auth] enabled)"
+    )
     scrub_cmd = commands.add_parser(
         "scrub", help="verify every blob's bytes; quarantine corrupt or missing ones"
     )
@@ -31,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="reconcile index and disk, repairing what is safe to repair"
     )
     check_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
-    for command in (serve, scrub_cmd, check_cmd):
+    for command in (serve, scrub_cmd, check_cmd, *admin.add_parsers(commands)):
         command.add_argument(
             "--config", help="TOML config file (default: $AIOREG_CONFIG or built-in)"
         )
@@ -48,6 +51,8 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, dict[str, str]]:
         overrides.setdefault("server", {})["listen"] = args.listen
     if args.data:
         overrides.setdefault("storage", {})["data_dir"] = args.data
+    if getattr(args, "auth", False):
+        overrides.setdefault("auth", {})["enabled"] = True
     return overrides
 
 
@@ -105,4 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "scrub":
         return asyncio.run(_scrub(config, args.full))
-    return asyncio.run(_check(config, args.dry_run))
+    if args.command == "check":
+        return asyncio.run(_check(config, args.dry_run))
+    return asyncio.run(admin.run(config, args))

@@ -52,10 +52,25 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrent_uploads: int = 256
 
 
+class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = False
+    service: str = "aioreg"
+    realm: str = ""
+    token_ttl: float = 300.0
+    refresh_token_ttl: float = 2592000.0
+    allow_basic: bool = True
+    admin_user: str = "admin"
+    admin_password: str = ""
+    default_visibility: str = "private"
+    failed_login_limit: int = 5
+    failed_login_window: float = 60.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
 
     @property
     def data_path(self) -> Path:
@@ -66,6 +81,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 ENV_ALIASES: dict[str, tuple[str, str]] = {
     "AIOREG_LISTEN": ("server", "listen"),
     "AIOREG_DATA_DIR": ("storage", "data_dir"),
+    "AIOREG_AUTH": ("auth", "enabled"),
 }
 
 
@@ -84,6 +100,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
             ("server", ServerConfig),
             ("storage", StorageConfig),
             ("limits", LimitsConfig),
+            ("auth", AuthConfig),
         )
     }
     found: dict[str, dict[str, str]] = {}
@@ -131,4 +148,6 @@ def load_config(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
     split_listen(config.server.listen)
+    if config.auth.default_visibility not in ("public", "private"):
+        raise ConfigError("auth.default_visibility must be 'public' or 'private'")
     return config

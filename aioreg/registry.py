@@ -21,9 +21,18 @@ from aioreg.errors import ErrorCode, RegistryError, TooLargeError
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
 from aioreg.manifest import ParsedManifest, parse_manifest
 from aioreg.reference import Digest, parse_reference, validate_name
+from aioreg.rules import (
+    SIGNATURE_ARTIFACT_TYPES,
+    PushRules,
+    effective_rules,
+    namespace_of,
+    signature_tag,
+)
 from aioreg.storage import BlobStore, BlobWriter
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+# cosign's own tags (signatures, attestations, SBOMs) are pulled to verify, never gated.
+TRUST_EXEMPT_TAG_RE = re.compile(r"sha(256|512)-[0-9a-f]+\.(sig|att|sbom)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +267,34 @@ class Registry:
                 {"expected": str(ref), "actual": str(manifest.digest)},
             )
         tag = None if isinstance(ref, Digest) else ref
-        await self.index.put_manifest(name, manifest, body, tag, time.time())
+        protect = False
+        if tag is not None:
+            rules = await self.rules(name)
+            protect = not rules.allow_tag_overwrite or rules.tag_is_immutable(tag)
+        await self.index.put_manifest(
+            name, manifest, body, tag, time.time(), protect_existing_tag=protect
+        )
         return manifest
+
+    async def rules(self, name: str) -> PushRules:
+        """The push rules in force for a repository (namespace rules, repository overrides)."""
+        namespace = await self.index.namespace(namespace_of(name))
+        _, overrides = await self.index.repository_settings(name)
+        return effective_rules(namespace.rules if namespace else {}, overrides)
+
+    async def _require_signature(self, name: str, tag: str, row: ManifestRow) -> None:
+        if TRUST_EXEMPT_TAG_RE.fullmatch(tag) or not (await self.rules(name)).require_content_trust:
+            return
+        for referrer in await self.index.referrers(row.repository_id, row.digest, None):
+            if referrer.artifact_type in SIGNATURE_ARTIFACT_TYPES:
+                return
+        if await self.index.manifest_by_tag(name, signature_tag(row.digest)) is not None:
+            return
+        raise RegistryError(
+            ErrorCode.DENIED,
+            f"{name}:{tag} ({row.digest}) has no signature and {namespace_of(name)} "
+            "requires content trust",
+        )
 
     async def manifest(self, name: str, reference: str, *, pull: bool) -> ManifestRow:
         validate_name(name)
@@ -276,6 +311,8 @@ class Registry:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
             )
+        if tag is not None:
+            await self._require_signature(name, tag, row)
         if pull:
             self.index.note_pull(row, tag)
         return row
@@ -283,13 +320,25 @@ class Registry:
     async def delete_manifest(self, name: str, reference: str) -> None:
         validate_name(name)
         ref = parse_reference(reference)
+        rules = await self.rules(name)
         if isinstance(ref, Digest):
+            if rules.immutable_tags:
+                for tag in await self.index.tags_of(name, str(ref)):
+                    self._refuse_immutable(rules, name, tag)
             deleted = await self.index.delete_manifest(name, str(ref))
         else:
+            self._refuse_immutable(rules, name, ref)
             deleted = await self.index.delete_tag(name, ref)
         if not deleted:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
+            )
+
+    @staticmethod
+    def _refuse_immutable(rules: PushRules, name: str, tag: str) -> None:
+        if rules.tag_is_immutable(tag):
+            raise RegistryError(
+                ErrorCode.DENIED, f"tag {name}:{tag} is immutable and cannot be deleted"
             )
 
     # -- listings --------------------------------------------------------

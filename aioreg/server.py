@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 
@@ -42,6 +43,13 @@ async def serve(config: Config) -> None:
         loop_name,
         config.data_path,
     )
+    if not config.auth.enabled and not _loopback(config.server.host):
+        log.warning(
+            "!!! AUTHENTICATION IS OFF and %s is reachable beyond this machine: anyone who can "
+            "connect may pull, push and delete. Turn it on with [auth] enabled = true, "
+            "AIOREG_AUTH=1 or `aioreg serve --auth`. !!!",
+            config.server.listen,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,6 +63,13 @@ async def serve(config: Config) -> None:
         log.warning("%d requests still running after %ss; closing them", in_flight.count, timeout)
     await runner.cleanup()
     log.info("stopped")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def run(config: Config) -> None:

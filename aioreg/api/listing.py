@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from aioreg.api.auth import can_pull
 from aioreg.api.http import json_response, next_link, page_params, registry
 from aioreg.index import Referrer
 from aioreg.manifest import OCI_INDEX
@@ -55,9 +56,23 @@ async def tags_list(request: web.Request) -> web.StreamResponse:
 
 
 async def catalog(request: web.Request) -> web.StreamResponse:
+    """Repositories the caller may pull, a page at a time."""
     reg = registry(request)
     last, limit = page_params(request, reg.config.limits.page_size_max)
-    names, more = await reg.catalog(last, limit)
+    names: list[str] = []
+    more = True
+    cursor = last
+    while more and len(names) < limit:
+        page, more = await reg.catalog(cursor, limit)
+        if not page:
+            break
+        cursor = page[-1]
+        for name in page:
+            if len(names) == limit:
+                more = True
+                break
+            if await can_pull(request, name):
+                names.append(name)
     return _paged(request, Catalog(names), names, limit, more)
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from aioreg.api import blobs, listing, manifests, uploads
+from aioreg.api import auth, blobs, listing, manifests, uploads
 
 NAME = "{name:.+}"
 
 
 def add_routes(app: web.Application) -> None:
     router = app.router
+    router.add_get("/token", auth.token_get)
+    router.add_post("/token", auth.token_post)
     router.add_get("/v2/", listing.base)
     router.add_get("/v2", listing.base)
     router.add_get("/v2/_catalog", listing.catalog)

@@ -6,6 +6,7 @@ import re
 
 from aiohttp import web
 
+from aioreg.api.auth import MOUNT_ALLOWED
 from aioreg.api.errors import registry_error_response
 from aioreg.api.http import body_stream, has_body, registry
 from aioreg.errors import ErrorCode, RangeError, RegistryError
@@ -70,7 +71,8 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     reg = registry(request)
     name = request.match_info["name"]
     query = request.query
-    if "mount" in query:
+    # With access control on, a mount needs pull access to a named source.
+    if "mount" in query and request.get(MOUNT_ALLOWED, True):
         mounted = await reg.mount_blob(name, query["mount"], query.get("from"))
         if mounted is not None:
             return _created(name, mounted.digest)

@@ -17,6 +17,7 @@ import aiosqlite
 import msgspec
 
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.index.accounts import AccountQueries
 from aioreg.index.migrations import MIGRATIONS
 from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
 from aioreg.manifest import ParsedManifest
@@ -32,7 +33,7 @@ SERVABLE_LINKED_BLOBS = (
 )
 
 
-class Index:
+class Index(AccountQueries):
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
@@ -258,17 +259,40 @@ class Index:
     # -- manifests and tags ----------------------------------------------
 
     async def put_manifest(
-        self, name: str, manifest: ParsedManifest, body: bytes, tag: str | None, now: float
+        self,
+        name: str,
+        manifest: ParsedManifest,
+        body: bytes,
+        tag: str | None,
+        now: float,
+        *,
+        protect_existing_tag: bool = False,
     ) -> None:
         """Store a manifest and its references, moving ``tag`` to it, in one transaction.
 
         Every referenced blob must be linked to the repository and every child
         manifest stored in it; the check runs inside the write transaction so a
-        concurrent delete cannot slip between check and insert.
+        concurrent delete cannot slip between check and insert. With
+        ``protect_existing_tag`` a tag already pointing at another digest is
+        refused (immutable tags, overwrite disabled); the same digest again is fine.
         """
         digest = str(manifest.digest)
         async with self._transaction() as db:
             repo_id = await self._ensure_repository(db, name, now)
+            if tag is not None and protect_existing_tag:
+                async with db.execute(
+                    "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+                    "WHERE t.repository_id = ? AND t.name = ?",
+                    (repo_id, tag),
+                ) as cursor:
+                    existing = await cursor.fetchone()
+                if existing is not None and existing[0] != digest:
+                    raise RegistryError(
+                        ErrorCode.DENIED,
+                        f"tag {name}:{tag} already points at {existing[0]} and may not be "
+                        "overwritten",
+                        {"tag": tag, "current": existing[0]},
+                    )
             blobs = sorted({str(d) for d in manifest.blobs})
             await self._require(db, SERVABLE_LINKED_BLOBS, repo_id, blobs, f"blob in {name}")
             children = sorted({str(d) for d in manifest.children})
@@ -360,6 +384,14 @@ class Index:
             (name, tag),
         )
         return None if row is None else ManifestRow(*row)
+
+    async def tags_of(self, name: str, digest: str) -> list[str]:
+        rows = await self._all(
+            "SELECT t.name FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+            "JOIN repositories r ON r.id = t.repository_id WHERE r.name = ? AND m.digest = ?",
+            (name, digest),
+        )
+        return [r[0] for r in rows]
 
     async def delete_manifest(self, name: str, digest: str) -> bool:
         """Remove a manifest and every tag pointing at it."""

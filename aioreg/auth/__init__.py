@@ -1,0 +1,1 @@
+"""Access control: identities, tokens, namespaces, visibility and push rules."""
