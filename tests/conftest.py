@@ -32,6 +32,7 @@ def make_config(
     data_dir: Path,
     server: dict[str, object] | None = None,
     storage: dict[str, object] | None = None,
+    auth: dict[str, object] | None = None,
     **limits: float,
 ) -> Config:
     overrides: dict[str, dict[str, object]] = {
@@ -41,6 +42,8 @@ def make_config(
         overrides["limits"] = dict(limits)
     if server:
         overrides["server"] = server
+    if auth:
+        overrides["auth"] = auth
     return load_config(None, environ={}, overrides=overrides)
 
 
@@ -106,9 +109,11 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
         data_dir: Path | None = None,
         server: dict[str, object] | None = None,
         storage: dict[str, object] | None = None,
+        auth: dict[str, object] | None = None,
         **limits: float,
     ) -> Reg:
-        app = create_app(make_config(data_dir or tmp_path / "data", server, storage, **limits))
+        config = make_config(data_dir or tmp_path / "data", server, storage, auth, **limits)
+        app = create_app(config)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

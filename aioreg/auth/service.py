@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import sys
 import time
@@ -36,6 +37,9 @@ from aioreg.rules import effective_rules, namespace_of
 
 log = logging.getLogger("aioreg.auth")
 AUDIT_FLUSH_SECONDS = 1.0
+# Seconds a verified password is remembered (a changed password takes effect
+# within this time; tokens are checked on every request).
+VERIFIED_TTL = 10.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class AuthService:
         self.signer: TokenSigner | None = None
         self.throttle = Throttle(config.failed_login_limit, config.failed_login_window)
         self._audit: list[AuditRow] = []
+        self._verified: dict[bytes, tuple[Identity, float]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     @property
@@ -155,11 +160,21 @@ class AuthService:
     async def login(self, username: str, secret: str, client: str) -> Identity:
         """Basic credentials: a password, or a personal access token (any user name)."""
         self.throttle.check(f"user:{username}", f"addr:{client}")
+        # Clients sending Basic credentials on every request would pay for argon2
+        # each time; a verified pair is remembered briefly, by hash only.
+        key = hashlib.sha256(f"{username}\0{secret}".encode()).digest()
+        cached = self._verified.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         identity = await self._check_credentials(username, secret)
         if identity is None:
             self.throttle.fail(f"user:{username}", f"addr:{client}")
             log.info("failed login for %r from %s", username[:64], client)
             raise AuthError("invalid username, password or token")
+        if identity.method == "password":  # tokens are cheap to check and must revoke at once
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[key] = (identity, time.monotonic() + VERIFIED_TTL)
         return identity
 
     async def _check_credentials(self, username: str, secret: str) -> Identity | None:
@@ -170,7 +185,7 @@ class AuthService:
         ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, secret)
         if user is None or not ok:
             return None
-        return Identity(user.name, user.id, user.admin, "password")
+        return Identity(user.name, user.id, user.is_admin, "password")
 
     async def _token_identity(self, token_id: str, secret: str) -> Identity | None:
         row = await self.index.token(token_id)
@@ -187,7 +202,7 @@ class AuthService:
             (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
             for s in row.scopes
         )
-        return Identity(user.name, user.id, user.admin, "token", scopes, token_id)
+        return Identity(user.name, user.id, user.is_admin, "token", scopes, token_id)
 
     def bearer(self, token: str) -> Identity:
         assert self.signer is not None
@@ -223,8 +238,8 @@ class AuthService:
                 (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
                 for s in row.scopes
             )
-            return Identity(user.name, user.id, user.admin, "token", scopes, token_id)
-        return Identity(user.name, user.id, user.admin, str(claims.get("amr", "password")))
+            return Identity(user.name, user.id, user.is_admin, "token", scopes, token_id)
+        return Identity(user.name, user.id, user.is_admin, str(claims.get("amr", "password")))
 
     # -- authorization ---------------------------------------------------
 
@@ -235,7 +250,7 @@ class AuthService:
         user: UserRow | None = await self.index.user(identity.name or "")
         if user is None:
             return ANONYMOUS
-        return Identity(user.name, user.id, user.admin, identity.method)
+        return Identity(user.name, user.id, user.is_admin, identity.method)
 
     async def permitted(self, identity: Identity, repository: str) -> tuple[frozenset[str], str]:
         """Actions the identity may take on a repository, and why not the others."""
