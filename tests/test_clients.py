@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,4 +163,163 @@ def test_podman_pull_tag_push_pull(registry: str, tmp_path: Path, podman: list[s
     pushed = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{target}"))
     assert len(pushed["layers"]) == len(image.layers)
     config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", f"docker://{target}"))
+    assert config["rootfs"]["diff_ids"] == image.diff_ids
+
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A registry with access control on, an admin from the environment and a user alice."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed (.ci/run installs it)")
+    port = free_port()
+    data = tmp_path_factory.mktemp("auth-registry")
+    started: list[Server] = []
+    server = start(
+        started,
+        ["--listen", f"127.0.0.1:{port}", "--data", str(data), "--auth"],
+        {"AIOREG_AUTH_ADMIN_PASSWORD": "admin-pw"},
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aioreg",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--data",
+            str(data),
+        ],
+        input="alice-pw\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    yield f"127.0.0.1:{port}", data
+    assert server.stop() == 0, server.output
+
+
+def test_skopeo_login_and_copy_with_credentials(
+    auth_registry: tuple[str, Path], tmp_path: Path
+) -> None:
+    registry, _ = auth_registry
+    authfile = str(tmp_path / "auth.json")
+    failed = subprocess.run(
+        [
+            "skopeo",
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "-u",
+            "alice",
+            "-p",
+            "wrong",
+            registry,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert failed.returncode != 0
+    skopeo(
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        "-u",
+        "alice",
+        "-p",
+        "alice-pw",
+        registry,
+    )
+    image = single_image(tmp_path / "src", "authed")
+    ref = f"docker://{registry}/alice/app:v1"
+    denied = subprocess.run(
+        ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'src'}:latest", ref],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert denied.returncode != 0  # anonymous push
+    skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:alice-pw",
+        f"oci:{tmp_path / 'src'}:latest",
+        ref,
+    )
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", "--authfile", authfile, ref)
+    assert raw.encode() == image.manifest
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        "alice:alice-pw",
+        ref,
+        f"oci:{tmp_path / 'back'}:latest",
+    )
+    assert files_by_hash(tmp_path / "back") == files_by_hash(tmp_path / "src")
+    # Someone else's namespace: refused even with valid credentials.
+    denied = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "alice:alice-pw",
+            f"oci:{tmp_path / 'src'}:latest",
+            f"docker://{registry}/admin/app:v1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert denied.returncode != 0
+
+
+def test_podman_login_and_push_with_creds(
+    auth_registry: tuple[str, Path], tmp_path: Path, podman: list[str]
+) -> None:
+    registry, _ = auth_registry
+    image = single_image(tmp_path / "src", "podman-auth")
+    source = f"{registry}/alice/src:v1"
+    skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:alice-pw",
+        f"oci:{tmp_path / 'src'}:latest",
+        f"docker://{source}",
+    )
+    authfile = str(tmp_path / "podman-auth.json")
+    run(
+        *podman,
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        "-u",
+        "alice",
+        "-p",
+        "alice-pw",
+        registry,
+    )
+    run(*podman, "pull", "--tls-verify=false", "--authfile", authfile, source)
+    target = f"{registry}/alice/pushed:latest"
+    run(*podman, "tag", source, target)
+    run(*podman, "push", "--tls-verify=false", "--creds", "alice:alice-pw", target)
+    config = json.loads(
+        skopeo(
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+            "--creds",
+            "alice:alice-pw",
+            f"docker://{target}",
+        )
+    )
     assert config["rootfs"]["diff_ids"] == image.diff_ids

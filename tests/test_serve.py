@@ -149,3 +149,29 @@ async def test_sigterm_drains_in_flight_upload(servers: list[Server], tmp_path: 
         assert await task == 202
     assert await asyncio.to_thread(server.stop) == 0
     assert "draining" in server.output
+
+
+def test_first_start_with_auth_creates_admin_once(servers: list[Server], tmp_path: Path) -> None:
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d"), "--auth"]
+    server = start(servers, args)
+    output = server.output
+    assert "created admin user 'admin' with password: " in output
+    password = output.split("with password: ", 1)[1].split()[0]
+    assert len(password) >= 16
+    assert output.count(password) == 1  # printed once, in no log line
+    assert server.stop() == 0
+    server = start(servers, args)
+    assert "created admin user" not in server.output
+    assert password not in server.output
+
+
+def test_open_registry_on_a_public_address_warns_loudly(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    port = free_port()
+    server = start(servers, ["--listen", f"0.0.0.0:{port}", "--data", str(tmp_path / "d")])
+    assert "AUTHENTICATION IS OFF" in server.output
+    assert server.stop() == 0
+    server = start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")])
+    assert "AUTHENTICATION IS OFF" not in server.output
