@@ -213,18 +213,23 @@ async def resume_or_forget(http: aiohttp.ClientSession, upload: Upload, ledger: 
         return
     assert resp.status == 204, resp.status
     end = int(resp.headers["Range"].split("-")[1])
-    offset = 0 if end == 0 and upload.acked == 0 else end + 1
+    # "0-0" means no bytes or one byte (the protocol cannot tell); try the
+    # smaller and let a 416 name the real offset, as a resuming client would.
+    offset = 0 if end == 0 else end + 1
     allowed = {upload.acked, upload.acked + upload.in_flight}
-    if upload.acked == 0:
-        allowed.add(0)
-    assert offset in allowed, f"upload resumed at {offset}, client had {upload.acked} acked"
-    rest = upload.data[offset:]
+    location = resp.headers["Location"]
     digest = digest_of(upload.data)
-    resp = await http.put(
-        f"{resp.headers['Location']}?digest={digest}",
-        data=rest,
-        headers={"Content-Range": f"{offset}-{offset + len(rest) - 1}"} if rest else {},
-    )
+    for _ in range(2):
+        assert offset in allowed, f"upload resumed at {offset}, client had {upload.acked} acked"
+        rest = upload.data[offset:]
+        resp = await http.put(
+            f"{location}?digest={digest}",
+            data=rest,
+            headers={"Content-Range": f"{offset}-{offset + len(rest) - 1}"} if rest else {},
+        )
+        if resp.status != 416:
+            break
+        offset = (await resp.json())["errors"][0]["detail"]["offset"]
     assert resp.status == 201, await resp.text()
     ledger.uploads.remove(upload)
     ledger.blobs[digest] = (upload.repo, upload.data)
