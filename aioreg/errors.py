@@ -99,3 +99,15 @@ class RequestTimeoutError(RegistryError):
 
     def __init__(self, message: str, timeout: float) -> None:
         super().__init__(ErrorCode.UNKNOWN, message, {"timeout": timeout})
+
+
+class QuotaExceededError(RegistryError):
+    """A push would take a namespace past its storage quota."""
+
+    def __init__(self, namespace: str, quota: int, used: int, adding: int) -> None:
+        super().__init__(
+            ErrorCode.DENIED,
+            f"namespace {namespace} is over its storage quota: {used} of {quota} bytes used, "
+            f"this blob needs {adding} more",
+            {"namespace": namespace, "quota": quota, "used": used, "needed": adding},
+        )

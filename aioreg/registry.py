@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aioreg.config import Config
-from aioreg.errors import ErrorCode, RegistryError, TooLargeError
+from aioreg.errors import ErrorCode, QuotaExceededError, RegistryError, TooLargeError
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
 from aioreg.manifest import ParsedManifest, parse_manifest
 from aioreg.reference import Digest, parse_reference, validate_name
@@ -158,7 +158,20 @@ class Registry:
         Until that transaction commits, a crash leaves the session resumable
         (its temp file is still there); after it, the blob is fully recorded.
         """
-        await self.index.link_blob(name, row, ended_upload=upload_id)
+        digest = Digest.parse(row.digest)
+        limit = await self.index.quota(namespace_of(name))
+
+        def check_quota(used: int, adding: int) -> None:
+            if limit is not None and used + adding > limit:
+                raise QuotaExceededError(namespace_of(name), limit, used, adding)
+
+        await self.index.link_blob(
+            name,
+            row,
+            ended_upload=upload_id,
+            place=lambda: writer.place(digest),
+            quota=check_quota if limit is not None else None,
+        )
         if upload_id is not None:
             self._writers.pop(upload_id, None)
             self._upload_locks.pop(upload_id, None)
@@ -199,7 +212,11 @@ class Registry:
             except BaseException:
                 await self._end_upload(upload_id, writer)
                 raise
-            await self._publish(name, row, writer, upload_id)
+            try:
+                await self._publish(name, row, writer, upload_id)
+            except QuotaExceededError:
+                await self._end_upload(upload_id, writer)
+                raise
             return row
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:

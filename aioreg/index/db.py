@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import aiosqlite
@@ -18,9 +18,11 @@ import msgspec
 
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.accounts import AccountQueries
+from aioreg.index.lifecycle import LifecycleQueries
 from aioreg.index.migrations import MIGRATIONS
 from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
 from aioreg.manifest import ParsedManifest
+from aioreg.rules import namespace_of
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -33,7 +35,7 @@ SERVABLE_LINKED_BLOBS = (
 )
 
 
-class Index(AccountQueries):
+class Index(AccountQueries, LifecycleQueries):
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
@@ -195,14 +197,33 @@ class Index(AccountQueries):
         now: float | None = None,
         *,
         ended_upload: str | None = None,
+        place: Callable[[], None] | None = None,
+        quota: Callable[[int, int], None] | None = None,
     ) -> None:
         """Record a stored blob (once, registry-wide) and make it visible in ``name``.
 
         ``ended_upload`` names the session that produced it, deleted in the same
         transaction so a crash never leaves a session whose blob is already in.
+        ``place`` puts the file under its final name while this transaction holds
+        the index's write lock, which garbage collection also holds while it
+        removes files: a sweep can never take the file of a blob being indexed.
+        ``quota(used, adding)`` may refuse the blob given the namespace's usage.
         """
         now = time.time() if now is None else now
         async with self._transaction() as db:
+            if quota is not None:
+                used = await self._namespace_physical(db, name)
+                known = await (
+                    await db.execute(
+                        "SELECT 1 FROM repository_blobs rb JOIN repositories r "
+                        "ON r.id = rb.repository_id WHERE rb.digest = ? AND "
+                        "(r.name = ? OR r.name LIKE ?)",
+                        (blob.digest, namespace_of(name), namespace_of(name) + "/%"),
+                    )
+                ).fetchone()
+                quota(used, 0 if known else blob.size)
+            if place is not None:
+                await asyncio.to_thread(place)
             await db.execute(
                 "INSERT INTO blobs(digest, size, xxh3_128, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(digest) DO UPDATE SET quarantined_at = NULL, "
@@ -213,7 +234,7 @@ class Index(AccountQueries):
             repo_id = await self._ensure_repository(db, name, now)
             await db.execute(
                 "INSERT INTO repository_blobs(repository_id, digest, linked_at) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
+                "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
                 (repo_id, blob.digest, now),
             )
             if ended_upload is not None:

@@ -1,4 +1,4 @@
-"""One blob upload's lifecycle: write → commit (verify, fsync, place) or cancel.
+"""One blob upload's lifecycle: write → commit (verify, fsync) → place → release, or cancel.
 
 Bytes stream from the client to a temporary file under ``uploads/`` on the
 same filesystem as the blobs, while sha256 and xxh3-128 run over them. File
@@ -139,10 +139,11 @@ class BlobWriter:
     # -- finish ----------------------------------------------------------
 
     async def commit(self, expected: Digest, expected_size: int | None = None) -> BlobRow:
-        """Verify the bytes against the client's digest, fsync, and move them into place.
+        """Verify the bytes against the client's digest and fsync them.
 
         On a mismatch the temp file is removed: the upload is over either way.
-        On success the temp file stays until ``release`` (see ``BlobStore.place``).
+        On success the temp file stays: ``place`` gives it its final name while
+        the index records it, and ``release`` drops the temp name afterwards.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -159,7 +160,6 @@ class BlobWriter:
                     {"expected": str(expected), "actual": str(actual)},
                 )
             await loop.run_in_executor(self._executor, _fsync_file, self.path)
-            await loop.run_in_executor(self._executor, self.store.place, self.path, expected)
         except BaseException:
             await self.cancel()
             raise
@@ -174,6 +174,10 @@ class BlobWriter:
             while block := f.read(READ_BLOCK):
                 hasher.update(block)
         return Digest(algorithm, hasher.hexdigest())
+
+    def place(self, digest: Digest) -> None:
+        """Hard-link the verified bytes under the blob's final name (blocking)."""
+        self.store.place(self.path, digest)
 
     async def cancel(self) -> None:
         """Abandon the upload: its bytes are gone."""
