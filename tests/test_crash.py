@@ -215,8 +215,9 @@ async def resume_or_forget(http: aiohttp.ClientSession, upload: Upload, ledger: 
     end = int(resp.headers["Range"].split("-")[1])
     # "0-0" means no bytes or one byte (the protocol cannot tell); try the
     # smaller and let a 416 name the real offset, as a resuming client would.
-    offset = 0 if end == 0 else end + 1
     allowed = {upload.acked, upload.acked + upload.in_flight}
+    ambiguous = sorted(allowed & {0, 1})
+    offset = end + 1 if end > 0 or not ambiguous else ambiguous[0]
     location = resp.headers["Location"]
     digest = digest_of(upload.data)
     for _ in range(2):
