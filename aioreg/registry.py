@@ -19,6 +19,7 @@ from pathlib import Path
 from aioreg.config import Config
 from aioreg.errors import ErrorCode, QuotaExceededError, RegistryError, TooLargeError
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
+from aioreg.index.lifecycle import Event
 from aioreg.manifest import ParsedManifest, parse_manifest
 from aioreg.reference import Digest, parse_reference, validate_name
 from aioreg.rules import (
@@ -268,7 +269,12 @@ class Registry:
     # -- manifests -------------------------------------------------------
 
     async def put_manifest(
-        self, name: str, reference: str, body: bytes, content_type: str | None
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        actor: str | None = None,
     ) -> ParsedManifest:
         validate_name(name)
         limit = self.config.limits.manifest_max_bytes
@@ -288,9 +294,10 @@ class Registry:
         if tag is not None:
             rules = await self.rules(name)
             protect = not rules.allow_tag_overwrite or rules.tag_is_immutable(tag)
-        await self.index.put_manifest(
-            name, manifest, body, tag, time.time(), protect_existing_tag=protect
-        )
+        now = time.time()
+        await self.index.put_manifest(name, manifest, body, tag, now, protect_existing_tag=protect)
+        digest = str(manifest.digest)
+        self.index.note_event(Event(now, "push", name, tag, digest, actor))
         return manifest
 
     async def rules(self, name: str) -> PushRules:
@@ -313,7 +320,9 @@ class Registry:
             "requires content trust",
         )
 
-    async def manifest(self, name: str, reference: str, *, pull: bool) -> ManifestRow:
+    async def manifest(
+        self, name: str, reference: str, *, pull: bool, actor: str | None = None
+    ) -> ManifestRow:
         validate_name(name)
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
@@ -332,9 +341,10 @@ class Registry:
             await self._require_signature(name, tag, row)
         if pull:
             self.index.note_pull(row, tag)
+            self.index.note_event(Event(time.time(), "pull", name, tag, row.digest, actor))
         return row
 
-    async def delete_manifest(self, name: str, reference: str) -> None:
+    async def delete_manifest(self, name: str, reference: str, actor: str | None = None) -> None:
         validate_name(name)
         ref = parse_reference(reference)
         rules = await self.rules(name)
@@ -350,6 +360,10 @@ class Registry:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
             )
+        kind, tag, digest = (
+            ("delete", None, str(ref)) if isinstance(ref, Digest) else ("untag", ref, None)
+        )
+        self.index.note_event(Event(time.time(), kind, name, tag, digest, actor))
 
     @staticmethod
     def _refuse_immutable(rules: PushRules, name: str, tag: str) -> None:

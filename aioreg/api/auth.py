@@ -102,6 +102,14 @@ async def _granted(service: AuthService, identity: Identity, repository: str) ->
     return allowed
 
 
+def actor(request: web.Request) -> str | None:
+    """Who the events of this request are attributed to (None with access control off)."""
+    identity: Identity | None = request.get(IDENTITY)
+    if identity is None:
+        return None
+    return identity.name or "<anonymous>"
+
+
 async def can_pull(request: web.Request, repository: str) -> bool:
     service = request.app[AUTH_KEY]
     if not service.enabled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from aioreg.api.auth import actor
 from aioreg.api.http import read_limited, registry
 
 
@@ -11,7 +12,10 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     """GET and HEAD; only a GET counts as a pull."""
     is_get = request.method == "GET"
     row = await registry(request).manifest(
-        request.match_info["name"], request.match_info["reference"], pull=is_get
+        request.match_info["name"],
+        request.match_info["reference"],
+        pull=is_get,
+        actor=actor(request),
     )
     headers = {
         "Docker-Content-Digest": row.digest,
@@ -34,7 +38,11 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     body = await read_limited(request, reg.config.limits.manifest_max_bytes)
     manifest = await reg.put_manifest(
-        name, request.match_info["reference"], body, request.headers.get("Content-Type")
+        name,
+        request.match_info["reference"],
+        body,
+        request.headers.get("Content-Type"),
+        actor(request),
     )
     digest = str(manifest.digest)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
@@ -45,6 +53,6 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
 
 async def delete_manifest(request: web.Request) -> web.StreamResponse:
     await registry(request).delete_manifest(
-        request.match_info["name"], request.match_info["reference"]
+        request.match_info["name"], request.match_info["reference"], actor(request)
     )
     return web.Response(status=202)

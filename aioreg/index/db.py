@@ -18,7 +18,7 @@ import msgspec
 
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.accounts import AccountQueries
-from aioreg.index.lifecycle import LifecycleQueries
+from aioreg.index.lifecycle import Event, LifecycleQueries
 from aioreg.index.migrations import MIGRATIONS
 from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
 from aioreg.manifest import ParsedManifest
@@ -44,6 +44,7 @@ class Index(AccountQueries, LifecycleQueries):
         self._write_lock = asyncio.Lock()
         # Pull timestamps are batched: a pull must not cost a write transaction.
         self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
+        self._pending_events: list[Event] = []
         self._flusher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -474,7 +475,14 @@ class Index(AccountQueries, LifecycleQueries):
     def note_pull(self, manifest: ManifestRow, tag: str | None) -> None:
         self._pending_pulls[(manifest.repository_id, manifest.id, tag)] = time.time()
 
+    def note_event(self, event: Event) -> None:
+        """Activity is batched like pulls: recording it must not cost a transaction each."""
+        self._pending_events.append(event)
+
     async def flush_pulls(self) -> None:
+        if self._pending_events:
+            events, self._pending_events = self._pending_events, []
+            await self.add_events(events)
         if not self._pending_pulls:
             return
         pending, self._pending_pulls = self._pending_pulls, {}
