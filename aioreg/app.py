@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -11,10 +12,15 @@ from aioreg.api.auth import AUTH_KEY, auth_middleware
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
+from aioreg.api.management import MANAGEMENT_KEY
+from aioreg.api.management import add_routes as add_management_routes
 from aioreg.api.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
+from aioreg.management import Management
 from aioreg.registry import Registry
+
+log = logging.getLogger("aioreg.lifecycle")
 
 
 async def _api_version_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -76,18 +82,43 @@ def create_app(config: Config) -> web.Application:
     )
     registry = Registry(config)
     auth = AuthService(config.auth, registry.index, config.data_path)
+    management = Management(registry)
     app[REGISTRY_KEY] = registry
     app[AUTH_KEY] = auth
+    app[MANAGEMENT_KEY] = management
     app[IN_FLIGHT_KEY] = in_flight
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         await registry.open()
         await auth.open()
+        schedules = [
+            asyncio.create_task(_every(config.gc.interval, "gc", management.gc)),
+            asyncio.create_task(
+                _every(config.retention.interval, "retention", management.retention_apply)
+            ),
+        ]
         yield
+        for task in schedules:
+            task.cancel()
+        await asyncio.gather(*schedules, return_exceptions=True)
         await auth.close()
         await registry.close()
 
     app.cleanup_ctx.append(registry_context)
     app.on_response_prepare.append(_api_version_header)
     add_routes(app)
+    add_management_routes(app)
     return app
+
+
+async def _every(interval: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
+    """Run a lifecycle job on a schedule; a failed run is logged and the next one tries again."""
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            result = await job()
+            log.info("scheduled %s: %s", what, result)
+        except Exception:
+            log.exception("scheduled %s failed", what)

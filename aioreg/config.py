@@ -66,11 +66,23 @@ class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     failed_login_window: float = 60.0
 
 
+class GcConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    interval: float = 0.0
+    grace_period: float = 3600.0
+    delete_untagged: bool = False
+
+
+class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    interval: float = 0.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    gc: GcConfig = msgspec.field(default_factory=GcConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
     @property
     def data_path(self) -> Path:
@@ -101,6 +113,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
             ("storage", StorageConfig),
             ("limits", LimitsConfig),
             ("auth", AuthConfig),
+            ("gc", GcConfig),
+            ("retention", RetentionConfig),
         )
     }
     found: dict[str, dict[str, str]] = {}
