@@ -1,4 +1,4 @@
-"""Command line: ``aioreg serve|scrub|check|user|token|namespace|audit``."""
+"""Command line: ``aioreg serve|scrub|check``, accounts and repository lifecycle."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aioreg import __version__, admin
+from aioreg import __version__, admin, lifecycle_cli
 from aioreg.config import Config, ConfigError, load_config
 from aioreg.maintenance import check, open_parts, scrub
 from aioreg.progress import Progress
@@ -34,7 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="reconcile index and disk, repairing what is safe to repair"
     )
     check_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
-    for command in (serve, scrub_cmd, check_cmd, *admin.add_parsers(commands)):
+    for command in (
+        serve,
+        scrub_cmd,
+        check_cmd,
+        *admin.add_parsers(commands),
+        *lifecycle_cli.add_parsers(commands),
+    ):
         command.add_argument(
             "--config", help="TOML config file (default: $AIOREG_CONFIG or built-in)"
         )
@@ -112,4 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_scrub(config, args.full))
     if args.command == "check":
         return asyncio.run(_check(config, args.dry_run))
+    if args.command in lifecycle_cli.COMMANDS:
+        return asyncio.run(lifecycle_cli.run(config, args))
     return asyncio.run(admin.run(config, args))

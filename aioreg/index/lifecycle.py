@@ -148,15 +148,16 @@ class LifecycleQueries:
         namespaces = []
         for ns, members in sorted(by_namespace.items()):
             row = await self._one(  # type: ignore[attr-defined]
-                f"""SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN (
+                f"""SELECT coalesce((SELECT sum(b.size) FROM blobs b WHERE b.digest IN (
                         SELECT rb.digest FROM repository_blobs rb
-                        JOIN repositories r ON r.id = rb.repository_id WHERE {NAMESPACE_REPOS})""",
-                _ns_params(ns),
+                        JOIN repositories r ON r.id = rb.repository_id
+                        WHERE {NAMESPACE_REPOS})), 0)
+                      + coalesce((SELECT sum(m.size) FROM manifests m
+                        JOIN repositories r ON r.id = m.repository_id
+                        WHERE {NAMESPACE_REPOS}), 0)""",
+                (*_ns_params(ns), *_ns_params(ns)),
             )
-            manifests = sum(u.physical for u in members) - sum(
-                await self._repo_blob_bytes(u.name) for u in members
-            )
-            namespaces.append(Usage(ns, sum(u.logical for u in members), int(row[0]) + manifests))
+            namespaces.append(Usage(ns, sum(u.logical for u in members), int(row[0])))
         total = await self._one(  # type: ignore[attr-defined]
             "SELECT coalesce(sum(size), 0) FROM blobs WHERE quarantined_at IS NULL"
         )
@@ -167,15 +168,6 @@ class LifecycleQueries:
             int(total[0]) + int(manifest_total[0]),
         )
         return namespaces, repositories, whole
-
-    async def _repo_blob_bytes(self, name: str) -> int:
-        row = await self._one(  # type: ignore[attr-defined]
-            """SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN (
-                   SELECT rb.digest FROM repository_blobs rb JOIN repositories r
-                   ON r.id = rb.repository_id WHERE r.name = ?)""",
-            (name,),
-        )
-        return int(row[0])
 
     # -- listings --------------------------------------------------------
 
