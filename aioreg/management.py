@@ -122,11 +122,13 @@ class Management:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED, f"sort must be one of {', '.join(sorted(keys))}"
             )
+        await self.index.flush_pulls()  # last-pull times are batched; show current ones
         summaries = await self.index.repository_summaries(namespace)
         return sorted(summaries, key=keys[sort], reverse=descending)
 
     async def _summary(self, name: str) -> RepositorySummary:
         validate_name(name)
+        await self.index.flush_pulls()
         for summary in await self.index.repository_summaries(name.split("/", 1)[0]):
             if summary.name == name:
                 return summary

@@ -33,6 +33,7 @@ def make_config(
     server: dict[str, object] | None = None,
     storage: dict[str, object] | None = None,
     auth: dict[str, object] | None = None,
+    gc: dict[str, object] | None = None,
     **limits: float,
 ) -> Config:
     overrides: dict[str, dict[str, object]] = {
@@ -44,6 +45,8 @@ def make_config(
         overrides["server"] = server
     if auth:
         overrides["auth"] = auth
+    if gc:
+        overrides["gc"] = gc
     return load_config(None, environ={}, overrides=overrides)
 
 
@@ -110,9 +113,10 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
         server: dict[str, object] | None = None,
         storage: dict[str, object] | None = None,
         auth: dict[str, object] | None = None,
+        gc: dict[str, object] | None = None,
         **limits: float,
     ) -> Reg:
-        config = make_config(data_dir or tmp_path / "data", server, storage, auth, **limits)
+        config = make_config(data_dir or tmp_path / "data", server, storage, auth, gc, **limits)
         app = create_app(config)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
