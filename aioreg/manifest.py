@@ -22,6 +22,7 @@ DOCKER_SCHEMA1 = (
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 )
+MAX_SIZE = (1 << 63) - 1
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
@@ -77,10 +78,13 @@ class ImageIndex(msgspec.Struct, kw_only=True):
 
 
 class _Probe(msgspec.Struct):
-    """Just enough to tell which format a body claims to be."""
+    """Just enough to tell which format a body claims to be, and whether it mixes them."""
 
     mediaType: str | None = None
     schemaVersion: int | None = None
+    manifests: msgspec.Raw = msgspec.Raw()  # empty unless present
+    config: msgspec.Raw = msgspec.Raw()
+    layers: msgspec.Raw = msgspec.Raw()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +106,8 @@ def _invalid(message: str, detail: object = None) -> RegistryError:
 
 
 def _descriptor_digest(descriptor: Descriptor, where: str) -> Digest:
-    if descriptor.size < 0:
-        raise _invalid(f"{where}: negative size {descriptor.size}")
+    if not 0 <= descriptor.size <= MAX_SIZE:
+        raise _invalid(f"{where}: size {descriptor.size} is out of range")
     try:
         return Digest.parse(descriptor.digest)
     except RegistryError as exc:
@@ -126,6 +130,15 @@ def _media_type(body: bytes, content_type: str | None) -> str:
         )
     if probe.schemaVersion != 2:
         raise _invalid(f"schemaVersion must be 2, got {probe.schemaVersion!r}")
+    # A document that is both an image manifest and an index is ambiguous
+    # (CVE-2021-41190): clients could read it either way.
+    if probe.manifests and (probe.config or probe.layers):
+        raise _invalid("a manifest cannot have both 'manifests' and 'config'/'layers'")
+    declared_kind = probe.mediaType
+    if declared_kind in IMAGE_TYPES and probe.manifests:
+        raise _invalid(f"a {declared_kind} cannot have a 'manifests' field")
+    if declared_kind in INDEX_TYPES and (probe.config or probe.layers):
+        raise _invalid(f"a {declared_kind} cannot have 'config' or 'layers'")
     if declared is not None:
         if declared not in MANIFEST_TYPES:
             raise _invalid(f"unsupported manifest mediaType {declared!r}")

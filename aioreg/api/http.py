@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
@@ -13,6 +14,7 @@ from aioreg.errors import ErrorCode, RegistryError, RequestTimeoutError, TooLarg
 from aioreg.registry import Registry
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
+ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def registry(request: web.Request) -> Registry:
@@ -65,10 +67,14 @@ def page_params(request: web.Request, maximum: int) -> tuple[str | None, int]:
     last = request.query.get("last") or None
     if raw_n is None or raw_n == "":
         return last, maximum
-    if not raw_n.isdigit():
+    if not ASCII_DIGITS.fullmatch(raw_n):
         raise RegistryError(
-            ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, got {raw_n!r}"
+            ErrorCode.PAGINATION_NUMBER_INVALID,
+            f"n must be a non-negative integer, got {raw_n[:50]!r}",
         )
+    # More digits than the cap has is over the cap; never convert a huge string.
+    if len(raw_n.lstrip("0")) > len(str(maximum)):
+        return last, maximum
     return last, min(int(raw_n), maximum)
 
 

@@ -1,0 +1,309 @@
+"""Online garbage collection, retention policies and quotas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aioreg.api.management import MANAGEMENT_KEY
+from aioreg.auth.accounts import Accounts
+from aioreg.management import RetentionPolicy
+from tests.conftest import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    AppFactory,
+    Reg,
+    digest_of,
+    error_codes,
+)
+from tests.test_management import api, push
+
+
+def blob_files(reg: Reg) -> set[str]:
+    return {p.name for p in (reg.data_dir / "blobs").rglob("*") if p.is_file()}
+
+
+async def test_gc_removes_only_unreferenced_blobs(make_registry: AppFactory) -> None:
+    reg = await make_registry(gc={"grace_period": 0})
+    kept_digest, kept_manifest, _ = await push(reg, "app", "v1", [b"kept layer"])
+    gone_digest, _, gone_bytes = await push(reg, "app", "v2", [b"doomed layer"], arch="arm64")
+    orphan = await reg.push_blob("app", b"never referenced")
+    await reg.client.delete(f"/v2/app/manifests/{gone_digest}")
+    before = blob_files(reg)
+    dry = await api(reg, "POST", "/gc?dry_run=true")
+    assert dry["dry_run"] and dry["blobs_removed"] == 3  # doomed layer, its config, orphan
+    assert blob_files(reg) == before
+    report = await api(reg, "POST", "/gc")
+    assert report["blobs_removed"] == 3
+    assert report["bytes_freed"] == gone_bytes + len(b"never referenced")
+    assert orphan[7:] not in blob_files(reg)
+    assert digest_of(b"doomed layer")[7:] not in blob_files(reg)
+    resp = await reg.client.get("/v2/app/manifests/v1")
+    body = await resp.read()
+    assert body == kept_manifest
+    for layer in json.loads(body)["layers"] + [json.loads(body)["config"]]:
+        resp = await reg.client.get(f"/v2/app/blobs/{layer['digest']}")
+        assert resp.status == 200
+    assert kept_digest == digest_of(kept_manifest)
+    assert (await api(reg, "POST", "/gc"))["blobs_removed"] == 0
+    assert not (reg.data_dir / "trash").exists() or not list((reg.data_dir / "trash").iterdir())
+
+
+async def test_gc_keeps_new_blobs_for_the_grace_period(make_registry: AppFactory) -> None:
+    reg = await make_registry(gc={"grace_period": 3600})
+    await reg.push_blob("app", b"just uploaded, manifest coming")
+    report = await api(reg, "POST", "/gc")
+    assert report["blobs_removed"] == 0
+
+
+async def test_gc_untagged_manifests(make_registry: AppFactory) -> None:
+    reg = await make_registry(gc={"grace_period": 0})
+    untagged, _, _ = await push(reg, "app", None, [b"untagged layer"])
+    tagged, tagged_body, _ = await push(reg, "app", "v1", [b"tagged layer"])
+    empty = await reg.push_blob("app", b"{}")
+    signature = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": empty,
+                "size": 2,
+            },
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": tagged, "size": len(tagged_body)},
+        }
+    ).encode()
+    referrer = await reg.push_manifest("app", digest_of(signature), signature)
+    report = await api(reg, "POST", "/gc")  # config says: keep untagged manifests
+    assert report["manifests_removed"] == []
+    report = await api(reg, "POST", "/gc?untagged=true")
+    assert report["manifests_removed"] == [f"app@{untagged}"]
+    assert (await reg.client.get(f"/v2/app/manifests/{untagged}")).status == 404
+    assert (await reg.client.get(f"/v2/app/manifests/{referrer}")).status == 200
+    assert (await reg.client.get(f"/v2/app/blobs/{digest_of(b'untagged layer')}")).status == 404
+
+
+async def test_gc_racing_pushes_never_leaves_a_broken_image(make_registry: AppFactory) -> None:
+    """Pushes and GC at once for bounded rounds; every tagged image then pulls byte for byte."""
+    reg = await make_registry(gc={"grace_period": 0.5, "delete_untagged": True})
+    management = reg.app[MANAGEMENT_KEY]
+    rng = random.Random(7)
+    pushed: dict[tuple[str, str], bytes] = {}
+    refused = 0
+
+    async def pusher(n: int) -> None:
+        nonlocal refused
+        for i in range(12):
+            repo = f"race/r{n % 3}"
+            layers = [rng.randbytes(rng.choice([10, 5000, 60_000])), b"shared base layer" * 100]
+            config = json.dumps({"n": n, "i": i}).encode()
+            digests = []
+            for blob in (config, *layers):
+                resp = await reg.client.post(
+                    f"/v2/{repo}/blobs/uploads/?digest={digest_of(blob)}", data=blob
+                )
+                assert resp.status == 201
+                digests.append(digest_of(blob))
+            # Let sweeps slip in between blobs and manifest; now and then past the grace period.
+            await asyncio.sleep(0.7 if rng.random() < 0.1 else rng.random() * 0.02)
+            manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": OCI_CONFIG, "digest": digests[0], "size": len(config)},
+                    "layers": [
+                        {"mediaType": OCI_LAYER, "digest": d, "size": len(b)}
+                        for d, b in zip(digests[1:], layers, strict=True)
+                    ],
+                }
+            ).encode()
+            resp = await reg.client.put(
+                f"/v2/{repo}/manifests/t{n}-{i}",
+                data=manifest,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            if resp.status == 201:
+                pushed[(repo, f"t{n}-{i}")] = manifest
+            else:
+                assert error_codes(await resp.json()) == ["MANIFEST_BLOB_UNKNOWN"]
+                refused += 1
+            if i % 4 == 3 and pushed:
+                victim = rng.choice(sorted(pushed))
+                if (
+                    await reg.client.delete(f"/v2/{victim[0]}/manifests/{victim[1]}")
+                ).status == 202:
+                    del pushed[victim]
+
+    freed = 0
+
+    async def collector() -> int:
+        nonlocal freed
+        rounds = 0
+        deadline = time.monotonic() + 60
+        while not all(t.done() for t in pushers) and time.monotonic() < deadline:
+            freed += (await management.gc()).blobs
+            rounds += 1
+            await asyncio.sleep(0.005)
+        return rounds
+
+    pushers = [asyncio.create_task(pusher(n)) for n in range(6)]
+    rounds = await collector()
+    await asyncio.gather(*pushers)
+    await management.gc()
+    assert rounds >= 5
+    assert len(pushed) > 20
+    assert freed > 0  # the sweeps really removed garbage while pushes went on
+    for (repo, tag), manifest in pushed.items():
+        resp = await reg.client.get(f"/v2/{repo}/manifests/{tag}")
+        assert resp.status == 200, (repo, tag)
+        assert await resp.read() == manifest
+        body = json.loads(manifest)
+        for descriptor in [body["config"], *body["layers"]]:
+            resp = await reg.client.get(f"/v2/{repo}/blobs/{descriptor['digest']}")
+            assert resp.status == 200, descriptor
+            assert digest_of(await resp.read()) == descriptor["digest"]
+    print(
+        f"gc rounds: {rounds}, blobs freed: {freed}, images kept: {len(pushed)}, refused: {refused}"
+    )
+
+
+async def test_retention_preview_equals_apply(reg: Reg) -> None:
+    management = reg.app[MANAGEMENT_KEY]
+    for i in range(6):
+        await push(reg, "team/app", f"build-{i}", [f"layer {i}".encode()])
+        await asyncio.sleep(0.01)
+    await push(reg, "team/app", "latest", [b"latest"])
+    await push(reg, "team/app", "prod-1", [b"prod"])
+    await push(reg, "team/app", "keepme", [b"excluded"])
+    await push(reg, "team/other", "old", [b"old"])
+    await management.set_retention(
+        "team",
+        RetentionPolicy(
+            keep_last=2,
+            include=[r"build-.*", "keepme", "old"],
+            exclude=["keepme"],
+            protected=["latest", "prod-*"],
+        ),
+    )
+    now = time.time()
+    preview = await management.retention_preview(now)
+    assert sorted((r.repository, r.tag) for r in preview) == [
+        ("team/app", f"build-{i}") for i in range(4)
+    ]
+    applied = await management.retention_apply(now)
+    assert applied == preview
+    tags = (await (await reg.client.get("/v2/team/app/tags/list")).json())["tags"]
+    assert tags == ["build-4", "build-5", "keepme", "latest", "prod-1"]
+    assert (await (await reg.client.get("/v2/team/other/tags/list")).json())["tags"] == ["old"]
+    events = await management.events(100)
+    assert sorted(e.reference for e in events if e.kind == "retention") == [
+        f"build-{i}" for i in range(4)
+    ]
+    # Age and idleness: a policy measured a day in the future removes what was not pulled.
+    await reg.client.get("/v2/team/app/manifests/build-5")
+    await management.set_retention(
+        "team/app", RetentionPolicy(unpulled_days=0.5, protected=["latest", "prod-*", "keepme"])
+    )
+    later = time.time() + 86400
+    preview = await management.retention_preview(later)
+    assert [r.tag for r in preview] == ["build-4"] or sorted(r.tag for r in preview) == [
+        "build-4",
+        "build-5",
+    ]
+    assert all(r.reason.startswith("not pulled") for r in preview)
+    assert await management.retention_apply(later) == preview
+    await management.set_retention("team/other", RetentionPolicy(older_than_days=0.5, protected=[]))
+    assert [(r.tag, r.reason) for r in await management.retention_preview(later)] == [
+        ("old", "pushed more than 0.5 days ago")
+    ]
+    assert await management.retention_preview(time.time()) == []
+
+
+async def test_quota_refuses_a_push_and_leaves_nothing(make_registry: AppFactory) -> None:
+    reg = await make_registry()
+    await Accounts(reg.registry.index).create_namespace("small", None)
+    await api(reg, "PUT", "/namespaces/small/quota", json={"quota_bytes": 50_000})
+    await reg.push_blob("small/app", os.urandom(30_000))
+    shared = os.urandom(15_000)
+    await reg.push_blob("small/app", shared)
+    await reg.push_blob("small/other", shared)  # already counted: no extra bytes
+    big = os.urandom(10_000)
+    resp = await reg.client.post(f"/v2/small/app/blobs/uploads/?digest={digest_of(big)}", data=big)
+    assert resp.status == 403
+    error = (await resp.json())["errors"][0]
+    assert error["code"] == "DENIED"
+    assert (
+        "quota" in error["message"] and "50000" in error["message"] and "45000" in error["message"]
+    )
+    assert list((reg.data_dir / "uploads").iterdir()) == []
+    assert digest_of(big)[7:] not in blob_files(reg)
+    assert await reg.registry.index.blob(digest_of(big)) is None
+    # Chunked: refused at the closing PUT, the session ends, nothing stays.
+    resp = await reg.client.post("/v2/small/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    await reg.client.patch(location, data=big)
+    resp = await reg.client.put(f"{location}?digest={digest_of(big)}")
+    assert resp.status == 403
+    assert list((reg.data_dir / "uploads").iterdir()) == []
+    assert (await reg.client.get(location)).status == 404
+    # Other namespaces are not limited; raising the quota lets the push through.
+    await reg.push_blob("elsewhere/app", big)
+    await api(reg, "PUT", "/namespaces/small/quota", json={"quota_bytes": None})
+    await reg.push_blob("small/app", big)
+
+
+def test_lifecycle_cli(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def seed() -> None:
+        from aiohttp.test_utils import TestClient, TestServer
+
+        from aioreg.app import create_app
+        from tests.conftest import make_config
+
+        app = create_app(make_config(data))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        r = Reg(client, app)
+        for tag in ("v1", "v2", "v3"):
+            await push(r, "team/app", tag, [tag.encode() * 100])
+        await r.push_blob("team/app", b"orphan")
+        await Accounts(r.registry.index).create_namespace("team", None)
+        await client.close()
+
+    asyncio.run(seed())
+
+    def aioreg(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "aioreg", *args, "--data", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    listing = aioreg("repo", "ls")
+    assert "team/app" in listing and "    3" in listing
+    assert "v2" in aioreg("repo", "show", "team/app")
+    assert "team/app" in aioreg("usage")
+    aioreg("retention", "set", "team", "--keep-last", "1", "--protect", "none-protected")
+    preview = aioreg("retention", "preview")
+    assert "would remove team/app:v1" in preview and "would remove team/app:v2" in preview
+    applied = aioreg("retention", "apply")
+    assert applied.replace("removed", "X") == preview.replace("would remove", "X").replace(
+        "selected", "X"
+    )
+    assert "quota of team: 1.0 MiB" in aioreg("quota", "team", "1M")
+    assert "would remove" in aioreg("gc", "--dry-run")
+    aioreg("repo", "rm", "team/app")
+    assert "team/app" not in aioreg("repo", "ls")
