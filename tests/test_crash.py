@@ -64,6 +64,8 @@ class Ledger:
     deleting_tags: set[tuple[str, str]] = field(default_factory=set)
     uploads: list[Upload] = field(default_factory=list)
     acknowledged: int = 0
+    gc_runs: int = 0
+    gc_blobs: int = 0
 
 
 def random_blob(rng: random.Random) -> bytes:
@@ -170,6 +172,8 @@ async def client_loop(base: str, ledger: Ledger, seed: int, round_no: int) -> No
             else:
                 resp = await http.post("/api/v1/gc")
                 assert resp.status == 200, await resp.text()
+                ledger.gc_runs += 1
+                ledger.gc_blobs += (await resp.json())["blobs_removed"]
 
 
 async def run_until_killed(
@@ -277,5 +281,6 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
             server.log_path.unlink(missing_ok=True)
     assert ledger.acknowledged > ROUNDS, "the workload never got going"
     print(
-        f"crash rounds survived: {ROUNDS}, acknowledged operations verified: {ledger.acknowledged}"
+        f"crash rounds survived: {ROUNDS}, acknowledged operations verified: "
+        f"{ledger.acknowledged}, GC runs: {ledger.gc_runs} ({ledger.gc_blobs} blobs freed)"
     )
