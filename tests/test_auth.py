@@ -457,3 +457,38 @@ async def test_auth_off_keeps_the_registry_open(reg: Reg) -> None:
     resp = await reg.client.get("/token")
     assert resp.status == 405 or error_codes(await resp.json()) == ["UNSUPPORTED"]
     _ = time
+
+
+async def test_management_api_uses_the_same_access_control(auth_reg: Reg) -> None:
+    assert (await push_image(auth_reg, "team/app", "v1", basic("alice", "alice-pw")))[0] == 201
+    assert (await push_image(auth_reg, "pub/tool", "v1", basic("alice", "alice-pw")))[0] == 201
+    resp = await auth_reg.client.get("/api/v1/repositories/team/app")
+    assert resp.status == 401
+    resp = await auth_reg.client.get(
+        "/api/v1/repositories/team/app", headers=basic("bob", "bob-pw")
+    )
+    assert resp.status == 403
+    resp = await auth_reg.client.get(
+        "/api/v1/repositories/team/app", headers=basic("alice", "alice-pw")
+    )
+    assert resp.status == 200
+    resp = await auth_reg.client.get("/api/v1/repositories/pub/tool")
+    assert resp.status == 200  # public: anonymous read
+    resp = await auth_reg.client.delete(
+        "/api/v1/repositories/team/app", headers=basic("bob", "bob-pw")
+    )
+    assert resp.status == 403
+    resp = await auth_reg.client.post("/api/v1/gc", headers=basic("alice", "alice-pw"))
+    assert resp.status == 403  # registry-wide: admins only
+    resp = await auth_reg.client.post("/api/v1/gc", headers=basic("admin", ADMIN_PASSWORD))
+    assert resp.status == 200
+    resp = await auth_reg.client.get("/api/v1/search?q=app", headers=basic("bob", "bob-pw"))
+    assert [h["repository"] for h in (await resp.json())["results"]] == []
+    resp = await auth_reg.client.delete(
+        "/api/v1/repositories/team/app", headers=basic("alice", "alice-pw")
+    )
+    assert resp.status == 200
+    resp = await auth_reg.client.get("/api/v1/events", headers=basic("admin", ADMIN_PASSWORD))
+    events = (await resp.json())["events"]
+    assert any(e["kind"] == "delete" and e["actor"] == "alice" for e in events)
+    assert any(e["kind"] == "push" and e["actor"] == "alice" for e in events)
