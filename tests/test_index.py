@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 
-from tests.conftest import AppFactory, Reg
+from tests.conftest import AppFactory, Reg, digest_of
 
 
 async def test_wal_mode_and_schema_version(reg: Reg) -> None:
@@ -62,3 +63,26 @@ async def test_last_push_and_pull_times(reg: Reg) -> None:
         assert manifest_pull == pulled
     finally:
         db.close()
+
+
+async def test_cached_reads_follow_writes_from_this_and_other_processes(reg: Reg) -> None:
+    digest, _ = await reg.push_image("team/app", "v1")
+    assert (await reg.client.get("/v2/team/app/manifests/v1")).status == 200
+    # This process: a delete is visible at once.
+    assert (await reg.client.delete(f"/v2/team/app/manifests/{digest}")).status == 202
+    assert (await reg.client.get("/v2/team/app/manifests/v1")).status == 404
+    # Another process (the CLI) moves a tag: visible within the cache's check interval.
+    digest2, body2 = await reg.push_image("team/app", "v2", seed="second")
+    assert (await reg.client.get("/v2/team/app/manifests/v2")).status == 200
+    db = sqlite3.connect(reg.data_dir / "index.db")
+    try:
+        db.execute("DELETE FROM tags WHERE name = 'v2'")
+        db.commit()
+    finally:
+        db.close()
+    deadline = time.monotonic() + 2
+    while (await reg.client.get("/v2/team/app/manifests/v2")).status != 404:
+        assert time.monotonic() < deadline, "an external write stayed invisible"
+        await asyncio.sleep(0.05)
+    assert (await reg.client.get(f"/v2/team/app/manifests/{digest2}")).status == 200
+    assert digest2 == digest_of(body2)

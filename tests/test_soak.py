@@ -91,8 +91,11 @@ async def client(base: str, n: int, deadline: float, tally: Tally) -> None:
             elif roll < 0.75:
                 tag = rng.choice(pushed)
                 resp = await http.get(f"/v2/{repo}/manifests/{tag}")
-                tally.note(resp.status, (200,), "pull manifest")
-                body = json.loads(await resp.read())
+                raw = await resp.read()
+                tally.note(resp.status, (200,), f"pull manifest {repo}:{tag} {raw[:200]!r}")
+                if resp.status != 200:
+                    continue
+                body = json.loads(raw)
                 layer = body["layers"][0]["digest"]
                 resp = await http.get(f"/v2/{repo}/blobs/{layer}")
                 data = await resp.read()

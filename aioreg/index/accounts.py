@@ -161,7 +161,7 @@ class AccountQueries:
             return cursor.rowcount > 0
 
     async def touch_token(self, token_id: str, now: float) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(invalidates=False) as db:
             await db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
 
     # -- namespaces ------------------------------------------------------
@@ -176,6 +176,9 @@ class AccountQueries:
         return NamespaceRow(row[0], row[1], row[2], row[3], _json(row[4]))
 
     async def namespace(self, name: str) -> NamespaceRow | None:
+        return await self.cache.get(("namespace", name), lambda: self._namespace_row(name))
+
+    async def _namespace_row(self, name: str) -> NamespaceRow | None:
         row = await self._one(f"{self._NAMESPACE} WHERE n.name = ?", (name,))
         return None if row is None else self._namespace(row)
 
@@ -249,6 +252,9 @@ class AccountQueries:
     # -- per-repository overrides ----------------------------------------
 
     async def repository_settings(self, name: str) -> tuple[str | None, dict[str, object]]:
+        return await self.cache.get(("settings", name), lambda: self._repository_settings(name))
+
+    async def _repository_settings(self, name: str) -> tuple[str | None, dict[str, object]]:
         row = await self._one(
             "SELECT visibility, rules FROM repository_settings WHERE name = ?", (name,)
         )
@@ -270,7 +276,7 @@ class AccountQueries:
     async def add_audit(self, entries: list[AuditRow]) -> None:
         if not entries:
             return
-        async with self._transaction() as db:
+        async with self._transaction(invalidates=False) as db:
             await db.executemany(
                 "INSERT INTO audit(at, actor, action, resource, client, allowed, reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -18,6 +18,7 @@ import msgspec
 
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.accounts import AccountQueries
+from aioreg.index.cache import ReadCache
 from aioreg.index.lifecycle import Event, LifecycleQueries
 from aioreg.index.migrations import MIGRATIONS
 from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
@@ -45,6 +46,7 @@ class Index(AccountQueries, LifecycleQueries):
         # Pull timestamps are batched: a pull must not cost a write transaction.
         self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
         self._pending_events: list[Event] = []
+        self.cache = ReadCache(self._data_version)
         self._flusher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -93,7 +95,10 @@ class Index(AccountQueries, LifecycleQueries):
         return len(MIGRATIONS)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(
+        self, *, invalidates: bool = True
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; ``invalidates=False`` for bookkeeping no cached read shows."""
         assert self._writer is not None, "index is not open"
         async with self._write_lock:
             db = self._writer
@@ -105,6 +110,8 @@ class Index(AccountQueries, LifecycleQueries):
                 raise
             else:
                 await db.execute("COMMIT")
+                if invalidates:
+                    self.cache.invalidate()
 
     @property
     def _read(self) -> aiosqlite.Connection:
@@ -121,7 +128,17 @@ class Index(AccountQueries, LifecycleQueries):
 
     # -- repositories ----------------------------------------------------
 
+    async def _data_version(self) -> int:
+        """Changes when another process commits (asked on the writer, which sees all but itself)."""
+        assert self._writer is not None, "index is not open"
+        async with self._writer.execute("PRAGMA data_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def repository_id(self, name: str) -> int | None:
+        return await self.cache.get(("repo", name), lambda: self._repository_id(name))
+
+    async def _repository_id(self, name: str) -> int | None:
         row = await self._one("SELECT id FROM repositories WHERE name = ?", (name,))
         return None if row is None else row[0]
 
@@ -182,6 +199,11 @@ class Index(AccountQueries, LifecycleQueries):
         return {r[0] for r in await self._all("SELECT digest FROM blobs")}
 
     async def repository_blob(self, name: str, digest: str) -> BlobRow | None:
+        return await self.cache.get(
+            ("blob", name, digest), lambda: self._repository_blob(name, digest)
+        )
+
+    async def _repository_blob(self, name: str, digest: str) -> BlobRow | None:
         row = await self._one(
             """SELECT b.digest, b.size, b.xxh3_128 FROM blobs b
                JOIN repository_blobs rb ON rb.digest = b.digest
@@ -389,6 +411,11 @@ class Index(AccountQueries, LifecycleQueries):
     _MANIFEST_COLUMNS = "m.id, m.repository_id, m.digest, m.media_type, m.size, m.body, m.subject"
 
     async def manifest_by_digest(self, name: str, digest: str) -> ManifestRow | None:
+        return await self.cache.get(
+            ("manifest", name, digest), lambda: self._manifest_by_digest(name, digest)
+        )
+
+    async def _manifest_by_digest(self, name: str, digest: str) -> ManifestRow | None:
         row = await self._one(
             f"""SELECT {self._MANIFEST_COLUMNS} FROM manifests m
                 JOIN repositories r ON r.id = m.repository_id
@@ -398,6 +425,9 @@ class Index(AccountQueries, LifecycleQueries):
         return None if row is None else ManifestRow(*row)
 
     async def manifest_by_tag(self, name: str, tag: str) -> ManifestRow | None:
+        return await self.cache.get(("tag", name, tag), lambda: self._manifest_by_tag(name, tag))
+
+    async def _manifest_by_tag(self, name: str, tag: str) -> ManifestRow | None:
         row = await self._one(
             f"""SELECT {self._MANIFEST_COLUMNS} FROM tags t
                 JOIN repositories r ON r.id = t.repository_id
@@ -486,7 +516,7 @@ class Index(AccountQueries, LifecycleQueries):
         if not self._pending_pulls:
             return
         pending, self._pending_pulls = self._pending_pulls, {}
-        async with self._transaction() as db:
+        async with self._transaction(invalidates=False) as db:
             for (repo_id, manifest_id, tag), when in pending.items():
                 await db.execute(
                     "UPDATE repositories SET last_pull_at = max(coalesce(last_pull_at, 0), ?) "

@@ -84,7 +84,7 @@ class LifecycleQueries:
     async def add_events(self, events: list[Event]) -> None:
         if not events:
             return
-        async with self._transaction() as db:  # type: ignore[attr-defined]
+        async with self._transaction(invalidates=False) as db:  # type: ignore[attr-defined]
             await db.executemany(
                 "INSERT INTO events(at, kind, repository, reference, digest, actor, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
