@@ -118,13 +118,18 @@ class Index(AccountQueries, LifecycleQueries):
         assert self._reader is not None, "index is not open"
         return self._reader
 
+    # Each read runs start to finish in one call on the reader's thread. A
+    # statement left open across an await would keep the connection's read
+    # transaction (its WAL snapshot) alive while other coroutines' reads join
+    # it, and they would miss commits made since: a tag pushed a moment ago
+    # could read as unknown.
+
     async def _one(self, sql: str, params: Iterable[object] = ()) -> aiosqlite.Row | None:
-        async with self._read.execute(sql, tuple(params)) as cursor:
-            return await cursor.fetchone()
+        rows = await self._read.execute_fetchall(sql, tuple(params))
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, params: Iterable[object] = ()) -> list[aiosqlite.Row]:
-        async with self._read.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._read.execute_fetchall(sql, tuple(params)))
 
     # -- repositories ----------------------------------------------------
 
