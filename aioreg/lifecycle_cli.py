@@ -16,7 +16,7 @@ import msgspec
 from aioreg.config import Config
 from aioreg.errors import RegistryError
 from aioreg.management import Management, RetentionPolicy
-from aioreg.progress import GIB
+from aioreg.progress import GIB, Progress
 from aioreg.registry import Registry
 
 
@@ -181,7 +181,13 @@ async def _retention(m: Management, args: argparse.Namespace) -> None:
             print(f"{target:30} {msgspec.json.encode(policy).decode()}")
     else:
         apply = args.action == "apply"
-        removals = await (m.retention_apply(actor="cli") if apply else m.retention_preview())
+        if apply:
+            planned = len(await m.retention_preview())
+            progress = Progress("retention", planned, unit="tags")
+            removals = await m.retention_apply(actor="cli", on_removal=lambda _: progress.advance())
+            progress.done()
+        else:
+            removals = await m.retention_preview()
         for r in removals:
             print(
                 f"{'removed' if apply else 'would remove'} {r.repository}:{r.tag} ({r.digest[:19]}): {r.reason}"

@@ -13,6 +13,7 @@ import fnmatch
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -375,10 +376,15 @@ class Management:
         return removals
 
     async def retention_apply(
-        self, now: float | None = None, actor: str = "retention"
+        self,
+        now: float | None = None,
+        actor: str = "retention",
+        on_removal: Callable[[Removal], None] | None = None,
     ) -> list[Removal]:
         removals = await self.retention_preview(now)
         for removal in removals:
+            if on_removal is not None:
+                on_removal(removal)
             with contextlib.suppress(RegistryError):  # removed meanwhile by someone else
                 await self.registry.delete_manifest(removal.repository, removal.tag, actor)
                 self.index.note_event(

@@ -10,8 +10,16 @@ GIB = 1 << 30
 
 
 class Progress:
-    def __init__(self, label: str, total_items: int, total_bytes: int, out: TextIO = sys.stderr):
+    def __init__(
+        self,
+        label: str,
+        total_items: int,
+        total_bytes: int = 0,
+        out: TextIO = sys.stderr,
+        unit: str = "blobs",
+    ):
         self.label = label
+        self.unit = unit
         self.total_items = total_items
         self.total_bytes = total_bytes
         self.items = 0
@@ -21,7 +29,7 @@ class Progress:
         self._last = 0.0
         self._started = time.monotonic()
 
-    def advance(self, size: int) -> None:
+    def advance(self, size: int = 0) -> None:
         self.items += 1
         self.bytes += size
         now = time.monotonic()
@@ -30,13 +38,14 @@ class Progress:
             self._draw()
 
     def _draw(self) -> None:
-        fraction = self.bytes / self.total_bytes if self.total_bytes else 1.0
+        if self.total_bytes:
+            fraction = self.bytes / self.total_bytes
+        else:
+            fraction = self.items / self.total_items if self.total_items else 1.0
         filled = int(fraction * 30)
-        line = (
-            f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
-            f"{self.items}/{self.total_items} blobs, "
-            f"{self.bytes / GIB:.2f}/{self.total_bytes / GIB:.2f} GiB"
-        )
+        line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.items}/{self.total_items} {self.unit}"
+        if self.total_bytes:
+            line += f", {self.bytes / GIB:.2f}/{self.total_bytes / GIB:.2f} GiB"
         self._out.write(("\r" + line) if self._tty else (line + "\n"))
         self._out.flush()
 
@@ -45,5 +54,6 @@ class Progress:
         if self._tty:
             self._out.write("\n")
         rate = self.bytes / elapsed / (1 << 20) if elapsed > 0 else 0.0
-        self._out.write(f"{self.label}: {self.items} blobs in {elapsed:.1f}s ({rate:.0f} MiB/s)\n")
+        speed = f" ({rate:.0f} MiB/s)" if self.total_bytes else ""
+        self._out.write(f"{self.label}: {self.items} {self.unit} in {elapsed:.1f}s{speed}\n")
         self._out.flush()

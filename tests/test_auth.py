@@ -492,3 +492,24 @@ async def test_management_api_uses_the_same_access_control(auth_reg: Reg) -> Non
     events = (await resp.json())["events"]
     assert any(e["kind"] == "delete" and e["actor"] == "alice" for e in events)
     assert any(e["kind"] == "push" and e["actor"] == "alice" for e in events)
+
+
+async def test_basic_on_registry_endpoints_can_be_switched_off(make_registry: AppFactory) -> None:
+    reg = await make_registry(
+        auth={"enabled": True, "admin_password": ADMIN_PASSWORD, "allow_basic": False}
+    )
+    resp = await reg.client.get("/v2/", headers=basic("admin", ADMIN_PASSWORD))
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+    value = await token(reg, "repository:admin/app:pull,push", basic("admin", ADMIN_PASSWORD))
+    resp = await reg.client.get("/v2/", headers=bearer(value))
+    assert resp.status == 200
+    status, _ = await push_image(reg, "admin/app", "v1", bearer(value))
+    assert status == 201
+
+
+def test_auth_environment_switch() -> None:
+    from aioreg.config import load_config
+
+    assert load_config(None, environ={"AIOREG_AUTH": "1"}).auth.enabled is True
+    assert load_config(None, environ={}).auth.enabled is False

@@ -307,3 +307,14 @@ def test_lifecycle_cli(tmp_path: Path) -> None:
     assert "would remove" in aioreg("gc", "--dry-run")
     aioreg("repo", "rm", "team/app")
     assert "team/app" not in aioreg("repo", "ls")
+
+
+async def test_scheduled_gc_runs_and_logs(make_registry: AppFactory, tmp_path: Path) -> None:
+    reg = await make_registry(gc={"grace_period": 0, "interval": 0.2})
+    orphan = await reg.push_blob("app", b"orphan for the schedule")
+    deadline = time.monotonic() + 5
+    while (await reg.client.head(f"/v2/app/blobs/{orphan}")).status != 404:
+        assert time.monotonic() < deadline, "the scheduled GC never ran"
+        await asyncio.sleep(0.1)
+    events = await reg.app[MANAGEMENT_KEY].events(20)
+    assert any(e.kind == "gc" and "1 blobs" in (e.detail or "") for e in events)

@@ -63,14 +63,24 @@ def _basic(header: str) -> tuple[str, str] | None:
     return (user, secret) if sep else None
 
 
-async def identify(request: web.Request, service: AuthService) -> tuple[Identity, str]:
-    """The caller and how it proved it: "bearer", "basic" or "none"."""
+async def identify(
+    request: web.Request, service: AuthService, *, basic_allowed: bool | None = None
+) -> tuple[Identity, str]:
+    """The caller and how it proved it: "bearer", "basic" or "none".
+
+    Basic credentials are always good at ``/token``; elsewhere only with
+    ``auth.allow_basic`` (otherwise clients must go through the token flow).
+    """
+    if basic_allowed is None:
+        basic_allowed = service.config.allow_basic
     header = request.headers.get("Authorization", "")
     kind, _, value = header.partition(" ")
     kind = kind.lower()
     if kind == "bearer" and value:
         return service.bearer(value.strip()), "bearer"
     if kind == "basic" and value:
+        if not basic_allowed:
+            raise AuthError("Basic credentials are not accepted here; get a token from the realm")
         creds = _basic(value.strip())
         if creds is None:
             raise AuthError("malformed Basic credentials")
@@ -228,7 +238,7 @@ async def token_get(request: web.Request) -> web.StreamResponse:
         raise RegistryError(ErrorCode.UNSUPPORTED, "authentication is not enabled on this registry")
     _check_service(service, request.query.get("service"))
     try:
-        identity, how = await identify(request, service)
+        identity, how = await identify(request, service, basic_allowed=True)
     except AuthError as exc:
         response = error_response(ErrorCode.UNAUTHORIZED, exc.message)
         response.headers["WWW-Authenticate"] = f'Basic realm="{service.config.service}"'
