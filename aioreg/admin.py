@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
@@ -12,6 +11,7 @@ from aioreg.auth.accounts import Accounts, parse_token_scope
 from aioreg.config import Config
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index import Index
+from aioreg.progress import format_time
 
 BOOL = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
@@ -94,12 +94,6 @@ def _read_password(from_stdin: bool) -> str | None:
     return None
 
 
-def _when(stamp: float | None) -> str:
-    if stamp is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")
-
-
 async def _user(accounts: Accounts, args: argparse.Namespace) -> None:
     if args.action == "add":
         password = None if args.robot else _read_password(args.password_stdin)
@@ -145,7 +139,7 @@ async def _token(accounts: Accounts, args: argparse.Namespace) -> None:
             scopes = " ".join(f"{s['namespace']}:{','.join(s['actions'])}" for s in token.scopes)  # type: ignore[arg-type]
             state = "revoked" if token.revoked_at else "active"
             print(
-                f"{token.id:18} {token.name:16} {scopes:30} {_when(token.expires_at):17} {state:8}"
+                f"{token.id:18} {token.name:16} {scopes:30} {format_time(token.expires_at):17} {state:8}"
             )
 
 
@@ -187,7 +181,7 @@ async def _audit(accounts: Accounts, args: argparse.Namespace) -> None:
     for entry in await accounts.index.audit_log(args.limit):
         result = "allowed" if entry.allowed else "denied"
         print(
-            f"{_when(entry.at):17} {entry.actor:16} {entry.action:7} {result:7} "
+            f"{format_time(entry.at):17} {entry.actor:16} {entry.action:7} {result:7} "
             f"{entry.client or '-':15} {entry.resource}"
             + (f"  ({entry.reason})" if entry.reason else "")
         )

@@ -7,7 +7,6 @@ index's write lock makes it safe next to a running server).
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -16,7 +15,7 @@ import msgspec
 from aioreg.config import Config
 from aioreg.errors import RegistryError
 from aioreg.management import Management, RetentionPolicy
-from aioreg.progress import GIB, Progress
+from aioreg.progress import GIB, Progress, format_size, format_time
 from aioreg.registry import Registry
 
 
@@ -75,16 +74,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> list[argparse.ArgumentP
     ]
 
 
-def _size(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
-
-
-def _parse_size(text: str) -> int | None:
+def _parseformat_size(text: str) -> int | None:
     if text.lower() == "none":
         return None
     units = {"k": 1 << 10, "m": 1 << 20, "g": GIB, "t": 1 << 40}
@@ -92,12 +82,6 @@ def _parse_size(text: str) -> int | None:
     factor = units.get(text[-1:], 1)
     number = text[:-1] if text[-1:] in units else text
     return int(float(number) * factor)
-
-
-def _when(stamp: float | None) -> str:
-    if stamp is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 async def _repo(m: Management, args: argparse.Namespace) -> None:
@@ -108,24 +92,24 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
         )
         for r in rows:
             print(
-                f"{r.name:40} {r.tag_count:>5} {r.artifact_count:>9} {_size(r.size):>10}  "
-                f"{_when(r.last_push_at):16}  {_when(r.last_pull_at)}"
+                f"{r.name:40} {r.tag_count:>5} {r.artifact_count:>9} {format_size(r.size):>10}  "
+                f"{format_time(r.last_push_at):16}  {format_time(r.last_pull_at)}"
             )
     elif args.action == "show":
         detail = await m.repository(args.name)
         print(
-            f"{detail.name}: {detail.tag_count} tags, {detail.artifact_count} artifacts, {_size(detail.size)}"
+            f"{detail.name}: {detail.tag_count} tags, {detail.artifact_count} artifacts, {format_size(detail.size)}"
         )
         print(f"\n{'TAG':30} {'DIGEST':20} {'SIZE':>10}  {'PUSHED':16}  PULLED")
         for t in detail.tags:
             print(
-                f"{t.name:30} {t.digest[:19]:20} {_size(t.size):>10}  {_when(t.pushed_at):16}  {_when(t.last_pulled_at)}"
+                f"{t.name:30} {t.digest[:19]:20} {format_size(t.size):>10}  {format_time(t.pushed_at):16}  {format_time(t.last_pulled_at)}"
             )
         print(f"\n{'ARTIFACT':20} {'TYPE':45} {'SIZE':>10}  PLATFORMS / TAGS / REFERRERS")
         for a in detail.artifacts:
             extra = ", ".join(a.platforms + a.tags + [f"<- {r[:19]}" for r in a.referrers])
             print(
-                f"{a.digest[:19]:20} {(a.artifact_type or a.media_type)[:45]:45} {_size(a.size):>10}  {extra}"
+                f"{a.digest[:19]:20} {(a.artifact_type or a.media_type)[:45]:45} {format_size(a.size):>10}  {extra}"
             )
     else:
         await m.delete_repository(args.name, "cli")
@@ -141,11 +125,13 @@ async def _usage(m: Management, args: argparse.Namespace) -> None:
     namespaces, repositories, total = await m.usage(args.namespace)
     print(f"{'NAME':40} {'LOGICAL':>12} {'PHYSICAL':>12}")
     for u in namespaces:
-        print(f"{u.name + '/':40} {_size(u.logical):>12} {_size(u.physical):>12}")
+        print(f"{u.name + '/':40} {format_size(u.logical):>12} {format_size(u.physical):>12}")
     for u in repositories:
-        print(f"  {u.name:38} {_size(u.logical):>12} {_size(u.physical):>12}")
+        print(f"  {u.name:38} {format_size(u.logical):>12} {format_size(u.physical):>12}")
     if args.namespace is None:
-        print(f"{'(registry)':40} {_size(total.logical):>12} {_size(total.physical):>12}")
+        print(
+            f"{'(registry)':40} {format_size(total.logical):>12} {format_size(total.physical):>12}"
+        )
 
 
 async def _gc(m: Management, args: argparse.Namespace) -> None:
@@ -155,7 +141,7 @@ async def _gc(m: Management, args: argparse.Namespace) -> None:
     for repository, digest in report.manifests:
         print(f"{verb} untagged manifest {repository}@{digest}")
     print(
-        f"{verb} {report.blobs} blobs ({_size(report.bytes)}) and {len(report.manifests)} "
+        f"{verb} {report.blobs} blobs ({format_size(report.bytes)}) and {len(report.manifests)} "
         f"manifests; {report.uploads_expired} expired uploads cleaned; {report.seconds:.2f}s"
     )
 
@@ -196,9 +182,9 @@ async def _retention(m: Management, args: argparse.Namespace) -> None:
 
 
 async def _quota(m: Management, args: argparse.Namespace) -> None:
-    value = _parse_size(args.bytes)
+    value = _parseformat_size(args.bytes)
     await m.set_quota(args.namespace, value)
-    print(f"quota of {args.namespace}: {'none' if value is None else _size(value)}")
+    print(f"quota of {args.namespace}: {'none' if value is None else format_size(value)}")
 
 
 COMMANDS: dict[str, Callable[[Management, argparse.Namespace], Awaitable[None]]] = {

@@ -1,7 +1,9 @@
-"""A one-line progress bar for long CLI operations (stderr; plain lines when not a TTY)."""
+"""Console output of CLI commands: a one-line progress bar (stderr; plain lines when not a
+TTY) and the cells of their tables."""
 
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 from typing import TextIO
@@ -57,3 +59,18 @@ class Progress:
         speed = f" ({rate:.0f} MiB/s)" if self.total_bytes else ""
         self._out.write(f"{self.label}: {self.items} {self.unit} in {elapsed:.1f}s{speed}\n")
         self._out.flush()
+
+
+def format_time(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def format_size(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"

@@ -36,13 +36,6 @@ async def serve(config: Config) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     await site.start()
-    log.info(
-        "aioreg %s listening on http://%s (%s), data in %s",
-        __version__,
-        config.server.listen,
-        loop_name,
-        config.data_path,
-    )
     if not config.auth.enabled and not _loopback(config.server.host):
         log.warning(
             "!!! AUTHENTICATION IS OFF and %s is reachable beyond this machine: anyone who can "
@@ -50,6 +43,13 @@ async def serve(config: Config) -> None:
             "AIOREG_AUTH=1 or `aioreg serve --auth`. !!!",
             config.server.listen,
         )
+    log.info(
+        "aioreg %s listening on http://%s (%s), data in %s",
+        __version__,
+        config.server.listen,
+        loop_name,
+        config.data_path,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,6 +25,27 @@ def run(*args: str) -> str:
     return result.stdout
 
 
+def fails(*args: str) -> bool:
+    """True when the command exits non-zero (a refusal the test expects)."""
+    result = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
+    return result.returncode != 0
+
+
+def login(tool: list[str], authfile: str, registry: str, user: str, password: str) -> list[str]:
+    return [
+        *tool,
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        "-u",
+        user,
+        "-p",
+        password,
+        registry,
+    ]
+
+
 def skopeo(*args: str) -> str:
     return run("skopeo", *args)
 
@@ -90,20 +111,10 @@ def test_skopeo_list_tags_and_delete(registry: str, tmp_path: Path) -> None:
     tags = json.loads(skopeo("list-tags", "--tls-verify=false", repo))["Tags"]
     assert tags == sorted(["v2", "v10", "latest", "A-upper", "old"])
     skopeo("delete", "--tls-verify=false", f"{repo}:old")
-    result = subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"{repo}:old"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    assert fails("skopeo", "inspect", "--raw", "--tls-verify=false", f"{repo}:old")
+    assert fails(
+        "skopeo", "inspect", "--raw", "--tls-verify=false", f"{repo}@{doomed.manifest_digest}"
     )
-    assert result.returncode != 0
-    result = subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"{repo}@{doomed.manifest_digest}"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode != 0
     tags = json.loads(skopeo("list-tags", "--tls-verify=false", repo))["Tags"]
     assert tags == sorted(["v2", "v10", "latest", "A-upper"])
     assert skopeo("inspect", "--raw", "--tls-verify=false", f"{repo}:v2").encode() == kept.manifest
@@ -206,44 +217,13 @@ def test_skopeo_login_and_copy_with_credentials(
 ) -> None:
     registry, _ = auth_registry
     authfile = str(tmp_path / "auth.json")
-    failed = subprocess.run(
-        [
-            "skopeo",
-            "login",
-            "--tls-verify=false",
-            "--authfile",
-            authfile,
-            "-u",
-            "alice",
-            "-p",
-            "wrong",
-            registry,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert failed.returncode != 0
-    skopeo(
-        "login",
-        "--tls-verify=false",
-        "--authfile",
-        authfile,
-        "-u",
-        "alice",
-        "-p",
-        "alice-pw",
-        registry,
-    )
+    assert fails(*login(["skopeo"], authfile, registry, "alice", "wrong"))
+    run(*login(["skopeo"], authfile, registry, "alice", "alice-pw"))
     image = single_image(tmp_path / "src", "authed")
     ref = f"docker://{registry}/alice/app:v1"
-    denied = subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'src'}:latest", ref],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert denied.returncode != 0  # anonymous push
+    assert fails(
+        "skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'src'}:latest", ref
+    )  # anonymous push
     skopeo(
         "copy",
         "--dest-tls-verify=false",
@@ -264,21 +244,15 @@ def test_skopeo_login_and_copy_with_credentials(
     )
     assert files_by_hash(tmp_path / "back") == files_by_hash(tmp_path / "src")
     # Someone else's namespace: refused even with valid credentials.
-    denied = subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "alice:alice-pw",
-            f"oci:{tmp_path / 'src'}:latest",
-            f"docker://{registry}/admin/app:v1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    assert fails(
+        "skopeo",
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:alice-pw",
+        f"oci:{tmp_path / 'src'}:latest",
+        f"docker://{registry}/admin/app:v1",
     )
-    assert denied.returncode != 0
 
 
 def test_podman_login_and_push_with_creds(
@@ -296,18 +270,7 @@ def test_podman_login_and_push_with_creds(
         f"docker://{source}",
     )
     authfile = str(tmp_path / "podman-auth.json")
-    run(
-        *podman,
-        "login",
-        "--tls-verify=false",
-        "--authfile",
-        authfile,
-        "-u",
-        "alice",
-        "-p",
-        "alice-pw",
-        registry,
-    )
+    run(*login(podman, authfile, registry, "alice", "alice-pw"))
     run(*podman, "pull", "--tls-verify=false", "--authfile", authfile, source)
     target = f"{registry}/alice/pushed:latest"
     run(*podman, "tag", source, target)

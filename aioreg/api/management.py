@@ -19,6 +19,7 @@ from aioreg import __version__
 from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, can_pull, identify
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.index.lifecycle import RepositorySummary
 from aioreg.management import (
     LayerDetail,
     Management,
@@ -37,17 +38,8 @@ class NamespaceList(msgspec.Struct):
     namespaces: list[str]
 
 
-class RepositoryItem(msgspec.Struct):
-    name: str
-    tag_count: int
-    artifact_count: int
-    size: int
-    last_push_at: float | None
-    last_pull_at: float | None
-
-
 class RepositoryPage(msgspec.Struct):
-    repositories: list[RepositoryItem]
+    repositories: list[RepositorySummary]
     total: int
     next_offset: int | None
 
@@ -235,15 +227,8 @@ async def list_repositories(request: web.Request) -> web.StreamResponse:
     visible = [s for s in summaries if await can_pull(request, s.name)]
     offset = _int(request, "offset", 0, 1 << 31)
     limit = _int(request, "limit", 100, 1000)
-    page = visible[offset : offset + limit]
-    items = [
-        RepositoryItem(
-            s.name, s.tag_count, s.artifact_count, s.size, s.last_push_at, s.last_pull_at
-        )
-        for s in page
-    ]
     next_offset = offset + limit if offset + limit < len(visible) else None
-    return _json(RepositoryPage(items, len(visible), next_offset))
+    return _json(RepositoryPage(visible[offset : offset + limit], len(visible), next_offset))
 
 
 async def get_repository(request: web.Request) -> web.StreamResponse:
