@@ -28,6 +28,22 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def image_manifest(config: bytes, layers: list[bytes], **extra: object) -> bytes:
+    """An OCI image manifest referencing exactly these config and layer bytes."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}
+                for layer in layers
+            ],
+            **extra,
+        }
+    ).encode()
+
+
 def make_config(
     data_dir: Path,
     server: dict[str, object] | None = None,

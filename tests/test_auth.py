@@ -13,13 +13,12 @@ from aioreg.auth.accounts import Accounts, TokenScope
 from aioreg.auth.scopes import Access
 from aioreg.auth.tokens import TokenSigner, load_or_create_key
 from tests.conftest import (
-    OCI_CONFIG,
-    OCI_LAYER,
     OCI_MANIFEST,
     AppFactory,
     Reg,
     digest_of,
     error_codes,
+    image_manifest,
 )
 
 ADMIN_PASSWORD = "admin-secret-pw"
@@ -77,14 +76,7 @@ async def push_image(
         )
         if resp.status != 201:
             return resp.status, await resp.text()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}],
-        }
-    ).encode()
+    manifest = image_manifest(config, [layer])
     resp = await reg.client.put(
         f"/v2/{repo}/manifests/{tag}",
         data=manifest,

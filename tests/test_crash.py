@@ -31,7 +31,7 @@ import aiohttp
 from aioreg.index import Index
 from aioreg.maintenance import check
 from aioreg.storage import BlobStore
-from tests.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digest_of
+from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
 from tests.process import Server, free_port, start
 
 ROUNDS = int(os.environ.get("AIOREG_CRASH_ROUNDS", "6"))
@@ -121,14 +121,7 @@ async def push_image(
     layer = random_blob(rng)
     config_digest = await push_monolithic(http, ledger, repo, config)
     layer_digest = await push_chunked(http, ledger, repo, layer, rng)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest, "size": len(layer)}],
-        }
-    ).encode()
+    manifest = image_manifest(config, [layer])
     resp = await http.put(
         f"/v2/{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST}
     )

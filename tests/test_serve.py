@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digest_of
+from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
 from tests.process import Server, free_port, start
 
 
@@ -23,20 +23,7 @@ async def push_image(base: str, name: str, tag: str) -> tuple[str, bytes, bytes]
         for blob in (config, layer):
             resp = await http.post(f"/v2/{name}/blobs/uploads/?digest={digest_of(blob)}", data=blob)
             assert resp.status == 201, await resp.text()
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {
-                    "mediaType": OCI_CONFIG,
-                    "digest": digest_of(config),
-                    "size": len(config),
-                },
-                "layers": [
-                    {"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}
-                ],
-            }
-        ).encode()
+        manifest = image_manifest(config, [layer])
         resp = await http.put(
             f"/v2/{name}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST}
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digest_of
+from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
 from tests.process import Server, free_port, start
 
 SECONDS = float(os.environ.get("AIOREG_SOAK_SECONDS", "15"))
@@ -66,20 +66,7 @@ async def client(base: str, n: int, deadline: float, tally: Tally) -> None:
                         f"/v2/{repo}/blobs/uploads/?digest={digest_of(blob)}", data=blob
                     )
                     tally.note(resp.status, (201,), "push blob")
-                manifest = json.dumps(
-                    {
-                        "schemaVersion": 2,
-                        "mediaType": OCI_MANIFEST,
-                        "config": {
-                            "mediaType": OCI_CONFIG,
-                            "digest": digest_of(config),
-                            "size": len(config),
-                        },
-                        "layers": [
-                            {"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}
-                        ],
-                    }
-                ).encode()
+                manifest = image_manifest(config, [layer])
                 tag = f"c{n}-{i}"
                 resp = await http.put(
                     f"/v2/{repo}/manifests/{tag}",
