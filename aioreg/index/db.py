@@ -46,6 +46,7 @@ class Index(AccountQueries, LifecycleQueries):
         # Pull timestamps are batched: a pull must not cost a write transaction.
         self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
         self._pending_events: list[Event] = []
+        self._pending_pull_events: set[tuple[str, str | None, str | None, str | None]] = set()
         self.cache = ReadCache(self._data_version)
         self._flusher: asyncio.Task[None] | None = None
 
@@ -511,12 +512,22 @@ class Index(AccountQueries, LifecycleQueries):
         self._pending_pulls[(manifest.repository_id, manifest.id, tag)] = time.time()
 
     def note_event(self, event: Event) -> None:
-        """Activity is batched like pulls: recording it must not cost a transaction each."""
+        """Activity is batched like pulls: recording it must not cost a transaction each.
+
+        Pulls of the same reference by the same actor within one flush interval
+        are one event (the first), so a hot tag cannot flood the activity log.
+        """
+        if event.kind == "pull":
+            key = (event.repository, event.reference, event.digest, event.actor)
+            if key in self._pending_pull_events:
+                return
+            self._pending_pull_events.add(key)
         self._pending_events.append(event)
 
     async def flush_pulls(self) -> None:
         if self._pending_events:
             events, self._pending_events = self._pending_events, []
+            self._pending_pull_events = set()
             await self.add_events(events)
         if not self._pending_pulls:
             return
