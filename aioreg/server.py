@@ -32,6 +32,9 @@ async def serve(config: Config) -> None:
         handle_signals=False,
         max_field_size=config.server.client_max_header_bytes,
         max_line_size=config.server.client_max_header_bytes,
+        # Let the socket fill a deeper buffer while a worker thread hashes and
+        # writes the previous batch of an upload.
+        read_bufsize=config.storage.write_buffer_bytes,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
