@@ -195,17 +195,19 @@ def _int(request: web.Request, key: str, default: int, maximum: int = 10000) -> 
 
 
 async def list_namespaces(request: web.Request) -> web.StreamResponse:
-    await _identity(request) if request.app[AUTH_KEY].enabled else None
+    """Namespaces holding at least one repository the caller may pull (all, for admins)."""
     names = await _management(request).namespaces()
+    if not request.app[AUTH_KEY].enabled:
+        return _json(NamespaceList(names))
+    await _identity(request)
+    if await _is_admin(request):
+        return _json(NamespaceList(names))
     visible = []
     for name in names:
-        repos = await _management(request).index.repositories_in(name)
-        if (
-            not request.app[AUTH_KEY].enabled
-            or any([await can_pull(request, r) for r in repos])
-            or await _is_admin(request)
-        ):
-            visible.append(name)
+        for repository in await _management(request).index.repositories_in(name):
+            if await can_pull(request, repository):
+                visible.append(name)
+                break
     return _json(NamespaceList(visible))
 
 
@@ -275,9 +277,10 @@ async def copy_artifact(request: web.Request) -> web.StreamResponse:
 
 async def get_usage(request: web.Request) -> web.StreamResponse:
     namespace = request.query.get("namespace")
-    await _require(request, None, "pull") if namespace is None else await _require_namespace_read(
-        request, namespace
-    )
+    if namespace is None:
+        await _require(request, None, "pull")
+    else:
+        await _require_namespace_read(request, namespace)
     namespaces, repositories, total = await _management(request).usage(namespace)
     return _json(
         UsageReport(
