@@ -13,9 +13,14 @@ import asyncio
 import os
 import select
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 STALL_SECONDS = 60.0
+# Threads that mostly wait in the kernel (sendfile, select) for slow readers:
+# their own pool, large enough that many concurrent pulls never queue behind
+# each other or behind upload hashing on the default executor.
+_SENDERS = ThreadPoolExecutor(max_workers=128, thread_name_prefix="aioreg-sendfile")
 
 
 async def sendfile(transport: asyncio.Transport, file: BinaryIO, offset: int, count: int) -> bool:
@@ -34,7 +39,7 @@ async def sendfile(transport: asyncio.Transport, file: BinaryIO, offset: int, co
             raise ConnectionResetError("client went away")
         await asyncio.sleep(0.001)
     await loop.run_in_executor(
-        None, _sendfile_blocking, sock.fileno(), file.fileno(), offset, count
+        _SENDERS, _sendfile_blocking, sock.fileno(), file.fileno(), offset, count
     )
     return True
 
