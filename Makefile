@@ -20,14 +20,15 @@ reliability:
 		$(PYTHON) -m pytest -q -s -p no:cacheprovider tests/test_crash.py tests/test_soak.py tests/test_bad_input.py
 
 lint:
-	ruff check aioreg tests
-	ruff format --check aioreg tests
+	ruff check aioreg tests benchmarks
+	ruff format --check aioreg tests benchmarks
 
 format:
-	ruff format aioreg tests
-	ruff check --fix aioreg tests
+	ruff format aioreg tests benchmarks
+	ruff check --fix aioreg tests benchmarks
 
 bench: install
+	$(PYTHON) -m pip install -q -r benchmarks/requirements.txt
 	$(PYTHON) -m benchmarks
 
 clean:

@@ -1,0 +1,1 @@
+"""Benchmarks: aioreg against CNCF Distribution on loopback (``python -m benchmarks``)."""

@@ -1,0 +1,622 @@
+"""The scenarios. Each runs against one freshly started registry, times only its
+measured phase, and verifies everything it moved (status codes, digests, sizes,
+listings); a wrong answer raises :class:`~benchmarks.client.VerifyError`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import loadgen
+from benchmarks.client import (
+    OCI_MANIFEST,
+    Blob,
+    Client,
+    VerifyError,
+    config_blob,
+    file_chunks,
+    image_manifest,
+    push_small_image,
+    sha256_digest,
+)
+from benchmarks.data import BigBlob, BlobPool
+from benchmarks.servers import Running
+from benchmarks.units import GiB, KiB, MiB, mbps, median, percentile
+
+clock = time.perf_counter
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass
+class Outcome:
+    """What one run of one scenario against one registry measured."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    # chart data: series name -> {concurrency: value}
+    series: dict[str, dict[int, float]] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """Shared by all scenarios of one bench run."""
+
+    workdir: Path
+    scale: float
+    curl: str | None
+    wrk: str | None
+    loadgen_procs: int
+    _big: BigBlob | None = None
+    _pools: dict[int, BlobPool] = field(default_factory=dict)
+
+    @property
+    def big(self) -> BigBlob:
+        if self._big is None:
+            size = max(1 * MiB, int(1 * GiB * self.scale))
+            print(
+                f"[bench] writing a {size / MiB:.0f} MiB random blob", file=sys.stderr, flush=True
+            )
+            self._big = BigBlob.create(self.workdir / "big.bin", size)
+        return self._big
+
+    def pool(self, size: int) -> BlobPool:
+        if size not in self._pools:
+            self._pools[size] = BlobPool(size)
+        return self._pools[size]
+
+    def seconds(self, full: float, floor: float) -> float:
+        """A load duration: ``full`` at scale 1, never under ``floor``."""
+        return max(floor, min(full, full * self.scale))
+
+
+Kind = Callable[[Context, Running, Client], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    metrics: Sequence[Metric]
+    run: Kind
+    needs: tuple[str, ...] = ()  # tools without which it is skipped
+    big_blob: bool = False  # uses the large random file (made before any server starts)
+
+
+RESOURCE_METRICS = (
+    Metric("peak_rss_mib", "server peak RSS (VmHWM)", "MiB", False),
+    Metric("end_rss_mib", "server RSS at the end", "MiB", False),
+    Metric("server_cpu_s", "server CPU, whole run incl. start-up", "s", False),
+)
+
+
+async def _cpu_per_gib(server: Running, nbytes: int, work: Callable[[], Awaitable[None]]) -> float:
+    """Run ``work``; server CPU seconds it took per GiB of ``nbytes``."""
+    before = server.cpu_seconds()
+    await work()
+    return (server.cpu_seconds() - before) / (nbytes / GiB)
+
+
+# -- 1, 2: one large blob pushed ---------------------------------------------
+
+
+async def push_monolithic(ctx: Context, server: Running, client: Client) -> Outcome:
+    big = ctx.big
+    repo = "bench/big-mono"
+    mode = "POST ?digest=" if await client.probe_post_digest(repo) else "POST + PUT ?digest="
+    elapsed = 0.0
+
+    async def work() -> None:
+        nonlocal elapsed
+        start = clock()
+        await client.push_monolithic(repo, big.digest, big.size, file_chunks(big.path, 0, big.size))
+        elapsed = clock() - start
+
+    cpu = await _cpu_per_gib(server, big.size, work)
+    await client.head_blob(repo, big.digest, big.size)
+    return Outcome(
+        metrics={"MBps": mbps(big.size, elapsed), "seconds": elapsed, "cpu_s_per_gib": cpu},
+        details={"bytes": big.size, "mode": mode},
+        notes=[]
+        if mode.startswith("POST ?")
+        else [f"{server.kind}: POST ?digest= unsupported; POST + PUT"],
+    )
+
+
+def chunk_size(size: int) -> int:
+    """16 MiB at full size; smaller blobs still go in 8 or more chunks."""
+    return max(64 * KiB, min(16 * MiB, size // 8))
+
+
+async def push_chunked(ctx: Context, server: Running, client: Client) -> Outcome:
+    big = ctx.big
+    repo = "bench/big-chunked"
+    chunk = chunk_size(big.size)
+    elapsed = 0.0
+    patches = 0
+
+    async def work() -> None:
+        nonlocal elapsed, patches
+        start = clock()
+        patches = await client.push_chunked(repo, big.digest, big.path, big.size, chunk)
+        elapsed = clock() - start
+
+    cpu = await _cpu_per_gib(server, big.size, work)
+    await client.head_blob(repo, big.digest, big.size)
+    return Outcome(
+        metrics={"MBps": mbps(big.size, elapsed), "seconds": elapsed, "cpu_s_per_gib": cpu},
+        details={"bytes": big.size, "chunk": chunk, "patches": patches},
+    )
+
+
+PUSH_METRICS = (
+    Metric("MBps", "push throughput", "MB/s", True),
+    Metric("seconds", "push time", "s", False),
+    Metric("cpu_s_per_gib", "server CPU per GiB pushed", "s/GiB", False),
+)
+
+
+# -- 3, 4, 5: the large blob pulled -------------------------------------------
+
+BIG_PULL_REPO = "bench/big-pull"
+
+
+async def _push_big(ctx: Context, client: Client) -> BigBlob:
+    big = ctx.big
+    await client.push_monolithic(
+        BIG_PULL_REPO, big.digest, big.size, file_chunks(big.path, 0, big.size)
+    )
+    await client.head_blob(BIG_PULL_REPO, big.digest, big.size)
+    return big
+
+
+async def pull_python(ctx: Context, server: Running, client: Client) -> Outcome:
+    big = await _push_big(ctx, client)
+    elapsed = 0.0
+
+    async def work() -> None:
+        nonlocal elapsed
+        start = clock()
+        await client.pull_blob(BIG_PULL_REPO, big.digest, big.size)
+        elapsed = clock() - start
+
+    cpu = await _cpu_per_gib(server, big.size, work)
+    return Outcome(
+        metrics={"MBps": mbps(big.size, elapsed), "seconds": elapsed, "cpu_s_per_gib": cpu},
+        details={"bytes": big.size, "client": "aiohttp + hashlib.sha256"},
+    )
+
+
+async def pull_curl(ctx: Context, server: Running, client: Client) -> Outcome:
+    assert ctx.curl is not None
+    big = await _push_big(ctx, client)
+    url = f"{server.url}/v2/{BIG_PULL_REPO}/blobs/{big.digest}"
+    headers_file = server.root / "curl-headers.txt"
+    argv = [
+        ctx.curl,
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-D",
+        str(headers_file),
+        "-w",
+        "%{http_code} %{size_download} %{speed_download} %{time_total}",
+        url,
+    ]
+    before = server.cpu_seconds()
+    out = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=600)
+    cpu = (server.cpu_seconds() - before) / (big.size / GiB)
+    if out.returncode != 0:
+        raise VerifyError(f"curl failed ({out.returncode}): {out.stderr.strip()}")
+    code, size, speed, total = out.stdout.split()
+    if code != "200":
+        raise VerifyError(f"curl GET blob: status {code}")
+    if int(size) != big.size:
+        raise VerifyError(f"curl GET blob: {size} bytes, expected {big.size}")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (
+            line.partition(":") for line in headers_file.read_text().splitlines() if ":" in line
+        )
+    }
+    if headers.get("docker-content-digest") != big.digest:
+        raise VerifyError(
+            f"curl GET blob: Docker-Content-Digest {headers.get('docker-content-digest')!r}"
+        )
+    return Outcome(
+        metrics={"MBps": float(speed) / 1e6, "seconds": float(total), "cpu_s_per_gib": cpu},
+        details={"bytes": big.size, "client": "curl -o /dev/null (size + digest header checked)"},
+    )
+
+
+PULL_METRICS = (
+    Metric("MBps", "pull throughput", "MB/s", True),
+    Metric("seconds", "pull time", "s", False),
+    Metric("cpu_s_per_gib", "server CPU per GiB pulled", "s/GiB", False),
+)
+
+RANGE_READS = 5
+
+
+async def pull_range(ctx: Context, server: Running, client: Client) -> Outcome:
+    big = await _push_big(ctx, client)
+    length = min(max(64 * KiB, int(64 * MiB * ctx.scale)), big.size // 2)
+    start = big.size // 2 - length // 2 + 1  # deliberately not block-aligned
+    expect = big.range_sha256(start, length)
+    times = []
+    for _ in range(RANGE_READS):
+        t0 = clock()
+        await client.pull_range(BIG_PULL_REPO, big.digest, big.size, start, length, expect)
+        times.append(clock() - t0)
+    elapsed = median(times)
+    return Outcome(
+        metrics={"MBps": mbps(length, elapsed), "ms": elapsed * 1e3},
+        details={
+            "range": f"bytes={start}-{start + length - 1}",
+            "bytes": length,
+            "reads": RANGE_READS,
+        },
+    )
+
+
+RANGE_METRICS = (
+    Metric("MBps", "range read throughput", "MB/s", True),
+    Metric("ms", "range read time (median)", "ms", False),
+)
+
+
+# -- 6: many clients pushing and pulling mid-sized blobs ----------------------
+
+CONCURRENT_CLIENTS = 32
+BLOBS_PER_CLIENT = 8
+
+
+def concurrency_levels(clients: int) -> list[int]:
+    return sorted({1, 8, clients})
+
+
+async def _concurrent_level(
+    ctx: Context, server: Running, client: Client, clients: int, first_id: int, size: int
+) -> dict[str, float]:
+    pool = ctx.pool(size)
+    ids = {
+        j: [first_id + j * BLOBS_PER_CLIENT + i for i in range(BLOBS_PER_CLIENT)]
+        for j in range(clients)
+    }
+    for blob_ids in ids.values():  # digests known before the clock starts
+        for k in blob_ids:
+            pool.digest(k)
+    push_lat: list[float] = []
+    pull_lat: list[float] = []
+    manifests: dict[int, tuple[bytes, str]] = {}
+
+    async def pusher(j: int) -> None:
+        repo = f"bench/c{clients}/client{j:02d}"
+        for k in ids[j]:
+            data = pool.content(k)
+            t0 = clock()
+            await client.push_monolithic(repo, pool.digest(k), size, data)
+            push_lat.append(clock() - t0)
+        config = config_blob(f"c{clients}-{j}")
+        config_ref = Blob(sha256_digest(config), len(config))
+        await client.push_monolithic(repo, config_ref.digest, config_ref.size, config)
+        manifest = image_manifest(config_ref, [Blob(pool.digest(k), size) for k in ids[j]])
+        digest = sha256_digest(manifest)
+        await client.put_manifest(repo, "v1", manifest, digest)
+        manifests[j] = (manifest, digest)
+
+    async def puller(j: int) -> None:
+        repo = f"bench/c{clients}/client{j:02d}"
+        manifest, digest = manifests[j]
+        await client.get_manifest(repo, "v1", manifest, digest)
+        for k in ids[j]:
+            t0 = clock()
+            await client.pull_blob(repo, pool.digest(k), size)
+            pull_lat.append(clock() - t0)
+
+    total = clients * BLOBS_PER_CLIENT * size
+    cpu0 = server.cpu_seconds()
+    t0 = clock()
+    await asyncio.gather(*(pusher(j) for j in range(clients)))
+    push_s = clock() - t0
+    cpu1 = server.cpu_seconds()
+    t0 = clock()
+    await asyncio.gather(*(puller(j) for j in range(clients)))
+    pull_s = clock() - t0
+    expected = clients * BLOBS_PER_CLIENT
+    if len(push_lat) != expected or len(pull_lat) != expected:
+        raise VerifyError(f"{len(push_lat)} pushes and {len(pull_lat)} pulls, expected {expected}")
+    return {
+        "push_MBps": mbps(total, push_s),
+        "push_p50_s": percentile(push_lat, 50),
+        "push_p99_s": percentile(push_lat, 99),
+        "pull_MBps": mbps(total, pull_s),
+        "pull_p50_s": percentile(pull_lat, 50),
+        "pull_p99_s": percentile(pull_lat, 99),
+        "cpu_s_per_gib": (cpu1 - cpu0) / (total / GiB),
+    }
+
+
+async def concurrent(ctx: Context, server: Running, client: Client) -> Outcome:
+    size = max(64 * KiB, int(8 * MiB * ctx.scale))
+    await client.probe_post_digest("bench/probe")
+    outcome = Outcome(
+        details={
+            "clients": CONCURRENT_CLIENTS,
+            "blobs_per_client": BLOBS_PER_CLIENT,
+            "blob_bytes": size,
+        }
+    )
+    first_id = 0
+    for clients in concurrency_levels(CONCURRENT_CLIENTS):
+        level = await _concurrent_level(ctx, server, client, clients, first_id, size)
+        first_id += clients * BLOBS_PER_CLIENT
+        outcome.details[f"clients={clients}"] = level
+        outcome.series.setdefault("push_MBps", {})[clients] = level["push_MBps"]
+        outcome.series.setdefault("pull_MBps", {})[clients] = level["pull_MBps"]
+        if clients == CONCURRENT_CLIENTS:
+            outcome.metrics = dict(level)
+    return outcome
+
+
+CONCURRENT_METRICS = (
+    Metric("push_MBps", "aggregate push", "MB/s", True),
+    Metric("push_p50_s", "push p50 per blob", "s", False),
+    Metric("push_p99_s", "push p99 per blob", "s", False),
+    Metric("pull_MBps", "aggregate pull", "MB/s", True),
+    Metric("pull_p50_s", "pull p50 per blob", "s", False),
+    Metric("pull_p99_s", "pull p99 per blob", "s", False),
+    Metric("cpu_s_per_gib", "server CPU per GiB pushed", "s/GiB", False),
+)
+
+
+# -- 7: manifest GET and HEAD rate --------------------------------------------
+
+MANIFEST_CONNECTIONS = 64
+
+
+async def manifest_rate(ctx: Context, server: Running, client: Client) -> Outcome:
+    repo = "bench/manifest"
+    manifest, digest = await push_small_image(client, repo, "manifest-rate")
+    await client.put_manifest(repo, "latest", manifest, digest)
+    await client.get_manifest(repo, "latest", manifest, digest)
+    await client.head_manifest(repo, "latest", len(manifest), digest)
+    url = f"{server.url}/v2/{repo}/manifests/latest"
+    accept = {"Accept": OCI_MANIFEST}
+    outcome = Outcome(details={"url_path": f"/v2/{repo}/manifests/latest", "bytes": len(manifest)})
+    if ctx.wrk is None:
+        outcome.notes.append("wrk not installed: manifest GET rows skipped")
+    for conns in sorted({1, 8, MANIFEST_CONNECTIONS}):
+        duration = ctx.seconds(10, 1) if conns == MANIFEST_CONNECTIONS else ctx.seconds(3, 0.5)
+        runs: list[tuple[str, loadgen.LoadResult]] = []
+        if ctx.wrk is not None:
+            result = await asyncio.to_thread(loadgen.run_wrk, ctx.wrk, url, conns, duration, accept)
+            runs.append(("get", result))
+        result = await asyncio.to_thread(
+            loadgen.run_aiohttp,
+            url,
+            "HEAD",
+            conns,
+            duration,
+            accept,
+            {"Docker-Content-Digest": digest, "Content-Length": str(len(manifest))},
+            ctx.loadgen_procs,
+        )
+        runs.append(("head", result))
+        for method, result in runs:
+            if result.errors or result.requests == 0:
+                raise VerifyError(
+                    f"manifest {method.upper()} x{conns}: {result.errors} errors of "
+                    f"{result.requests + result.errors} ({result.first_error or 'no requests'})"
+                )
+            outcome.details[f"{method} c={conns}"] = result.as_dict()
+            outcome.series.setdefault(f"{method}_rps", {})[conns] = result.rps
+            if conns == MANIFEST_CONNECTIONS:
+                outcome.metrics[f"{method}_rps"] = result.rps
+                outcome.metrics[f"{method}_p99_ms"] = result.p99_ms
+    await client.get_manifest(repo, "latest", manifest, digest)  # still intact after the load
+    return outcome
+
+
+MANIFEST_METRICS = (
+    Metric("get_rps", "GET req/s (wrk, 64 conns)", "req/s", True),
+    Metric("get_p99_ms", "GET p99", "ms", False),
+    Metric("head_rps", "HEAD req/s (aiohttp, 64 conns)", "req/s", True),
+    Metric("head_p99_ms", "HEAD p99", "ms", False),
+)
+
+
+# -- 8: tag list and catalog --------------------------------------------------
+
+LIST_ROUNDS = 5
+WHOLE_PAGE = 10_000
+FILL_WORKERS = 32
+
+
+def page_size(count: int) -> int:
+    return 100 if count >= 500 else max(3, count // 4)
+
+
+async def _bounded(count: int, workers: int, job: Callable[[int], Awaitable[None]]) -> None:
+    """Run ``job(i)`` for i in range(count), ``workers`` at a time."""
+    items = iter(range(count))
+
+    async def worker() -> None:
+        for i in items:
+            await job(i)
+
+    await asyncio.gather(*(worker() for _ in range(min(workers, count))))
+
+
+async def _time_listing(
+    client: Client,
+    server: Running,
+    path: str,
+    expected: list[str],
+    page: int,
+    what: str,
+    outcome: Outcome,
+) -> float:
+    """Median milliseconds to list ``path`` whole (following Links), verifying every round:
+    exactly the expected names, in byte order, in the expected number of pages. A registry
+    whose known deviation (``server.deviations``) explains a wrong order or page count gets
+    a note instead of a failure; missing or extra names always fail."""
+    family = "tags" if "/tags/list" in path else "catalog"
+    key = "tags" if family == "tags" else "repositories"
+    expected_pages = max(1, math.ceil(len(expected) / page))
+    times = []
+    for _ in range(LIST_ROUNDS):
+        t0 = clock()
+        names, pages = await client.list_pages(path, key)
+        times.append(clock() - t0)
+        if len(names) != len(expected) or set(names) != set(expected):
+            missing = sorted(set(expected) - set(names))[:5]
+            extra = sorted(set(names) - set(expected))[:5]
+            raise VerifyError(
+                f"{what}: {len(names)} names ({len(set(names))} distinct), expected "
+                f"{len(expected)}; missing {missing}, unexpected {extra}"
+            )
+        problems = []
+        if names != expected:
+            problems.append((f"{family}_unsorted", f"{what}: not in byte order"))
+        if pages != expected_pages:
+            problems.append(
+                (f"{family}_unpaginated", f"{what}: {pages} page(s), expected {expected_pages}")
+            )
+        for deviation, message in problems:
+            if deviation not in server.deviations:
+                raise VerifyError(message)
+            note = f"{server.kind}: {message} (known deviation: {deviation})"
+            if note not in outcome.notes:
+                outcome.notes.append(note)
+    return median(times) * 1e3
+
+
+async def tags(ctx: Context, server: Running, client: Client) -> Outcome:
+    count = max(20, round(10_000 * ctx.scale))
+    repo = "bench/tags"
+    manifest, digest = await push_small_image(client, repo, "tags")
+    names = [f"t{i:05d}" for i in range(count)]
+
+    async def put(i: int) -> None:
+        await client.put_manifest(repo, names[i], manifest, digest)
+
+    t0 = clock()
+    await _bounded(count, FILL_WORKERS, put)
+    fill_s = clock() - t0
+    outcome = Outcome(details={"tags": count})
+    page = page_size(count)
+    base = f"/v2/{repo}/tags/list"
+    whole = await _time_listing(
+        client, server, f"{base}?n={WHOLE_PAGE}", names, WHOLE_PAGE, "tags whole", outcome
+    )
+    paged = await _time_listing(
+        client, server, f"{base}?n={page}", names, page, "tags paginated", outcome
+    )
+    await client.get_manifest(repo, names[-1], manifest, digest)
+    outcome.metrics = {"put_per_s": count / fill_s, "whole_ms": whole, "paged_ms": paged}
+    outcome.details["page_size"] = page
+    return outcome
+
+
+TAGS_METRICS = (
+    Metric("put_per_s", "tag PUTs/s (32 concurrent)", "req/s", True),
+    Metric("whole_ms", "list all (n=10000)", "ms", False),
+    Metric("paged_ms", "list paginated (n=100)", "ms", False),
+)
+
+
+async def catalog(ctx: Context, server: Running, client: Client) -> Outcome:
+    count = max(10, round(1_000 * ctx.scale))
+    names = [f"cat/r{i:04d}" for i in range(count)]
+    await client.probe_post_digest(names[0])
+
+    async def fill(i: int) -> None:
+        manifest, digest = await push_small_image(client, names[i], "catalog")
+        await client.put_manifest(names[i], "v1", manifest, digest)
+
+    t0 = clock()
+    await _bounded(count, FILL_WORKERS, fill)
+    fill_s = clock() - t0
+    outcome = Outcome(details={"repositories": count})
+    page = page_size(count)
+    whole = await _time_listing(
+        client, server, f"/v2/_catalog?n={WHOLE_PAGE}", names, WHOLE_PAGE, "catalog whole", outcome
+    )
+    paged = await _time_listing(
+        client, server, f"/v2/_catalog?n={page}", names, page, "catalog paginated", outcome
+    )
+    outcome.metrics = {"repos_per_s": count / fill_s, "whole_ms": whole, "paged_ms": paged}
+    outcome.details["page_size"] = page
+    return outcome
+
+
+CATALOG_METRICS = (
+    Metric("repos_per_s", "repositories pushed/s (32 concurrent)", "repo/s", True),
+    Metric("whole_ms", "list all (n=10000)", "ms", False),
+    Metric("paged_ms", "list paginated (n=100)", "ms", False),
+)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "push_monolithic",
+        "1 GiB blob, monolithic push",
+        PUSH_METRICS,
+        push_monolithic,
+        big_blob=True,
+    ),
+    Scenario(
+        "push_chunked",
+        "1 GiB blob, 16 MiB PATCH chunks + PUT",
+        PUSH_METRICS,
+        push_chunked,
+        big_blob=True,
+    ),
+    Scenario(
+        "pull_python",
+        "1 GiB blob pulled, aiohttp + sha256",
+        PULL_METRICS,
+        pull_python,
+        big_blob=True,
+    ),
+    Scenario(
+        "pull_curl",
+        "1 GiB blob pulled, curl -o /dev/null",
+        PULL_METRICS,
+        pull_curl,
+        needs=("curl",),
+        big_blob=True,
+    ),
+    Scenario(
+        "pull_range",
+        "64 MiB Range read from the middle",
+        RANGE_METRICS,
+        pull_range,
+        big_blob=True,
+    ),
+    Scenario(
+        "concurrent",
+        "32 clients x 8 x 8 MiB blobs + manifest, push then pull",
+        CONCURRENT_METRICS,
+        concurrent,
+    ),
+    Scenario("manifest", "manifest GET/HEAD, 64 connections", MANIFEST_METRICS, manifest_rate),
+    Scenario("tags", "10,000 tags: PUT, list whole and paginated", TAGS_METRICS, tags),
+    Scenario("catalog", "1,000 repositories: list whole and paginated", CATALOG_METRICS, catalog),
+)
+
+BY_NAME = {s.name: s for s in SCENARIOS}
