@@ -19,7 +19,7 @@ from aioreg import __version__
 from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, can_pull, identify
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.index.lifecycle import RepositorySummary
+from aioreg.index.lifecycle import Event, RepositorySummary, Usage
 from aioreg.management import (
     LayerDetail,
     Management,
@@ -65,30 +65,14 @@ class Copied(msgspec.Struct):
     tag: str | None
 
 
-class UsageItem(msgspec.Struct):
-    name: str
-    logical: int
-    physical: int
-
-
 class UsageReport(msgspec.Struct):
-    total: UsageItem
-    namespaces: list[UsageItem]
-    repositories: list[UsageItem]
-
-
-class EventItem(msgspec.Struct):
-    at: float
-    kind: str
-    repository: str
-    reference: str | None
-    digest: str | None
-    actor: str | None
-    detail: str | None
+    total: Usage
+    namespaces: list[Usage]
+    repositories: list[Usage]
 
 
 class EventList(msgspec.Struct):
-    events: list[EventItem]
+    events: list[Event]
 
 
 class SearchHit(msgspec.Struct):
@@ -282,13 +266,7 @@ async def get_usage(request: web.Request) -> web.StreamResponse:
     else:
         await _require_namespace_read(request, namespace)
     namespaces, repositories, total = await _management(request).usage(namespace)
-    return _json(
-        UsageReport(
-            total=UsageItem(total.name, total.logical, total.physical),
-            namespaces=[UsageItem(u.name, u.logical, u.physical) for u in namespaces],
-            repositories=[UsageItem(u.name, u.logical, u.physical) for u in repositories],
-        )
-    )
+    return _json(UsageReport(total=total, namespaces=namespaces, repositories=repositories))
 
 
 async def _require_namespace_read(request: web.Request, namespace: str) -> None:
@@ -311,14 +289,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     else:
         await _require(request, None, "pull")
     events = await _management(request).events(_int(request, "limit", 100, 10000), repository)
-    return _json(
-        EventList(
-            [
-                EventItem(e.at, e.kind, e.repository, e.reference, e.digest, e.actor, e.detail)
-                for e in events
-            ]
-        )
-    )
+    return _json(EventList(events))
 
 
 async def search(request: web.Request) -> web.StreamResponse:

@@ -62,8 +62,8 @@ class TokenSigner:
         self._public = key.public_key()
         self.service = service
 
-    def access_token(
-        self, subject: str, access: list[Access], method: str, ttl: float
+    def _sign(
+        self, kind: str, subject: str, method: str, ttl: float, **extra: Any
     ) -> tuple[str, float]:
         now = time.time()
         claims = {
@@ -74,26 +74,19 @@ class TokenSigner:
             "nbf": int(now) - 1,
             "exp": int(now + ttl),
             "jti": uuid.uuid4().hex,
-            "typ": "access",
+            "typ": kind,
             "amr": method,
-            "access": [a.claim() for a in access],
+            **extra,
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM), now
 
+    def access_token(
+        self, subject: str, access: list[Access], method: str, ttl: float
+    ) -> tuple[str, float]:
+        return self._sign("access", subject, method, ttl, access=[a.claim() for a in access])
+
     def refresh_token(self, subject: str, method: str, ttl: float, token_id: str | None) -> str:
-        now = time.time()
-        claims = {
-            "iss": ISSUER,
-            "sub": subject,
-            "aud": self.service,
-            "iat": int(now),
-            "exp": int(now + ttl),
-            "jti": uuid.uuid4().hex,
-            "typ": "refresh",
-            "amr": method,
-            "tid": token_id,
-        }
-        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+        return self._sign("refresh", subject, method, ttl, tid=token_id)[0]
 
     def verify(self, token: str, kind: str = "access") -> dict[str, Any]:
         try:
