@@ -64,26 +64,23 @@ async def scrub(
     """
     report = ScrubReport()
     loop = asyncio.get_running_loop()
-    last = ""
-    while batch := await index.blobs_after(last, 500):
-        for blob in batch:
-            digest = Digest.parse(blob.digest)
-            path = store.path(digest)
-            try:
-                ok = await loop.run_in_executor(None, _verify, path, blob, full)
-            except FileNotFoundError:
-                report.missing.append(blob.digest)
+    async for blob in index.servable_blobs():
+        digest = Digest.parse(blob.digest)
+        path = store.path(digest)
+        try:
+            ok = await loop.run_in_executor(None, _verify, path, blob, full)
+        except FileNotFoundError:
+            report.missing.append(blob.digest)
+            await index.quarantine_blob(blob.digest)
+        else:
+            if not ok:
+                report.corrupt.append(blob.digest)
+                await loop.run_in_executor(None, store.quarantine, digest)
                 await index.quarantine_blob(blob.digest)
-            else:
-                if not ok:
-                    report.corrupt.append(blob.digest)
-                    await loop.run_in_executor(None, store.quarantine, digest)
-                    await index.quarantine_blob(blob.digest)
-            report.checked += 1
-            report.bytes += blob.size
-            if on_blob is not None:
-                on_blob(blob.size)
-        last = batch[-1].digest
+        report.checked += 1
+        report.bytes += blob.size
+        if on_blob is not None:
+            on_blob(blob.size)
     return report
 
 
@@ -104,14 +101,11 @@ async def check(index: Index, store: BlobStore, *, repair: bool = True) -> Check
     verb = "" if repair else "would be "
 
     known = await index.known_blob_digests()
-    last = ""
-    while batch := await index.blobs_after(last, 500):
-        for blob in batch:
-            if not store.path(Digest.parse(blob.digest)).is_file():
-                report.actions.append(f"blob {blob.digest}: file missing, {verb}quarantined")
-                if repair:
-                    await index.quarantine_blob(blob.digest)
-        last = batch[-1].digest
+    async for blob in index.servable_blobs():
+        if not store.path(Digest.parse(blob.digest)).is_file():
+            report.actions.append(f"blob {blob.digest}: file missing, {verb}quarantined")
+            if repair:
+                await index.quarantine_blob(blob.digest)
 
     for path, digest in store.walk():
         if digest is None:

@@ -176,14 +176,17 @@ class Index(AccountQueries, LifecycleQueries):
         )
         return None if row is None else BlobRow(*row)
 
-    async def blobs_after(self, last: str, limit: int) -> list[BlobRow]:
-        """Servable blobs in digest order, for walks over the whole store."""
-        rows = await self._all(
+    async def servable_blobs(self, page: int = 500) -> AsyncIterator[BlobRow]:
+        """Every servable blob in digest order, read a page at a time."""
+        last = ""
+        while rows := await self._all(
             "SELECT digest, size, xxh3_128 FROM blobs WHERE digest > ? AND quarantined_at IS NULL "
             "ORDER BY digest LIMIT ?",
-            (last, limit),
-        )
-        return [BlobRow(*r) for r in rows]
+            (last, page),
+        ):
+            for row in rows:
+                yield BlobRow(*row)
+            last = rows[-1][0]
 
     async def blob_totals(self) -> tuple[int, int]:
         row = await self._one(
