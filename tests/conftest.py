@@ -44,6 +44,29 @@ def image_manifest(config: bytes, layers: list[bytes], **extra: object) -> bytes
     ).encode()
 
 
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+
+
+def artifact_manifest(
+    artifact_type: str, subject: tuple[str, str, int] | None = None, **extra: object
+) -> bytes:
+    """An OCI 1.1 artifact: empty config (``EMPTY_JSON``), no layers, optional subject
+    given as (media type, digest, size)."""
+    body: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": OCI_EMPTY, "digest": digest_of(EMPTY_JSON), "size": 2},
+        "layers": [],
+        **extra,
+    }
+    if subject is not None:
+        media_type, digest, size = subject
+        body["subject"] = {"mediaType": media_type, "digest": digest, "size": size}
+    return json.dumps(body).encode()
+
+
 def make_config(
     data_dir: Path,
     server: dict[str, object] | None = None,

@@ -13,9 +13,11 @@ from aioreg.auth.accounts import Accounts, TokenScope
 from aioreg.auth.scopes import Access
 from aioreg.auth.tokens import TokenSigner, load_or_create_key
 from tests.conftest import (
+    EMPTY_JSON,
     OCI_MANIFEST,
     AppFactory,
     Reg,
+    artifact_manifest,
     digest_of,
     error_codes,
     image_manifest,
@@ -306,24 +308,15 @@ async def test_content_trust_requires_a_signature_referrer(auth_reg: Reg) -> Non
     assert digest_resp.status == 403
     image = await auth_reg.registry.index.manifest_by_tag("team/app", "v1")
     assert image is not None
-    empty = b"{}"
     await auth_reg.client.post(
-        f"/v2/team/app/blobs/uploads/?digest={digest_of(empty)}", data=empty, headers=creds
+        f"/v2/team/app/blobs/uploads/?digest={digest_of(EMPTY_JSON)}",
+        data=EMPTY_JSON,
+        headers=creds,
     )
-    signature = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": digest_of(empty),
-                "size": 2,
-            },
-            "layers": [],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": image.size},
-        }
-    ).encode()
+    signature = artifact_manifest(
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        (OCI_MANIFEST, image.digest, image.size),
+    )
     resp = await auth_reg.client.put(
         f"/v2/team/app/manifests/{digest_of(signature)}",
         data=signature,

@@ -15,11 +15,13 @@ from aioreg.api.management import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
 from aioreg.management import RetentionPolicy
 from tests.conftest import (
+    EMPTY_JSON,
     OCI_CONFIG,
     OCI_LAYER,
     OCI_MANIFEST,
     AppFactory,
     Reg,
+    artifact_manifest,
     digest_of,
     error_codes,
 )
@@ -67,21 +69,11 @@ async def test_gc_untagged_manifests(make_registry: AppFactory) -> None:
     reg = await make_registry(gc={"grace_period": 0})
     untagged, _, _ = await push(reg, "app", None, [b"untagged layer"])
     tagged, tagged_body, _ = await push(reg, "app", "v1", [b"tagged layer"])
-    empty = await reg.push_blob("app", b"{}")
-    signature = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": empty,
-                "size": 2,
-            },
-            "layers": [],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": tagged, "size": len(tagged_body)},
-        }
-    ).encode()
+    await reg.push_blob("app", EMPTY_JSON)
+    signature = artifact_manifest(
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        (OCI_MANIFEST, tagged, len(tagged_body)),
+    )
     referrer = await reg.push_manifest("app", digest_of(signature), signature)
     report = await api(reg, "POST", "/gc")  # config says: keep untagged manifests
     assert report["manifests_removed"] == []

@@ -7,12 +7,14 @@ import os
 
 from aioreg.api.management import OPENAPI_DOCUMENT, PREFIX
 from tests.conftest import (
+    EMPTY_JSON,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER,
     OCI_MANIFEST,
     AppFactory,
     Reg,
+    artifact_manifest,
     digest_of,
     error_codes,
 )
@@ -105,21 +107,8 @@ async def test_index_platforms_and_referrers_in_detail(reg: Reg) -> None:
         }
     ).encode()
     index_digest = await reg.push_manifest("multi/app", "latest", index, OCI_INDEX)
-    empty = await reg.push_blob("multi/app", b"{}")
-    sbom = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": "application/spdx+json",
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": empty,
-                "size": 2,
-            },
-            "layers": [],
-            "subject": {"mediaType": OCI_INDEX, "digest": index_digest, "size": len(index)},
-        }
-    ).encode()
+    await reg.push_blob("multi/app", EMPTY_JSON)
+    sbom = artifact_manifest("application/spdx+json", (OCI_INDEX, index_digest, len(index)))
     sbom_digest = await reg.push_manifest("multi/app", digest_of(sbom), sbom)
     detail = await api(reg, "GET", "/repositories/multi/app")
     artifacts = {a["digest"]: a for a in detail["artifacts"]}
