@@ -12,7 +12,7 @@ from aioreg import __version__, admin, lifecycle_cli
 from aioreg.config import Config, ConfigError, load_config
 from aioreg.maintenance import check, open_parts, scrub
 from aioreg.progress import Progress
-from aioreg.server import run
+from aioreg.server import ListenError, run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,7 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aioreg: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        run(config)
+        try:
+            run(config)
+        except ListenError as exc:
+            print(f"aioreg: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "scrub":
         return asyncio.run(_scrub(config, args.full))

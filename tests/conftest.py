@@ -2,21 +2,67 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from aioreg.api.http import REGISTRY_KEY
-from aioreg.app import create_app
 from aioreg.config import Config, load_config
 from aioreg.registry import Registry
+from aioreg.server import RegistryServer
 from tests.process import Server
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on uvloop, the loop ``aioreg serve`` runs on."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+class HttpClient:
+    """An HTTP client bound to one server's base URL (``client.get("/v2/")``)."""
+
+    def __init__(self, server: RegistryServer) -> None:
+        self.server = server
+        self.session = aiohttp.ClientSession(
+            server.url, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=300)
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("allow_redirects", False)
+        return self.session.request(method, path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> Any:
+        return self.request("HEAD", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+    async def close(self) -> None:
+        await self.session.close()
+
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -92,9 +138,10 @@ def make_config(
 class Reg:
     """A test client with helpers for the common pushes."""
 
-    def __init__(self, client: TestClient, app: web.Application) -> None:
+    def __init__(self, client: HttpClient, server: RegistryServer) -> None:
         self.client = client
-        self.app = app
+        self.server = server
+        self.app: web.Application = server.app
 
     @property
     def registry(self) -> Registry:
@@ -144,8 +191,9 @@ AppFactory = Callable[..., Awaitable[Reg]]
 
 @pytest.fixture
 async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
-    """Start (and restart) registries on a data dir; all are closed at teardown."""
-    clients: list[TestClient] = []
+    """Start (and restart) registries on a data dir, each built exactly as ``aioreg serve``
+    builds it (same runner, uvloop); all are stopped at teardown."""
+    started: list[Reg] = []
 
     async def start(
         data_dir: Path | None = None,
@@ -155,16 +203,26 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
         gc: dict[str, object] | None = None,
         **limits: float,
     ) -> Reg:
-        config = make_config(data_dir or tmp_path / "data", server, storage, auth, gc, **limits)
-        app = create_app(config)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return Reg(client, app)
+        config = make_config(
+            data_dir or tmp_path / "data",
+            {"listen": "127.0.0.1:0", "access_log": False, **(server or {})},
+            storage,
+            auth,
+            gc,
+            **limits,
+        )
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, uvloop.Loop), "tests must run on the loop aioreg serve runs on"
+        registry_server = RegistryServer(config)
+        await registry_server.start()
+        reg = Reg(HttpClient(registry_server), registry_server)
+        started.append(reg)
+        return reg
 
     yield start
-    for client in clients:
-        await client.close()
+    for reg in started:
+        await reg.client.close()
+        await reg.server.stop()
 
 
 @pytest.fixture

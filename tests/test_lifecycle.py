@@ -257,20 +257,19 @@ def test_lifecycle_cli(tmp_path: Path) -> None:
     data = tmp_path / "data"
 
     async def seed() -> None:
-        from aiohttp.test_utils import TestClient, TestServer
+        from aioreg.server import RegistryServer
+        from tests.conftest import HttpClient, make_config
 
-        from aioreg.app import create_app
-        from tests.conftest import make_config
-
-        app = create_app(make_config(data))
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        r = Reg(client, app)
+        server = RegistryServer(make_config(data, {"listen": "127.0.0.1:0"}))
+        await server.start()
+        client = HttpClient(server)
+        r = Reg(client, server)
         for tag in ("v1", "v2", "v3"):
             await push(r, "team/app", tag, [tag.encode() * 100])
         await r.push_blob("team/app", b"orphan")
         await Accounts(r.registry.index).create_namespace("team", None)
         await client.close()
+        await server.stop()
 
     asyncio.run(seed())
 
