@@ -230,10 +230,16 @@ class Management:
         return tags
 
     async def delete_namespace(self, namespace: str, actor: str | None = None) -> list[str]:
+        """All of a namespace or nothing: every repository is checked before any goes."""
         repositories = await self.index.repositories_in(namespace)
         for name in repositories:
-            await self.delete_repository(name, actor)
-        await self.index.remove_namespace(namespace)
+            await self._refuse_if_immutable(
+                name, [t.name for t in await self.index.tag_infos(name)]
+            )
+        await self.index.delete_namespace(namespace, repositories)
+        now = time.time()
+        for name in repositories:
+            self.index.note_event(Event(now, "delete", name, None, None, actor, "repository"))
         return repositories
 
     async def _refuse_if_immutable(self, name: str, tags: list[str]) -> None:

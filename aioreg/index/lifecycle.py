@@ -253,6 +253,14 @@ class LifecycleQueries:
             cursor = await db.execute("DELETE FROM repositories WHERE name = ?", (name,))
             return cursor.rowcount > 0
 
+    async def delete_namespace(self, namespace: str, repositories: list[str]) -> None:
+        """Remove these repositories and the namespace's settings in one transaction."""
+        async with self._transaction() as db:  # type: ignore[attr-defined]
+            await db.executemany(
+                "DELETE FROM repositories WHERE name = ?", [(name,) for name in repositories]
+            )
+            await db.execute("DELETE FROM namespaces WHERE name = ?", (namespace,))
+
     async def repositories_in(self, namespace: str) -> list[str]:
         rows = await self._all(  # type: ignore[attr-defined]
             f"SELECT r.name FROM repositories r WHERE {NAMESPACE_REPOS} ORDER BY r.name",
