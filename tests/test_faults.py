@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,10 +99,11 @@ async def test_disk_full_push_fails_cleanly_and_recovers(
     assert manifest_digest == digest_of(manifest)
 
 
-def hold_write_lock(db_path: Path, seconds: float) -> None:
+def hold_write_lock(db_path: Path, seconds: float, held: threading.Event) -> None:
     db = sqlite3.connect(db_path, isolation_level=None, timeout=30)
     try:
         db.execute("BEGIN IMMEDIATE")
+        held.set()
         time.sleep(seconds)
         db.execute("COMMIT")
     finally:
@@ -114,13 +116,15 @@ async def test_index_locked_by_another_process_waits_then_503(
     reg = await make_registry(tmp_path / "locked", storage={"index_busy_timeout": 1.0})
     db_path = reg.data_dir / "index.db"
     # A short hold: the push waits for the lock and succeeds.
-    holder = asyncio.create_task(asyncio.to_thread(hold_write_lock, db_path, 0.4))
-    await asyncio.sleep(0.1)
+    held = threading.Event()
+    holder = asyncio.create_task(asyncio.to_thread(hold_write_lock, db_path, 0.4, held))
+    await asyncio.to_thread(held.wait, 10)
     await reg.push_blob("app", b"waited for the lock")
     await holder
     # A hold longer than the busy timeout: a clean 503 with Retry-After, nothing half-done.
-    holder = asyncio.create_task(asyncio.to_thread(hold_write_lock, db_path, 2.5))
-    await asyncio.sleep(0.1)
+    held = threading.Event()
+    holder = asyncio.create_task(asyncio.to_thread(hold_write_lock, db_path, 2.5, held))
+    await asyncio.to_thread(held.wait, 10)
     data = b"blocked by the lock"
     resp = await reg.client.post(f"/v2/app/blobs/uploads/?digest={digest_of(data)}", data=data)
     assert resp.status == 503, await resp.text()
