@@ -14,6 +14,7 @@ from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
 from aioreg.api.management import MANAGEMENT_KEY
 from aioreg.api.management import add_routes as add_management_routes
+from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
@@ -73,6 +74,7 @@ def create_app(config: Config) -> web.Application:
     in_flight = InFlight()
     app = web.Application(
         middlewares=[
+            request_id_middleware,
             in_flight.middleware,
             error_middleware,
             Limiter(config.limits).middleware,
@@ -106,6 +108,7 @@ def create_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(registry_context)
     app.on_response_prepare.append(_api_version_header)
+    app.on_response_prepare.append(add_request_id_header)
     add_routes(app)
     add_management_routes(app)
     return app

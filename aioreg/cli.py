@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aioreg import __version__, admin, lifecycle_cli
+from aioreg import __version__, admin, lifecycle_cli, logcontext
 from aioreg.config import Config, ConfigError, load_config
 from aioreg.maintenance import check, open_parts, scrub
 from aioreg.progress import Progress
@@ -101,9 +101,10 @@ async def _check(config: Config, dry_run: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logcontext.install()
     logging.basicConfig(
         level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=logcontext.LOG_FORMAT,
         stream=sys.stderr,
     )
     try:

@@ -22,6 +22,10 @@ from aioreg.config import Config
 log = logging.getLogger("aioreg")
 
 
+# aiohttp's access log fields; the request id links a line to the request's other lines.
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf "%{User-Agent}i" req=%{X-Request-Id}o'
+
+
 class ListenError(Exception):
     """The configured address cannot be listened on (taken, unresolvable, not ours)."""
 
@@ -31,6 +35,7 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
     return web.AppRunner(
         app,
         access_log=log.getChild("access") if config.server.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
         shutdown_timeout=config.server.shutdown_timeout,
         handle_signals=False,
         handler_cancellation=False,

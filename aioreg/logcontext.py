@@ -1,0 +1,49 @@
+"""Request and upload ids on every log line a request causes.
+
+The ids live in context variables, set by the API layer for the duration of
+a request; a log record factory copies them onto each record so the format
+can show them without every call site passing them along.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import uuid
+from typing import Any
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+upload_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("upload_id", default=None)
+
+# What a client may send as X-Request-Id: anything else is replaced by our own.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
+
+
+def new_request_id(offered: str | None) -> str:
+    """The client's id when it is a sane token, else a fresh one."""
+    if offered is not None and REQUEST_ID_RE.fullmatch(offered):
+        return offered
+    return uuid.uuid4().hex
+
+
+def context_suffix() -> str:
+    parts = []
+    if (rid := request_id.get()) is not None:
+        parts.append(f"req={rid}")
+    if (uid := upload_id.get()) is not None:
+        parts.append(f"upload={uid}")
+    return f" [{' '.join(parts)}]" if parts else ""
+
+
+def install() -> None:
+    """Give every log record a ``context`` attribute (empty outside a request)."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.context = context_suffix()
+        return record
+
+    logging.setLogRecordFactory(factory)
