@@ -262,7 +262,9 @@ async def test_mount_challenge_names_the_source_repository(auth_reg: Reg) -> Non
     resp = await auth_reg.client.post(mount, headers=bearer(value))
     assert resp.status == 201, "the token the challenge leads to lets the mount succeed"
     # A push token lacking the source pull its holder could have: challenged again.
-    push_only = await token(auth_reg, "repository:alice/other:pull,push", basic("alice", "alice-pw"))
+    push_only = await token(
+        auth_reg, "repository:alice/other:pull,push", basic("alice", "alice-pw")
+    )
     resp = await auth_reg.client.post(
         f"/v2/alice/other/blobs/uploads/?mount={layer}&from=team/app", headers=bearer(push_only)
     )
