@@ -249,15 +249,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
         return error_response(ErrorCode.DENIED, f"access denied: {why}", {"needed": sorted(needed)})
     mount_ok = source is not None and "pull" in await _granted(service, identity, source)
-    if source is not None and not mount_ok and how == "bearer":
-        if await _could_have(service, identity, source, PULL):
-            return _unauthorized(
-                request,
-                service,
-                f"mounting from {source} needs a token with pull on it",
-                _scope(repository, needed | allowed, source),
-                "insufficient_scope",
-            )
+    if (
+        source is not None
+        and not mount_ok
+        and how == "bearer"
+        and await _could_have(service, identity, source, PULL)
+    ):
+        return _unauthorized(
+            request,
+            service,
+            f"mounting from {source} needs a token with pull on it",
+            _scope(repository, needed | allowed, source),
+            "insufficient_scope",
+        )
     for action in sorted(audited):
         service.audit(identity, action, repository, client, True, None)
     if "push" in needed:
