@@ -33,7 +33,7 @@ from aioreg.auth.tokens import (
 from aioreg.config import AuthConfig
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
 from aioreg.index import Index
-from aioreg.index.accounts import AuditRow, UserRow
+from aioreg.index.accounts import AuditRow, TokenRow, UserRow
 from aioreg.rules import effective_rules, namespace_of
 
 log = logging.getLogger("aioreg.auth")
@@ -139,6 +139,13 @@ class Throttle:
                 del self.failures[key]
 
 
+def _token_scopes(row: TokenRow) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple(
+        (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
+        for s in row.scopes
+    )
+
+
 def _throttle_key(kind: str, *parts: str) -> str:
     """A short fixed-size key: user names come from clients and may be long."""
     return kind + hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
@@ -230,9 +237,9 @@ class AuthService:
             identity = await self._check_credentials(username, secret)
         except BaseException as exc:
             self.throttle.release(limits, stamp)  # not a wrong guess: the check itself failed
-            if isinstance(exc, asyncio.CancelledError):  # the sharers' requests go on
-                exc = AuthError("the credential check was interrupted; try again")
-            pending.set_exception(exc)
+            interrupted = AuthError("the credential check was interrupted; try again")
+            # A cancellation stays with this request; the requests sharing the check go on.
+            pending.set_exception(interrupted if isinstance(exc, asyncio.CancelledError) else exc)
             raise
         finally:
             del self._checking[key]
@@ -275,12 +282,14 @@ class AuthService:
         if user is None:
             return None
         await self.index.touch_token(token_id, now)
-        scopes = tuple(
-            (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
-            for s in row.scopes
-        )
         return Identity(
-            user.name, user.id, user.is_admin, "token", scopes, token_id, generation=user.generation
+            user.name,
+            user.id,
+            user.is_admin,
+            "token",
+            _token_scopes(row),
+            token_id,
+            generation=user.generation,
         )
 
     async def _bound_user(self, claims: dict[str, object], what: str) -> UserRow:
@@ -328,32 +337,17 @@ class AuthService:
         except InvalidToken as exc:
             raise AuthError(f"invalid refresh token: {exc}") from None
         user = await self._bound_user(claims, "refresh token")
-        token_id = claims.get("tid")
+        method, scopes = str(claims.get("amr", "password")), None
+        token_id = claims.get("tid") or None
         if token_id:
             row = await self.index.token(token_id)
             if row is None or row.revoked_at is not None:
                 raise AuthError("the access token behind this refresh token was revoked")
             if row.expires_at is not None and row.expires_at <= time.time():
                 raise AuthError("the access token behind this refresh token expired")
-            scopes = tuple(
-                (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
-                for s in row.scopes
-            )
-            return Identity(
-                user.name,
-                user.id,
-                user.is_admin,
-                "token",
-                scopes,
-                token_id,
-                generation=user.generation,
-            )
+            method, scopes = "token", _token_scopes(row)
         return Identity(
-            user.name,
-            user.id,
-            user.is_admin,
-            str(claims.get("amr", "password")),
-            generation=user.generation,
+            user.name, user.id, user.is_admin, method, scopes, token_id, generation=user.generation
         )
 
     # -- authorization ---------------------------------------------------
