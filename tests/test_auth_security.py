@@ -89,6 +89,18 @@ async def test_concurrent_wrong_passwords_are_checked_at_most_limit_times(
     assert 1 <= checked <= 5, statuses
 
 
+async def test_concurrent_right_passwords_share_one_check(make_registry: AppFactory) -> None:
+    """Counting attempts before the check must not turn a client's parallel requests
+    with the right password into 429s."""
+    reg = await make_registry(
+        auth={"enabled": True, "admin_password": ADMIN_PASSWORD, "failed_login_limit": 2}
+    )
+    responses = await asyncio.gather(
+        *(reg.client.get("/v2/", headers=basic("admin", ADMIN_PASSWORD)) for _ in range(24))
+    )
+    assert [r.status for r in responses] == [200] * 24
+
+
 async def test_lockout_is_per_address_with_a_slower_per_user_limit(
     make_registry: AppFactory,
 ) -> None:
