@@ -124,6 +124,15 @@ async def _token(accounts: Accounts, args: argparse.Namespace) -> None:
         token = await accounts.create_token(args.user, args.name, scopes, expires)
         print(f"token {token.id} created for {args.user}; it is shown only once:")
         print(token.value)
+        for gap in await accounts.scope_gaps(args.user, scopes):
+            fix = f"aioreg namespace member {gap.namespace} {args.user} {gap.role}"
+            if not gap.namespace_exists:
+                fix = f"aioreg namespace create {gap.namespace}, then {fix}"
+            print(
+                f"warning: {args.user} may not {','.join(sorted(gap.missing))} in "
+                f"{gap.namespace}, so neither may this token; grant the role with: {fix}",
+                file=sys.stderr,
+            )
     elif args.action == "revoke":
         await accounts.revoke_token(args.id)
         print(f"revoked token {args.id}")

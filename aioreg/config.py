@@ -63,7 +63,10 @@ class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_password: str = ""
     default_visibility: str = "private"
     failed_login_limit: int = 5
+    failed_login_user_limit: int = 50
+    failed_login_address_limit: int = 50
     failed_login_window: float = 60.0
+    failed_login_tracked_max: int = 10000
 
 
 class GcConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -164,4 +167,14 @@ def load_config(
     split_listen(config.server.listen)
     if config.auth.default_visibility not in ("public", "private"):
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
+    auth = config.auth
+    if (
+        min(auth.failed_login_limit, auth.failed_login_user_limit, auth.failed_login_address_limit)
+        < 1
+    ):
+        raise ConfigError("auth.failed_login_*_limit options must be at least 1")
+    if auth.failed_login_window <= 0 or auth.failed_login_tracked_max < 3:
+        raise ConfigError(
+            "auth.failed_login_window must be positive and auth.failed_login_tracked_max >= 3"
+        )
     return config

@@ -34,15 +34,21 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-async def auth_reg(make_registry: AppFactory) -> Reg:
-    reg = await make_registry(auth={"enabled": True, "admin_password": ADMIN_PASSWORD})
+async def start_auth(make_registry: AppFactory, **auth: object) -> Reg:
+    """A registry with auth on, users alice and bob, namespaces team (private) and pub
+    (public), both owned by alice."""
+    reg = await make_registry(auth={"enabled": True, "admin_password": ADMIN_PASSWORD, **auth})
     accounts = Accounts(reg.registry.index)
     await accounts.add_user("alice", "alice-pw")
     await accounts.add_user("bob", "bob-pw")
     await accounts.create_namespace("team", "alice")
     await accounts.create_namespace("pub", "alice", "public")
     return reg
+
+
+@pytest.fixture
+async def auth_reg(make_registry: AppFactory) -> Reg:
+    return await start_auth(make_registry)
 
 
 def accounts(reg: Reg) -> Accounts:

@@ -11,34 +11,88 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
+import re
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from aioreg.api.errors import Handler, error_response, registry_error_response
-from aioreg.auth.scopes import Access, parse_scopes
-from aioreg.auth.service import ANONYMOUS, AuthError, AuthService, Identity
+from aioreg.auth.scopes import ACTIONS, Access, parse_scopes
+from aioreg.auth.service import ANONYMOUS, CATALOG_ACTIONS, AuthError, AuthService, Identity
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.reference import validate_name
 
 AUTH_KEY = web.AppKey("auth", AuthService)
 IDENTITY = "aioreg.identity"
 MOUNT_ALLOWED = "aioreg.mount_allowed"
 
 
+PULL = frozenset({"pull"})
+CATALOG = Access("registry", "catalog", CATALOG_ACTIONS)
+CATALOG_ROUTE = "/v2/_catalog"
+# What each repository route needs, by method and the route's pattern after the name.
+# Decided from the matched route, never from the request path: a repository may well
+# be called ``team/blobs/uploads/x``. A route missing here needs every action.
+ROUTE_ACTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/blobs/uploads/"): "push",
+    ("POST", "/blobs/uploads"): "push",
+    **{(m, "/blobs/uploads/{upload_id}"): "push" for m in ("GET", "PATCH", "PUT", "DELETE")},
+    **{(m, "/blobs/{digest}"): "pull" for m in ("GET", "HEAD")},
+    ("DELETE", "/blobs/{digest}"): "delete",
+    **{(m, "/manifests/{reference}"): "pull" for m in ("GET", "HEAD")},
+    ("PUT", "/manifests/{reference}"): "push",
+    ("DELETE", "/manifests/{reference}"): "delete",
+    **{(m, "/tags/list"): "pull" for m in ("GET", "HEAD")},
+    **{(m, "/referrers/{digest}"): "pull" for m in ("GET", "HEAD")},
+}
+# A Host header fit to appear in a challenge: a DNS name or IP literal and a port.
+_PLAIN_HOST = re.compile(
+    r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?"
+)
+
+
+def _route_pattern(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return "" if resource is None else resource.canonical
+
+
+def _local_address(request: web.Request) -> str:
+    """host:port this connection reached (for a realm when the Host header is unusable)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return "localhost"
+    host, port = str(sockname[0]), int(sockname[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _realm(request: web.Request, service: AuthService) -> str:
-    return service.config.realm or f"{request.scheme}://{request.host}/token"
+    """The configured realm, else /token on the requested host when that is a plain
+    host[:port]; a Host header is never copied into the challenge otherwise."""
+    if service.config.realm:
+        return service.config.realm
+    host = request.host
+    if not _PLAIN_HOST.fullmatch(host):
+        host = _local_address(request)
+    return f"{request.scheme}://{host}/token"
+
+
+def _quoted(value: str) -> str:
+    """An RFC 9110 quoted-string, so no value can end its parameter early."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _challenge(
     request: web.Request, service: AuthService, scope: list[Access], error: str | None = None
 ) -> str:
-    parts = [f'Bearer realm="{_realm(request, service)}"', f'service="{service.config.service}"']
+    parts = [f"Bearer realm={_quoted(_realm(request, service))}"]
+    parts.append(f"service={_quoted(service.config.service)}")
     if scope:
-        parts.append(f'scope="{" ".join(str(a) for a in scope)}"')
+        parts.append(f"scope={_quoted(' '.join(str(a) for a in scope))}")
     if error:
-        parts.append(f'error="{error}"')
+        parts.append(f"error={_quoted(error)}")
     return ",".join(parts)
 
 
@@ -77,7 +131,7 @@ async def identify(
     kind, _, value = header.partition(" ")
     kind = kind.lower()
     if kind == "bearer" and value:
-        return service.bearer(value.strip()), "bearer"
+        return await service.bearer(value.strip()), "bearer"
     if kind == "basic" and value:
         if not basic_allowed:
             raise AuthError("Basic credentials are not accepted here; get a token from the realm")
@@ -93,12 +147,30 @@ def _needed(request: web.Request) -> tuple[str | None, frozenset[str]]:
     name = request.match_info.get("name")
     if name is None:
         return None, frozenset()
-    method = request.method
-    if method in ("GET", "HEAD") and "/blobs/uploads/" not in request.path:
-        return name, frozenset({"pull"})
-    if method == "DELETE" and "/blobs/uploads/" not in request.path:
-        return name, frozenset({"delete"})
-    return name, frozenset({"push"})
+    tail = _route_pattern(request).partition("/{name}")[2]
+    action = ROUTE_ACTIONS.get((request.method, tail))
+    return name, frozenset({action}) if action else frozenset(ACTIONS)
+
+
+def _mount_source(request: web.Request) -> str | None:
+    """The repository a cross-repository mount would take the blob from (if well formed)."""
+    source = request.query.get("from")
+    if "mount" not in request.query or source is None:
+        return None
+    try:
+        return validate_name(source)
+    except RegistryError:
+        return None
+
+
+def _scope(repository: str, actions: frozenset[str], source: str | None) -> list[Access]:
+    """A push's challenge scope, naming the mount source's pull too (as Distribution does),
+    so the token a client fetches lets the mount succeed."""
+    if source is None:
+        return [Access("repository", repository, actions)]
+    if source == repository:
+        return [Access("repository", repository, actions | PULL)]
+    return [Access("repository", repository, actions), Access("repository", source, PULL)]
 
 
 async def _granted(service: AuthService, identity: Identity, repository: str) -> frozenset[str]:
@@ -120,13 +192,18 @@ def actor(request: web.Request) -> str | None:
     return identity.name or "<anonymous>"
 
 
+def _holder(identity: Identity) -> Identity:
+    """A token's holder, with what it may do now rather than what the token grants."""
+    return dataclasses.replace(identity, granted=None)
+
+
 async def can_pull(request: web.Request, repository: str) -> bool:
     service = request.app[AUTH_KEY]
     if not service.enabled:
         return True
     identity: Identity = request.get(IDENTITY, ANONYMOUS)
     if identity.granted is not None:  # a token: what its holder may pull now
-        identity = Identity(identity.name, method=identity.method)
+        identity = _holder(identity)
     allowed, _ = await service.permitted(identity, repository)
     return "pull" in allowed
 
@@ -145,15 +222,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[IDENTITY] = identity
     repository, needed = _needed(request)
     if repository is None:
-        if identity.anonymous and request.path in ("/v2/", "/v2"):
-            return _unauthorized(request, service, "authentication required", [])
-        return await handler(request)
+        return await _registry_wide(request, handler, service, identity, how)
+    try:
+        validate_name(repository)  # before the name goes into a challenge or the audit
+    except RegistryError as exc:
+        return registry_error_response(exc)
     allowed = await _granted(service, identity, repository)
     missing = needed - allowed
     client = request.remote
     audited = needed & {"push", "delete"}
+    source = _mount_source(request) if "push" in needed else None
     if missing:
-        scope = [Access("repository", repository, needed | allowed)]
         _, why = await service.permitted(identity, repository)
         for action in sorted(audited):
             service.audit(identity, action, repository, client, False, why)
@@ -165,17 +244,51 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 request,
                 service,
                 f"{'/'.join(sorted(missing))} on {repository} needs a token with that scope",
-                scope,
+                _scope(repository, needed | allowed, source),
                 error,
             )
         return error_response(ErrorCode.DENIED, f"access denied: {why}", {"needed": sorted(needed)})
+    mount_ok = source is not None and "pull" in await _granted(service, identity, source)
+    if (
+        source is not None
+        and not mount_ok
+        and how == "bearer"
+        and await _could_have(service, identity, source, PULL)
+    ):
+        return _unauthorized(
+            request,
+            service,
+            f"mounting from {source} needs a token with pull on it",
+            _scope(repository, needed | allowed, source),
+            "insufficient_scope",
+        )
     for action in sorted(audited):
         service.audit(identity, action, repository, client, True, None)
     if "push" in needed:
         await service.ensure_namespace(identity, repository)
-        source = request.query.get("from")
-        mount_ok = source is not None and "pull" in await _granted(service, identity, source)
         request[MOUNT_ALLOWED] = mount_ok
+    return await handler(request)
+
+
+async def _registry_wide(
+    request: web.Request, handler: Handler, service: AuthService, identity: Identity, how: str
+) -> web.StreamResponse:
+    """/v2/ needs any user; the catalog a user, or a token with ``registry:catalog:*``
+    (it then lists what the holder may pull), and challenges for it as Distribution does."""
+    if _route_pattern(request) == CATALOG_ROUTE:
+        if identity.granted is not None:
+            listed = any(
+                a.type == CATALOG.type and a.name == CATALOG.name and a.actions >= CATALOG.actions
+                for a in identity.granted
+            )
+        else:
+            listed = not identity.anonymous
+        if not listed:
+            error = "insufficient_scope" if how == "bearer" else None
+            message = "listing the catalog needs a token with that scope"
+            return _unauthorized(request, service, message, [CATALOG], error)
+    elif identity.anonymous and request.path in ("/v2/", "/v2"):
+        return _unauthorized(request, service, "authentication required", [])
     return await handler(request)
 
 
@@ -184,8 +297,7 @@ async def _could_have(
 ) -> bool:
     if identity.anonymous:
         return True
-    holder = Identity(identity.name, method=identity.method)
-    allowed, _ = await service.permitted(holder, repository)
+    allowed, _ = await service.permitted(_holder(identity), repository)
     return needed <= allowed
 
 

@@ -38,6 +38,16 @@ class NewToken:
     value: str
 
 
+@dataclass(frozen=True)
+class ScopeGap:
+    """Actions a token scope names that its user may not take in that namespace."""
+
+    namespace: str
+    missing: frozenset[str]
+    role: str  # the smallest role that covers the whole scope
+    namespace_exists: bool
+
+
 def _fail(message: str) -> RegistryError:
     return RegistryError(ErrorCode.DENIED, message)
 
@@ -101,6 +111,30 @@ class Accounts:
             now,
         )
         return NewToken(token_id, value)
+
+    async def scope_gaps(self, user: str, scopes: list[TokenScope]) -> list[ScopeGap]:
+        """Where scopes exceed the user's roles: a token never does more than its user,
+        so those actions would be denied until the user gets the role."""
+        row = await self.index.user(user)
+        if row is None or row.is_admin:
+            return []
+        gaps = []
+        for scope in scopes:
+            if scope.namespace in ("*", row.name):  # "*": as far as the roles go; own namespace
+                continue
+            namespace = await self.index.namespace(scope.namespace)
+            has: set[str] = set()
+            if namespace is not None:
+                role = await self.index.role(scope.namespace, row.id)
+                has |= ROLES[role] if role else set()
+                if namespace.visibility == "public":
+                    has.add("pull")
+            missing = frozenset(scope.actions) - has
+            if missing:
+                wanted = set(scope.actions)
+                role_name = next(name for name, actions in ROLES.items() if wanted <= actions)
+                gaps.append(ScopeGap(scope.namespace, missing, role_name, namespace is not None))
+        return gaps
 
     async def revoke_token(self, token_id: str) -> None:
         if not await self.index.revoke_token(token_id, time.time()):

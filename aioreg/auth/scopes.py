@@ -28,7 +28,7 @@ def parse_scope(scope: str) -> Access | None:
         return None
     kind = kind.split("(", 1)[0]  # "repository(plugin)" is a repository too
     wanted = {a.strip() for a in actions.split(",") if a.strip()}
-    if "*" in wanted:
+    if "*" in wanted and kind == "repository":  # ``registry:catalog:*`` keeps its "*"
         wanted = set(ACTIONS)
     return Access(kind, name, frozenset(wanted))
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +28,12 @@ from aioreg.auth.tokens import (
     load_or_create_key,
     secret_matches,
     split_personal_token,
+    token_account,
 )
 from aioreg.config import AuthConfig
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
 from aioreg.index import Index
-from aioreg.index.accounts import AuditRow, UserRow
+from aioreg.index.accounts import AuditRow, TokenRow, UserRow
 from aioreg.rules import effective_rules, namespace_of
 
 log = logging.getLogger("aioreg.auth")
@@ -51,6 +52,7 @@ class Identity:
     scopes: tuple[tuple[str, frozenset[str]], ...] | None = None  # a PAT's limits; None: none
     token_id: str | None = None
     granted: tuple[Access, ...] | None = None  # set for bearer tokens: exactly what was issued
+    generation: int | None = None  # the account's credential generation when authenticated
 
     @property
     def anonymous(self) -> bool:
@@ -67,6 +69,15 @@ class Identity:
 
 
 ANONYMOUS = Identity(None)
+CATALOG_ACTIONS = frozenset({"*"})
+
+
+def _account(identity: Identity) -> tuple[int, int] | None:
+    """What an issued token is bound to: the account and its credential generation."""
+    if identity.anonymous:
+        return None
+    assert identity.user_id is not None and identity.generation is not None
+    return identity.user_id, identity.generation
 
 
 class AuthError(RegistryError):
@@ -79,33 +90,65 @@ class AuthError(RegistryError):
 
 @dataclass
 class Throttle:
-    """Failed logins per key within a sliding window."""
+    """Failed logins per key within a sliding window, in a map of at most ``max_keys`` keys
+    (least recently attempted dropped first, so a flood of made-up user names cannot grow
+    it). An attempt is counted before its slow check and given back if it succeeds, so
+    concurrent attempts cannot all pass the count."""
 
-    limit: int
     window: float
-    failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    max_keys: int
+    failures: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        stamps = self.failures[key]
-        while stamps and stamps[0] < now - self.window:
+    def _recent(self, key: str, now: float) -> int:
+        stamps = self.failures.get(key)
+        if stamps is None:
+            return 0
+        while stamps and stamps[0] <= now - self.window:
             stamps.popleft()
         if not stamps:
-            self.failures.pop(key, None)
-        return stamps
+            del self.failures[key]
+        return len(stamps)
 
-    def check(self, *keys: str) -> None:
+    def reserve(self, limits: dict[str, int]) -> float:
+        """Count an attempt against each key (its limit given); 429 if one is at its limit."""
         now = time.monotonic()
-        for key in keys:
-            stamps = self._recent(key, now)
-            if len(stamps) >= self.limit:
-                raise TooManyRequestsError(
-                    "too many failed logins; try again later", stamps[0] + self.window - now
-                )
+        blocked = [key for key, limit in limits.items() if self._recent(key, now) >= limit]
+        if blocked:
+            retry = max(self.failures[key][0] for key in blocked) + self.window - now
+            raise TooManyRequestsError("too many failed logins; try again later", retry)
+        for key in limits:
+            stamps = self.failures.get(key)
+            if stamps is None:
+                stamps = self.failures[key] = deque()
+            else:
+                self.failures.move_to_end(key)
+            stamps.append(now)
+        while len(self.failures) > self.max_keys:
+            self.failures.popitem(last=False)
+        return now
 
-    def fail(self, *keys: str) -> None:
-        now = time.monotonic()
+    def release(self, keys: dict[str, int], stamp: float) -> None:
+        """Give back a reserved attempt that succeeded."""
         for key in keys:
-            self.failures[key].append(now)
+            stamps = self.failures.get(key)
+            if stamps is None:
+                continue
+            with contextlib.suppress(ValueError):
+                stamps.remove(stamp)
+            if not stamps:
+                del self.failures[key]
+
+
+def _token_scopes(row: TokenRow) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple(
+        (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
+        for s in row.scopes
+    )
+
+
+def _throttle_key(kind: str, *parts: str) -> str:
+    """A short fixed-size key: user names come from clients and may be long."""
+    return kind + hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
 
 
 class AuthService:
@@ -115,7 +158,8 @@ class AuthService:
         self.accounts = Accounts(index)
         self.data_dir = data_dir
         self.signer: TokenSigner | None = None
-        self.throttle = Throttle(config.failed_login_limit, config.failed_login_window)
+        self.throttle = Throttle(config.failed_login_window, config.failed_login_tracked_max)
+        self._checking: dict[bytes, asyncio.Future[Identity | None]] = {}
         self._audit: list[AuditRow] = []
         self._verified: dict[bytes, tuple[Identity, float]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -159,23 +203,63 @@ class AuthService:
 
     async def login(self, username: str, secret: str, client: str) -> Identity:
         """Basic credentials: a password, or a personal access token (any user name)."""
-        self.throttle.check(f"user:{username}", f"addr:{client}")
         # Clients sending Basic credentials on every request would pay for argon2
         # each time; a verified pair is remembered briefly, by hash only.
         key = hashlib.sha256(f"{username}\0{secret}".encode()).digest()
         cached = self._verified.get(key)
-        if cached is not None and cached[1] > time.monotonic():
+        if cached is not None and cached[1] > time.monotonic() and await self._current(cached[0]):
             return cached[0]
-        identity = await self._check_credentials(username, secret)
+        # The same credentials already being checked: share that check (a client's
+        # parallel requests cost one argon2 and one attempt).
+        pending = self._checking.get(key)
+        if pending is not None:
+            identity = await asyncio.shield(pending)
+        else:
+            identity = await self._throttled_check(key, username, secret, client)
         if identity is None:
-            self.throttle.fail(f"user:{username}", f"addr:{client}")
-            log.info("failed login for %r from %s", username[:64], client)
             raise AuthError("invalid username, password or token")
+        return identity
+
+    async def _throttled_check(
+        self, key: bytes, username: str, secret: str, client: str
+    ) -> Identity | None:
+        config = self.config
+        limits = {
+            _throttle_key("pair:", username, client): config.failed_login_limit,
+            _throttle_key("user:", username): config.failed_login_user_limit,
+            _throttle_key("addr:", client): config.failed_login_address_limit,
+        }
+        stamp = self.throttle.reserve(limits)
+        pending: asyncio.Future[Identity | None] = asyncio.get_running_loop().create_future()
+        pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._checking[key] = pending
+        try:
+            identity = await self._check_credentials(username, secret)
+        except BaseException as exc:
+            self.throttle.release(limits, stamp)  # not a wrong guess: the check itself failed
+            interrupted = AuthError("the credential check was interrupted; try again")
+            # A cancellation stays with this request; the requests sharing the check go on.
+            pending.set_exception(interrupted if isinstance(exc, asyncio.CancelledError) else exc)
+            raise
+        finally:
+            del self._checking[key]
+        pending.set_result(identity)
+        if identity is None:
+            log.info("failed login for %r from %s", username[:64], client)
+            return None
+        self.throttle.release(limits, stamp)
         if identity.method == "password":  # tokens are cheap to check and must revoke at once
             if len(self._verified) > 10_000:
                 self._verified.clear()
             self._verified[key] = (identity, time.monotonic() + VERIFIED_TTL)
         return identity
+
+    async def _current(self, identity: Identity) -> bool:
+        """The account behind a remembered login still has the same credentials."""
+        if identity.user_id is None:
+            return False
+        user = await self.index.account(identity.user_id)
+        return user is not None and user.generation == identity.generation
 
     async def _check_credentials(self, username: str, secret: str) -> Identity | None:
         pat = split_personal_token(secret)
@@ -185,7 +269,7 @@ class AuthService:
         ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, secret)
         if user is None or not ok:
             return None
-        return Identity(user.name, user.id, user.is_admin, "password")
+        return Identity(user.name, user.id, user.is_admin, "password", generation=user.generation)
 
     async def _token_identity(self, token_id: str, secret: str) -> Identity | None:
         row = await self.index.token(token_id)
@@ -198,13 +282,30 @@ class AuthService:
         if user is None:
             return None
         await self.index.touch_token(token_id, now)
-        scopes = tuple(
-            (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
-            for s in row.scopes
+        return Identity(
+            user.name,
+            user.id,
+            user.is_admin,
+            "token",
+            _token_scopes(row),
+            token_id,
+            generation=user.generation,
         )
-        return Identity(user.name, user.id, user.is_admin, "token", scopes, token_id)
 
-    def bearer(self, token: str) -> Identity:
+    async def _bound_user(self, claims: dict[str, object], what: str) -> UserRow:
+        """The account a token was issued to, if it still exists with the same credentials."""
+        account = token_account(claims)
+        if account is None:
+            raise AuthError(f"this {what} is not bound to an account; log in again")
+        user = await self.index.account(account[0])
+        if user is None or user.name != claims["sub"] or user.generation != account[1]:
+            raise AuthError(
+                f"this {what} is no longer valid: its user was removed or changed password"
+            )
+        return user
+
+    async def bearer(self, token: str) -> Identity:
+        """A bearer JWT's holder; 401 once its account is gone or its password changed."""
         assert self.signer is not None
         try:
             claims = self.signer.verify(token)
@@ -214,32 +315,40 @@ class AuthService:
             Access(str(a["type"]), str(a["name"]), frozenset(a["actions"]))
             for a in claims.get("access", [])
         )
-        subject = claims["sub"] or None
-        return Identity(subject, method=str(claims.get("amr", "token")), granted=granted)
+        method = str(claims.get("amr", "token"))
+        if not claims["sub"]:
+            return Identity(None, method=method, granted=granted)
+        user = await self._bound_user(claims, "token")
+        return Identity(
+            user.name,
+            user.id,
+            user.is_admin,
+            method,
+            granted=granted,
+            generation=user.generation,
+        )
 
     async def refresh(self, refresh_token: str) -> Identity:
-        """The identity behind a refresh token, checked again (user kept, token not revoked)."""
+        """The identity behind a refresh token, checked again: the same account with the
+        same credentials, and its access token (if any) neither revoked nor expired."""
         assert self.signer is not None
         try:
             claims = self.signer.verify(refresh_token, kind="refresh")
         except InvalidToken as exc:
             raise AuthError(f"invalid refresh token: {exc}") from None
-        user = await self.index.user(claims["sub"])
-        if user is None:
-            raise AuthError("the user of this refresh token no longer exists")
-        token_id = claims.get("tid")
+        user = await self._bound_user(claims, "refresh token")
+        method, scopes = str(claims.get("amr", "password")), None
+        token_id = claims.get("tid") or None
         if token_id:
             row = await self.index.token(token_id)
             if row is None or row.revoked_at is not None:
                 raise AuthError("the access token behind this refresh token was revoked")
             if row.expires_at is not None and row.expires_at <= time.time():
                 raise AuthError("the access token behind this refresh token expired")
-            scopes = tuple(
-                (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
-                for s in row.scopes
-            )
-            return Identity(user.name, user.id, user.is_admin, "token", scopes, token_id)
-        return Identity(user.name, user.id, user.is_admin, str(claims.get("amr", "password")))
+            method, scopes = "token", _token_scopes(row)
+        return Identity(
+            user.name, user.id, user.is_admin, method, scopes, token_id, generation=user.generation
+        )
 
     # -- authorization ---------------------------------------------------
 
@@ -300,21 +409,27 @@ class AuthService:
                 allowed, _ = await self.permitted(identity, access.name)
                 granted.append(Access(access.type, access.name, access.actions & allowed))
             elif access.type == "registry" and access.name == "catalog":
-                granted.append(
-                    Access(access.type, access.name, access.actions & {"*"} or frozenset())
-                )
+                # Any user may list the catalog; it shows what the holder may pull.
+                allowed = frozenset() if identity.anonymous else CATALOG_ACTIONS
+                granted.append(Access(access.type, access.name, access.actions & allowed))
         return granted
 
     def issue(self, identity: Identity, access: list[Access]) -> tuple[str, float]:
         assert self.signer is not None
         return self.signer.access_token(
-            identity.name or "", access, identity.method, self.config.token_ttl
+            identity.name or "", access, identity.method, self.config.token_ttl, _account(identity)
         )
 
     def issue_refresh(self, identity: Identity) -> str:
         assert self.signer is not None and identity.name is not None
+        account = _account(identity)
+        assert account is not None
         return self.signer.refresh_token(
-            identity.name, identity.method, self.config.refresh_token_ttl, identity.token_id
+            identity.name,
+            identity.method,
+            self.config.refresh_token_ttl,
+            identity.token_id,
+            account,
         )
 
     async def ensure_namespace(self, identity: Identity, repository: str) -> None:

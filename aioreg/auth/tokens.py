@@ -81,12 +81,28 @@ class TokenSigner:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM), now
 
     def access_token(
-        self, subject: str, access: list[Access], method: str, ttl: float
+        self,
+        subject: str,
+        access: list[Access],
+        method: str,
+        ttl: float,
+        account: tuple[int, int] | None = None,
     ) -> tuple[str, float]:
-        return self._sign("access", subject, method, ttl, access=[a.claim() for a in access])
+        """``account`` (user id, credential generation) binds the token to one account's
+        current credentials; anonymous tokens have none."""
+        return self._sign(
+            "access", subject, method, ttl, access=[a.claim() for a in access], **_bound(account)
+        )
 
-    def refresh_token(self, subject: str, method: str, ttl: float, token_id: str | None) -> str:
-        return self._sign("refresh", subject, method, ttl, tid=token_id)[0]
+    def refresh_token(
+        self,
+        subject: str,
+        method: str,
+        ttl: float,
+        token_id: str | None,
+        account: tuple[int, int],
+    ) -> str:
+        return self._sign("refresh", subject, method, ttl, tid=token_id, **_bound(account))[0]
 
     def verify(self, token: str, kind: str = "access") -> dict[str, Any]:
         try:
@@ -103,6 +119,18 @@ class TokenSigner:
         if claims.get("typ") != kind:
             raise InvalidToken(f"not an {kind} token")
         return claims
+
+
+def _bound(account: tuple[int, int] | None) -> dict[str, int]:
+    return {} if account is None else {"uid": account[0], "gen": account[1]}
+
+
+def token_account(claims: dict[str, Any]) -> tuple[int, int] | None:
+    """The (user id, credential generation) a verified token is bound to, if any."""
+    uid, generation = claims.get("uid"), claims.get("gen")
+    if type(uid) is not int or type(generation) is not int:
+        return None
+    return uid, generation
 
 
 def new_personal_token() -> tuple[str, str, str]:

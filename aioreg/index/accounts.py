@@ -15,6 +15,10 @@ class UserRow:
     password_hash: str | None
     is_admin: bool
     is_robot: bool
+    # Changes whenever the credentials do (random at creation, +1 per password change), so
+    # tokens bound to (id, generation) die with a password change, a deletion, or a
+    # re-created account that reuses the id.
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,11 @@ class AuditRow:
     reason: str | None
 
 
+# A fresh account's credential generation: random, so a re-created user (which may get
+# the deleted one's id) does not match the old one's tokens.
+RANDOM_GENERATION = "(random() & 281474976710655)"
+
+
 def _json(value: bytes | None) -> dict[str, object]:
     return {} if value is None else msgspec.json.decode(value)
 
@@ -59,19 +68,23 @@ class AccountQueries:
 
     # -- users -----------------------------------------------------------
 
-    _USER = "SELECT id, name, password_hash, is_admin, is_robot FROM users"
+    _USER = "SELECT id, name, password_hash, is_admin, is_robot, generation FROM users"
 
     @staticmethod
     def _user(row: aiosqlite.Row | None) -> UserRow | None:
         if row is None:
             return None
-        return UserRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]))
+        return UserRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), int(row[5]))
 
     async def user(self, name: str) -> UserRow | None:
         return self._user(await self._one(f"{self._USER} WHERE name = ?", (name,)))
 
     async def user_by_id(self, user_id: int) -> UserRow | None:
         return self._user(await self._one(f"{self._USER} WHERE id = ?", (user_id,)))
+
+    async def account(self, user_id: int) -> UserRow | None:
+        """``user_by_id`` through the read cache: checked on every bearer token use."""
+        return await self.cache.get(("account", user_id), lambda: self.user_by_id(user_id))
 
     async def users(self) -> list[UserRow]:
         rows = await self._all(f"{self._USER} ORDER BY name")
@@ -86,15 +99,16 @@ class AccountQueries:
     ) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO users(name, password_hash, is_admin, is_robot, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO users(name, password_hash, is_admin, is_robot, created_at, "
+                f"generation) VALUES (?, ?, ?, ?, ?, {RANDOM_GENERATION})",
                 (name, password_hash, int(admin), int(robot), now),
             )
 
     async def set_password(self, name: str, password_hash: str) -> bool:
         async with self._transaction() as db:
             cursor = await db.execute(
-                "UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name)
+                "UPDATE users SET password_hash = ?, generation = generation + 1 WHERE name = ?",
+                (password_hash, name),
             )
             return cursor.rowcount > 0
 
