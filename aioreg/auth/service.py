@@ -363,3 +363,68 @@ class AuthService:
                 await self.flush_audit()
             except Exception:  # the next round retries; never take the server down
                 log.exception("could not write audit entries")
+
+    # -- a credential's scope, on every API --------------------------------
+
+    def unscoped(self, identity: Identity) -> bool:
+        """Whether a credential carries its holder's full rights, narrowed by no scope.
+
+        A password login does. A personal access token does only when scoped
+        ``*:pull,push,delete``. A JWT does only when it was issued to a password
+        login and carries the registry-wide ``registry:catalog:*`` scope; one
+        exchanged for a personal access token never does (it cannot tell that
+        token's scope).
+        """
+        if identity.anonymous:
+            return False
+        if identity.granted is not None:
+            return identity.method == "password" and any(
+                access.type == "registry" and access.name == "catalog"
+                for access in identity.granted
+            )
+        return identity.scope_allows("*") == frozenset(ACTIONS)
+
+    async def effective_actions(
+        self, identity: Identity, repository: str
+    ) -> tuple[frozenset[str], str]:
+        """The holder's rights on a repository intersected with the credential's scope."""
+        allowed, why = await self.permitted(identity, repository)
+        if identity.granted is None or self.unscoped(identity):
+            return allowed, why  # a PAT's scope is already applied by ``permitted``
+        scoped: set[str] = set()
+        for access in identity.granted:
+            if access.type == "repository" and access.name == repository:
+                scoped |= access.actions
+        if allowed - scoped:
+            why = f"this token's scope does not cover those actions on {repository}"
+        return allowed & frozenset(scoped), why
+
+    async def registry_admin(self, identity: Identity) -> bool:
+        """Registry-wide operations need an admin whose credential no scope narrows."""
+        return self.unscoped(identity) and (await self._full_identity(identity)).admin
+
+    async def reaches_namespace(self, identity: Identity, namespace: str) -> bool:
+        """Namespace-wide reads (usage): a member, with a credential scoped to reach it."""
+        if await self.registry_admin(identity):
+            return True
+        holder = await self._full_identity(identity)
+        if holder.anonymous:
+            return False
+        member = (
+            holder.admin
+            or holder.name == namespace
+            or (
+                holder.user_id is not None
+                and await self.index.role(namespace, holder.user_id) is not None
+            )
+        )
+        if not member:
+            return False
+        if identity.granted is not None and not self.unscoped(identity):
+            return any(
+                access.type == "repository"
+                and namespace_of(access.name) == namespace
+                and "pull" in access.actions
+                for access in identity.granted
+            )
+        return "pull" in identity.scope_allows(namespace)
