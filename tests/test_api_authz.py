@@ -223,7 +223,13 @@ BAD = [
     ("PUT", "/retention/policies/team", b"[1,"),
     ("PUT", "/retention/policies/team", b'{"include": ["(unclosed"]}'),
     ("PUT", "/retention/policies/team", b'{"exclude": ["*star"]}'),
-    ("PUT", "/retention/policies/team", b'{"include": ["' + b"(" * 2000 + b'"]}'),
+    pytest.param(
+        "PUT",
+        "/retention/policies/team",
+        b'{"include": ["' + b"(" * 2000 + b'"]}',
+        id="deeply-nested-regex",
+    ),
+    ("POST", "/gc?dry_run=yes", None),
     ("POST", "/repositories/team/app/-/copy", b"\xff\xfe"),
     ("POST", "/repositories/team/app/-/copy", b'{"source": 1}'),
 ]
