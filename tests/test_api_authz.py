@@ -106,10 +106,17 @@ async def test_scoped_jwts_cannot_delete_nor_administer(areg: Reg) -> None:
     admin_pat = await pat(areg, "admin", "team", ["pull"])
     from_pat = await jwt(areg, admin_pat, "registry:catalog:*", "repository:team/app:pull")
     await assert_refused_everything_registry_wide(areg, from_pat)
-    # The registry-wide scope on a password login is unscoped: the admin's own rights.
+    # The registry scope on a password login is registry-wide: an admin's own registry
+    # operations, but no repository actions (as on /v2), and nothing for a non-admin.
     whole = await jwt(areg, ADMIN, "registry:catalog:*")
     status, body = await call(areg, "POST", "/gc?dry_run=true", whole)
     assert status == 200, body
+    status, body = await call(areg, "DELETE", "/repositories/team/app", whole)
+    assert status == 403, body
+    status, body = await call(
+        areg, "POST", "/gc?dry_run=true", await jwt(areg, ALICE, "registry:catalog:*")
+    )
+    assert status == 403, body
     alice_delete = await jwt(areg, ALICE, "repository:team/app:pull,delete")
     status, body = await call(areg, "DELETE", "/repositories/team/app", alice_delete)
     assert status == 200, body

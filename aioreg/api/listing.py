@@ -35,15 +35,14 @@ class ReferrerIndex(msgspec.Struct):
     mediaType: str = OCI_INDEX
 
 
-async def may_pull(request: web.Request, repository: str) -> bool:
-    """Whether the caller's credential may pull a repository: its holder's rights
-    narrowed by its scope (a bearer token's grants, a personal token's namespaces)."""
+async def may_list(request: web.Request, repository: str) -> bool:
+    """Whether listings show a repository to the caller: its holder's rights narrowed
+    by its credential's scope (a bearer token's grants, a personal token's namespaces)."""
     service = request.app[AUTH_KEY]
     if not service.enabled:
         return True
     identity: Identity = request.get(IDENTITY, ANONYMOUS)
-    allowed, _ = await service.effective_actions(identity, repository)
-    return "pull" in allowed
+    return await service.listable(identity, repository)
 
 
 async def base(request: web.Request) -> web.StreamResponse:
@@ -83,7 +82,7 @@ async def catalog(request: web.Request) -> web.StreamResponse:
             if len(names) == limit:
                 more = True
                 break
-            if await may_pull(request, name):
+            if await may_list(request, name):
                 names.append(name)
     return _paged(request, Catalog(names), names, limit, more)
 

@@ -3,8 +3,9 @@
 Thin handlers over ``aioreg.management``; with access control on, reads need
 pull access to the repository, deletes need delete access, and registry-wide
 operations (usage of everything, GC, retention, quotas, namespace removal)
-need an admin whose credential no scope narrows. Every right is the holder's
-roles intersected with the credential's scope (``AuthService.effective_actions``).
+need an admin whose credential's scope is registry-wide. Every right is the
+holder's roles intersected with the credential's scope
+(``AuthService.effective_actions``).
 
 Sub-resources of a repository sit behind a ``/-/`` segment, which no repository
 name can contain (each path component starts with a letter or digit), so
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from aioreg import __version__
 from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, identify
-from aioreg.api.listing import may_pull
+from aioreg.api.listing import may_list
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.lifecycle import Event, RepositorySummary, Usage
@@ -150,15 +151,15 @@ async def _require(request: web.Request, repository: str | None, action: str) ->
     if not service.enabled:
         return None
     identity = await _identity(request)
-    if repository is None:  # registry-wide: admins only, with an unscoped credential
+    if repository is None:  # registry-wide: admins with a registry-wide credential
         if await service.registry_admin(identity):
             return identity.name
         if identity.anonymous:
             raise AuthError("this operation needs an admin's credentials")
         raise RegistryError(
             ErrorCode.DENIED,
-            "this operation needs an admin whose credential no scope narrows "
-            "(a password, or a token scoped *:pull,push,delete)",
+            "this operation needs an admin with a registry-wide credential (a password, "
+            "a token scoped *:pull,push,delete, or a JWT with registry:catalog:*)",
         )
     allowed, why = await service.effective_actions(identity, repository)
     if action not in allowed:
@@ -214,7 +215,7 @@ async def list_namespaces(request: web.Request) -> web.StreamResponse:
     visible = []
     for name in names:
         for repository in await _management(request).index.repositories_in(name):
-            if await may_pull(request, repository):
+            if await may_list(request, repository):
                 visible.append(name)
                 break
     return _json(NamespaceList(visible))
@@ -238,7 +239,7 @@ async def list_repositories(request: web.Request) -> web.StreamResponse:
     summaries = await _management(request).repositories(
         namespace, request.query.get("sort", "name"), descending
     )
-    visible = [s for s in summaries if await may_pull(request, s.name)]
+    visible = [s for s in summaries if await may_list(request, s.name)]
     next_offset = offset + limit if offset + limit < len(visible) else None
     return _json(RepositoryPage(visible[offset : offset + limit], len(visible), next_offset))
 
@@ -326,7 +327,7 @@ async def search(request: web.Request) -> web.StreamResponse:
     hits = await _management(request).search(
         request.query.get("q", ""), _int(request, "limit", 100, 1000)
     )
-    visible = [SearchHit(*hit) for hit in hits if await may_pull(request, hit[0])]
+    visible = [SearchHit(*hit) for hit in hits if await may_list(request, hit[0])]
     return _json(SearchResult(visible))
 
 
