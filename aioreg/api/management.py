@@ -23,6 +23,7 @@ from aiohttp import web
 
 from aioreg import __version__
 from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, identify
+from aioreg.api.http import query_int
 from aioreg.api.listing import may_list
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RegistryError
@@ -176,22 +177,6 @@ async def _body(request: web.Request, kind: type[Any]) -> Any:
         raise RegistryError(ErrorCode.BAD_REQUEST, f"bad request body: {exc}") from None
 
 
-def _int(request: web.Request, key: str, default: int, maximum: int = 10000) -> int:
-    """A non-negative decimal (ASCII digits only), capped at ``maximum``."""
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()):
-        raise RegistryError(
-            ErrorCode.PAGINATION_NUMBER_INVALID, f"{key} must be a non-negative integer"
-        )
-    digits = raw.lstrip("0")
-    # Past the cap's own length the value is over it; int() of it may not even parse.
-    if len(digits) > len(str(maximum)):
-        return maximum
-    return min(int(digits or "0"), maximum)
-
-
 def _choice(request: web.Request, key: str, default: str, allowed: tuple[str, ...]) -> str:
     value = request.query.get(key, default)
     if value not in allowed:
@@ -233,8 +218,8 @@ async def list_repositories(request: web.Request) -> web.StreamResponse:
     namespace = request.match_info["namespace"]
     if request.app[AUTH_KEY].enabled:
         await _identity(request)
-    offset = _int(request, "offset", 0, 1 << 31)
-    limit = _int(request, "limit", 100, 1000)
+    offset = query_int(request, "offset", 0, 1 << 31)
+    limit = query_int(request, "limit", 100, 1000)
     descending = _choice(request, "order", "asc", ("asc", "desc")) == "desc"
     summaries = await _management(request).repositories(
         namespace, request.query.get("sort", "name"), descending
@@ -317,7 +302,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
         await _require(request, repository, "pull")
     else:
         await _require(request, None, "pull")
-    events = await _management(request).events(_int(request, "limit", 100, 10000), repository)
+    events = await _management(request).events(query_int(request, "limit", 100, 10000), repository)
     return _json(EventList(events))
 
 
@@ -325,7 +310,7 @@ async def search(request: web.Request) -> web.StreamResponse:
     if request.app[AUTH_KEY].enabled:
         await _identity(request)
     hits = await _management(request).search(
-        request.query.get("q", ""), _int(request, "limit", 100, 1000)
+        request.query.get("q", ""), query_int(request, "limit", 100, 1000)
     )
     visible = [SearchHit(*hit) for hit in hits if await may_list(request, hit[0])]
     return _json(SearchResult(visible))
