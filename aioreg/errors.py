@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     PAGINATION_NUMBER_INVALID = "PAGINATION_NUMBER_INVALID"
     UNAVAILABLE = "UNAVAILABLE"
     UNKNOWN = "UNKNOWN"
+    BAD_REQUEST = "BAD_REQUEST"  # /api/v1 only: a parameter or body it cannot take
 
 
 class RegistryError(Exception):

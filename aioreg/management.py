@@ -121,7 +121,7 @@ class Management:
         }
         if sort not in keys:
             raise RegistryError(
-                ErrorCode.UNSUPPORTED, f"sort must be one of {', '.join(sorted(keys))}"
+                ErrorCode.BAD_REQUEST, f"sort must be one of {', '.join(sorted(keys))}"
             )
         await self.index.flush_pulls()  # last-pull times are batched; show current ones
         summaries = await self.index.repository_summaries(namespace)
@@ -206,11 +206,16 @@ class Management:
         self, query: str, limit: int = 100
     ) -> list[tuple[str, str | None, str | None]]:
         if not query:
-            raise RegistryError(ErrorCode.UNSUPPORTED, "search needs a query")
+            raise RegistryError(ErrorCode.BAD_REQUEST, "search needs a query (?q=)")
         return await self.index.search(query, limit)
 
     async def usage(self, namespace: str | None = None) -> tuple[list[Usage], list[Usage], Usage]:
-        return await self.index.usage(namespace)
+        """(per namespace, per repository, total); for one namespace the total is its own."""
+        namespaces, repositories, whole = await self.index.usage(namespace)
+        if namespace is None:
+            return namespaces, repositories, whole
+        own = next((u for u in namespaces if u.name == namespace), Usage(namespace, 0, 0))
+        return namespaces, repositories, Usage("", own.logical, own.physical)
 
     # -- deletes and copies ----------------------------------------------
 
@@ -346,9 +351,9 @@ class Management:
             for pattern in (*policy.include, *policy.exclude):
                 try:
                     re.compile(pattern)
-                except re.error as exc:
+                except (re.error, RecursionError, OverflowError) as exc:
                     raise RegistryError(
-                        ErrorCode.UNSUPPORTED, f"bad regex {pattern!r}: {exc}"
+                        ErrorCode.BAD_REQUEST, f"bad regex {pattern[:200]!r}: {exc}"
                     ) from None
         await self.index.set_retention_policy(
             target, None if policy is None else msgspec.to_builtins(policy)
@@ -409,7 +414,7 @@ class Management:
 
     async def set_quota(self, namespace: str, quota_bytes: int | None) -> None:
         if quota_bytes is not None and quota_bytes < 0:
-            raise RegistryError(ErrorCode.UNSUPPORTED, "a quota is a number of bytes >= 0")
+            raise RegistryError(ErrorCode.BAD_REQUEST, "a quota is a number of bytes >= 0")
         if not await self.index.set_quota(namespace, quota_bytes):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"no namespace {namespace}")
 

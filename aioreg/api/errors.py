@@ -45,6 +45,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.PAGINATION_NUMBER_INVALID: 400,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.UNKNOWN: 500,
+    ErrorCode.BAD_REQUEST: 400,
 }
 
 # aiohttp's own refusals (no route, wrong method, body too big) in spec terms.

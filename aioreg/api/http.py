@@ -61,21 +61,27 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def page_params(request: web.Request, maximum: int) -> tuple[str | None, int]:
-    """``last`` and ``n`` of a paginated listing; an ``n`` over the maximum is capped."""
-    raw_n = request.query.get("n")
-    last = request.query.get("last") or None
-    if raw_n is None or raw_n == "":
-        return last, maximum
-    if not ASCII_DIGITS.fullmatch(raw_n):
+def query_int(request: web.Request, key: str, default: int, maximum: int) -> int:
+    """A non-negative decimal query parameter (ASCII digits only), capped at ``maximum``."""
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    if not ASCII_DIGITS.fullmatch(raw):
         raise RegistryError(
             ErrorCode.PAGINATION_NUMBER_INVALID,
-            f"n must be a non-negative integer, got {raw_n[:50]!r}",
+            f"{key} must be a non-negative integer, got {raw[:50]!r}",
         )
-    # More digits than the cap has is over the cap; never convert a huge string.
-    if len(raw_n.lstrip("0")) > len(str(maximum)):
-        return last, maximum
-    return last, min(int(raw_n), maximum)
+    # More digits than the cap has is over the cap; never convert a huge string
+    # (nor one padded with zeros past Python's int-string limit).
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):
+        return maximum
+    return min(int(digits), maximum)
+
+
+def page_params(request: web.Request, maximum: int) -> tuple[str | None, int]:
+    """``last`` and ``n`` of a paginated listing; an ``n`` over the maximum is capped."""
+    return request.query.get("last") or None, query_int(request, "n", maximum, maximum)
 
 
 def next_link(path: str, limit: int, last: str, extra: dict[str, str] | None = None) -> str:

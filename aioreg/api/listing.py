@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from aioreg.api.auth import can_pull
+from aioreg.api.auth import AUTH_KEY, IDENTITY
 from aioreg.api.http import json_response, next_link, page_params, registry
+from aioreg.auth.service import ANONYMOUS, Identity
 from aioreg.index import Referrer
 from aioreg.manifest import OCI_INDEX
 
@@ -32,6 +33,16 @@ class ReferrerIndex(msgspec.Struct):
     manifests: list[ReferrerDescriptor]
     schemaVersion: int = 2
     mediaType: str = OCI_INDEX
+
+
+async def may_list(request: web.Request, repository: str) -> bool:
+    """Whether listings show a repository to the caller: its holder's rights narrowed
+    by its credential's scope (a bearer token's grants, a personal token's namespaces)."""
+    service = request.app[AUTH_KEY]
+    if not service.enabled:
+        return True
+    identity: Identity = request.get(IDENTITY, ANONYMOUS)
+    return await service.listable(identity, repository)
 
 
 async def base(request: web.Request) -> web.StreamResponse:
@@ -71,7 +82,7 @@ async def catalog(request: web.Request) -> web.StreamResponse:
             if len(names) == limit:
                 more = True
                 break
-            if await can_pull(request, name):
+            if await may_list(request, name):
                 names.append(name)
     return _paged(request, Catalog(names), names, limit, more)
 

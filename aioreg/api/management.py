@@ -3,20 +3,28 @@
 Thin handlers over ``aioreg.management``; with access control on, reads need
 pull access to the repository, deletes need delete access, and registry-wide
 operations (usage of everything, GC, retention, quotas, namespace removal)
-need an admin.
+need an admin whose credential's scope is registry-wide. Every right is the
+holder's roles intersected with the credential's scope
+(``AuthService.effective_actions``).
+
+Sub-resources of a repository sit behind a ``/-/`` segment, which no repository
+name can contain (each path component starts with a letter or digit), so
+``/repositories/a/artifacts/b`` is always the repository ``a/artifacts/b``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from aioreg import __version__
-from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, can_pull, identify
+from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, identify
+from aioreg.api.http import query_int
+from aioreg.api.listing import may_list
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.lifecycle import Event, RepositorySummary, Usage
@@ -111,7 +119,7 @@ class PolicyList(msgspec.Struct):
 
 
 class QuotaRequest(msgspec.Struct, forbid_unknown_fields=True):
-    quota_bytes: int | None
+    quota_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None
 
 
 class Empty(msgspec.Struct):
@@ -144,12 +152,17 @@ async def _require(request: web.Request, repository: str | None, action: str) ->
     if not service.enabled:
         return None
     identity = await _identity(request)
-    if repository is None:  # registry-wide: admins only
-        full = await service._full_identity(identity)
-        if not full.admin:
-            raise RegistryError(ErrorCode.DENIED, "this operation needs an admin")
-        return full.name
-    allowed, why = await service.permitted(identity, repository)
+    if repository is None:  # registry-wide: admins with a registry-wide credential
+        if await service.registry_admin(identity):
+            return identity.name
+        if identity.anonymous:
+            raise AuthError("this operation needs an admin's credentials")
+        raise RegistryError(
+            ErrorCode.DENIED,
+            "this operation needs an admin with a registry-wide credential (a password, "
+            "a token scoped *:pull,push,delete, or a JWT with registry:catalog:*)",
+        )
+    allowed, why = await service.effective_actions(identity, repository)
     if action not in allowed:
         if identity.anonymous:
             raise AuthError(f"{action} on {repository} needs credentials")
@@ -161,18 +174,16 @@ async def _body(request: web.Request, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(await request.read(), type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise RegistryError(ErrorCode.UNSUPPORTED, f"bad request body: {exc}") from None
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"bad request body: {exc}") from None
 
 
-def _int(request: web.Request, key: str, default: int, maximum: int = 10000) -> int:
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    if not raw.isdigit():
+def _choice(request: web.Request, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = request.query.get(key, default)
+    if value not in allowed:
         raise RegistryError(
-            ErrorCode.PAGINATION_NUMBER_INVALID, f"{key} must be a non-negative integer"
+            ErrorCode.BAD_REQUEST, f"{key} must be one of {', '.join(allowed)}", {key: value[:100]}
         )
-    return min(int(raw), maximum)
+    return value
 
 
 # -- handlers -------------------------------------------------------------------------
@@ -189,7 +200,7 @@ async def list_namespaces(request: web.Request) -> web.StreamResponse:
     visible = []
     for name in names:
         for repository in await _management(request).index.repositories_in(name):
-            if await can_pull(request, repository):
+            if await may_list(request, repository):
                 visible.append(name)
                 break
     return _json(NamespaceList(visible))
@@ -200,19 +211,20 @@ async def _is_admin(request: web.Request) -> bool:
     identity: Identity | None = request.get(IDENTITY)
     if identity is None:
         return False
-    return (await service._full_identity(identity)).admin
+    return await service.registry_admin(identity)
 
 
 async def list_repositories(request: web.Request) -> web.StreamResponse:
     namespace = request.match_info["namespace"]
     if request.app[AUTH_KEY].enabled:
         await _identity(request)
+    offset = query_int(request, "offset", 0, 1 << 31)
+    limit = query_int(request, "limit", 100, 1000)
+    descending = _choice(request, "order", "asc", ("asc", "desc")) == "desc"
     summaries = await _management(request).repositories(
-        namespace, request.query.get("sort", "name"), request.query.get("order", "asc") == "desc"
+        namespace, request.query.get("sort", "name"), descending
     )
-    visible = [s for s in summaries if await can_pull(request, s.name)]
-    offset = _int(request, "offset", 0, 1 << 31)
-    limit = _int(request, "limit", 100, 1000)
+    visible = [s for s in summaries if await may_list(request, s.name)]
     next_offset = offset + limit if offset + limit < len(visible) else None
     return _json(RepositoryPage(visible[offset : offset + limit], len(visible), next_offset))
 
@@ -274,12 +286,14 @@ async def _require_namespace_read(request: web.Request, namespace: str) -> None:
     if not service.enabled:
         return
     identity = await _identity(request)
-    full = await service._full_identity(identity)
-    if full.admin or (
-        full.user_id is not None and await service.index.role(namespace, full.user_id)
-    ):
+    if await service.reaches_namespace(identity, namespace):
         return
-    raise RegistryError(ErrorCode.DENIED, f"usage of {namespace} is for its members")
+    if identity.anonymous:
+        raise AuthError(f"usage of {namespace} needs credentials")
+    raise RegistryError(
+        ErrorCode.DENIED,
+        f"usage of {namespace} is for its members, with a credential scoped to reach it",
+    )
 
 
 async def get_events(request: web.Request) -> web.StreamResponse:
@@ -288,7 +302,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
         await _require(request, repository, "pull")
     else:
         await _require(request, None, "pull")
-    events = await _management(request).events(_int(request, "limit", 100, 10000), repository)
+    events = await _management(request).events(query_int(request, "limit", 100, 10000), repository)
     return _json(EventList(events))
 
 
@@ -296,18 +310,20 @@ async def search(request: web.Request) -> web.StreamResponse:
     if request.app[AUTH_KEY].enabled:
         await _identity(request)
     hits = await _management(request).search(
-        request.query.get("q", ""), _int(request, "limit", 100, 1000)
+        request.query.get("q", ""), query_int(request, "limit", 100, 1000)
     )
-    visible = [SearchHit(*hit) for hit in hits if await can_pull(request, hit[0])]
+    visible = [SearchHit(*hit) for hit in hits if await may_list(request, hit[0])]
     return _json(SearchResult(visible))
 
 
 async def run_gc(request: web.Request) -> web.StreamResponse:
     await _require(request, None, "delete")
-    untagged = request.query.get("untagged")
+    untagged = None
+    if "untagged" in request.query:
+        untagged = _choice(request, "untagged", "", ("true", "false")) == "true"
     report = await _management(request).gc(
-        dry_run=request.query.get("dry_run", "false") == "true",
-        untagged=None if untagged is None else untagged == "true",
+        dry_run=_choice(request, "dry_run", "false", ("true", "false")) == "true",
+        untagged=untagged,
     )
     return _json(
         GcResult(
@@ -381,7 +397,9 @@ class Endpoint:
     query: tuple[str, ...] = ()
 
 
-NAME = "{name:.+}"
+# A repository name: anything without a "/-/" segment (no valid name has one).
+NAME = "{name:(?:(?!/-/).)+}"
+SUB = f"/repositories/{NAME}/-"
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/namespaces", list_namespaces, "List namespaces", NamespaceList),
     Endpoint(
@@ -409,21 +427,21 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "GET",
-        f"/repositories/{NAME}/artifacts/{{digest}}/layers",
+        f"{SUB}/artifacts/{{digest}}/layers",
         get_layers,
         "Layers of an artifact",
         LayerList,
     ),
     Endpoint(
         "DELETE",
-        f"/repositories/{NAME}/artifacts/{{digest}}",
+        f"{SUB}/artifacts/{{digest}}",
         delete_artifact,
         "Delete an artifact and the tags pointing at it",
         Deleted,
     ),
     Endpoint(
         "DELETE",
-        f"/repositories/{NAME}/delete-request",
+        f"{SUB}/delete-request",
         delete_artifact,
         "Delete an artifact by ?digest= (seed form)",
         Deleted,
@@ -431,7 +449,7 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "POST",
-        f"/repositories/{NAME}/copy",
+        f"{SUB}/copy",
         copy_artifact,
         "Copy or retag an artifact server-side (no bytes move)",
         Copied,

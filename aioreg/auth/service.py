@@ -478,3 +478,80 @@ class AuthService:
                 await self.flush_audit()
             except Exception:  # the next round retries; never take the server down
                 log.exception("could not write audit entries")
+
+    # -- a credential's scope, on every API --------------------------------
+
+    def registry_wide(self, identity: Identity) -> bool:
+        """Whether a credential's scope covers the whole registry (not one namespace).
+
+        A password login's does. A personal access token's only when scoped
+        ``*:pull,push,delete``. A JWT's only when it was issued to a password
+        login with the registry scope ``registry:catalog:*``; one exchanged for a
+        personal access token never is (it cannot tell that token's scope).
+        """
+        if identity.anonymous:
+            return False
+        if identity.granted is not None:
+            return identity.method == "password" and any(
+                access.type == "registry" and access.name == "catalog"
+                for access in identity.granted
+            )
+        return identity.scope_allows("*") == frozenset(ACTIONS)
+
+    async def effective_actions(
+        self, identity: Identity, repository: str
+    ) -> tuple[frozenset[str], str]:
+        """The holder's rights on a repository intersected with the credential's scope.
+
+        A PAT's scope is applied by ``permitted``; a JWT's is its repository
+        grants (a registry scope grants no repository actions, as on ``/v2``).
+        """
+        allowed, why = await self.permitted(identity, repository)
+        if identity.granted is None:
+            return allowed, why
+        scoped: set[str] = set()
+        for access in identity.granted:
+            if access.type == "repository" and access.name == repository:
+                scoped |= access.actions
+        if allowed - scoped:
+            why = f"this token's scope does not cover those actions on {repository}"
+        return allowed & frozenset(scoped), why
+
+    async def listable(self, identity: Identity, repository: str) -> bool:
+        """Whether listings (catalog, search) show a repository to this credential:
+        pullable under its scope, or by its holder when the scope is registry-wide."""
+        if self.registry_wide(identity):
+            allowed, _ = await self.permitted(identity, repository)
+        else:
+            allowed, _ = await self.effective_actions(identity, repository)
+        return "pull" in allowed
+
+    async def registry_admin(self, identity: Identity) -> bool:
+        """Registry-wide operations need an admin whose credential is registry-wide."""
+        return self.registry_wide(identity) and (await self._full_identity(identity)).admin
+
+    async def reaches_namespace(self, identity: Identity, namespace: str) -> bool:
+        """Namespace-wide reads (usage): a member, with a credential scoped to reach it."""
+        if await self.registry_admin(identity):
+            return True
+        holder = await self._full_identity(identity)
+        if holder.anonymous:
+            return False
+        member = (
+            holder.admin
+            or holder.name == namespace
+            or (
+                holder.user_id is not None
+                and await self.index.role(namespace, holder.user_id) is not None
+            )
+        )
+        if not member or self.registry_wide(identity):
+            return member
+        if identity.granted is not None:
+            return any(
+                access.type == "repository"
+                and namespace_of(access.name) == namespace
+                and "pull" in access.actions
+                for access in identity.granted
+            )
+        return "pull" in identity.scope_allows(namespace)
