@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+from pathlib import Path
 
 from aioreg.auth.accounts import Accounts
+from aioreg.index.migrations import MIGRATIONS, statements
 from tests.conftest import AppFactory, Reg, digest_of, error_codes
 from tests.test_management import api, push
 from tests.test_uploads import raw_send
@@ -155,3 +157,38 @@ async def test_usage_counter_follows_every_link_and_unlink(make_registry: AppFac
     await api(reg, "POST", "/gc")
     await agrees()
     assert await reg.registry.index.namespace_usage("nobody") == 0
+
+
+async def test_an_upgraded_index_counts_the_links_it_already_has(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    data = tmp_path / "old"
+    data.mkdir()
+    shared, own = os.urandom(100), os.urandom(50)
+    common = digest_of(shared)
+    with contextlib.closing(sqlite3.connect(data / "index.db", isolation_level=None)) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER)")
+        for version, script in enumerate(MIGRATIONS[:4], start=1):
+            for statement in statements(script):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
+        db.executemany(
+            "INSERT INTO repositories(id, name, created_at) VALUES (?, ?, 0)",
+            [(1, "team/a"), (2, "team/b"), (3, "other")],
+        )
+        db.executemany(
+            "INSERT INTO blobs(digest, size, created_at) VALUES (?, ?, 0)",
+            [(common, 100), (digest_of(own), 50)],
+        )
+        db.executemany(
+            "INSERT INTO repository_blobs(repository_id, digest, linked_at) VALUES (?, ?, 0)",
+            [(1, common), (2, common), (2, digest_of(own)), (3, common)],
+        )
+        db.execute("INSERT INTO namespaces(name, created_at, quota_bytes) VALUES ('team', 0, 200)")
+    reg = await make_registry(data)
+    assert await reg.registry.index.namespace_usage("team") == 150
+    assert await reg.registry.index.namespace_usage("other") == 100
+    big = os.urandom(51)
+    resp = await reg.client.post(f"/v2/team/c/blobs/uploads/?digest={digest_of(big)}", data=big)
+    await _refused(resp)
+    await reg.push_blob("team/c", big[:50])
