@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 
 from aioreg.api.management import MANAGEMENT_KEY
 from aioreg.app import IN_FLIGHT_KEY
+from aioreg.auth.accounts import Accounts
 from aioreg.reference import Digest
 from tests.conftest import AppFactory, Reg, digest_of, error_codes
 
@@ -461,3 +463,28 @@ async def test_content_range_with_huge_numbers_is_400_not_500(reg: Reg) -> None:
     assert (await reg.client.get(location)).headers["Range"] == "0-0"
     resp = await reg.client.put(f"{location}?digest={digest_of(b'x')}", data=b"x")
     assert resp.status == 201
+
+
+async def test_the_session_cap_counts_each_user_apart(make_registry: AppFactory) -> None:
+    reg = await make_registry(
+        auth={"enabled": True, "admin_password": "admin-secret-pw"},
+        max_upload_sessions_per_client=2,
+    )
+    accounts = Accounts(reg.registry.index)
+    for user in ("alice", "bob"):
+        await accounts.add_user(user, f"{user}-pw")
+        await accounts.create_namespace(user, user)
+
+    def as_user(user: str) -> dict[str, str]:
+        secret = base64.b64encode(f"{user}:{user}-pw".encode()).decode()
+        return {"Authorization": f"Basic {secret}"}
+
+    for _ in range(2):
+        resp = await reg.client.post("/v2/alice/app/blobs/uploads/", headers=as_user("alice"))
+        assert resp.status == 202, await resp.text()
+    resp = await reg.client.post("/v2/alice/app/blobs/uploads/", headers=as_user("alice"))
+    assert resp.status == 429
+    assert "Retry-After" in resp.headers
+    # Same address, another user: a cap of its own.
+    resp = await reg.client.post("/v2/bob/app/blobs/uploads/", headers=as_user("bob"))
+    assert resp.status == 202, await resp.text()
