@@ -50,6 +50,8 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     requests_per_second: float = 0.0
     request_burst: int = 100
     max_concurrent_uploads: int = 256
+    max_upload_sessions: int = 5000
+    max_upload_sessions_per_client: int = 500
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -165,6 +167,9 @@ def load_config(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
     split_listen(config.server.listen)
+    for option in ("max_upload_sessions", "max_upload_sessions_per_client"):
+        if getattr(config.limits, option) < 0:
+            raise ConfigError(f"limits.{option} must be >= 0 (0: no cap)")
     if config.auth.default_visibility not in ("public", "private"):
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
     auth = config.auth

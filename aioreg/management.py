@@ -256,7 +256,10 @@ class Management:
     async def copy(
         self, source: str, reference: str, target: str, tag: str | None, actor: str | None = None
     ) -> str:
-        """Retag or copy server-side: ``target`` gets the manifest, no bytes move."""
+        """Retag or copy server-side: ``target`` gets the manifest, no bytes move.
+
+        The blobs it links into ``target``'s namespace count against its quota.
+        """
         validate_name(target)
         row = await self.registry.manifest(source, reference, pull=False)
         if tag is not None:
@@ -266,12 +269,15 @@ class Management:
             protect = not rules.allow_tag_overwrite or rules.tag_is_immutable(tag)
             if protect and existing is not None and existing.digest != row.digest:
                 raise RegistryError(ErrorCode.DENIED, f"tag {target}:{tag} may not be overwritten")
-        if not await self.index.copy_manifest(source, row.digest, target, tag, time.time()):
-            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"{reference} is not in {source}")
-        # An index's children come along so the copy is complete.
+        quota = await self.registry.quota_check(target)
+        # An index's children come first, so an index is never copied without them.
         if row.media_type in INDEX_TYPES:
             for child in msgspec.json.decode(row.body, type=ImageIndex).manifests:
-                await self.index.copy_manifest(source, child.digest, target, None, time.time())
+                await self.index.copy_manifest(
+                    source, child.digest, target, None, time.time(), quota
+                )
+        if not await self.index.copy_manifest(source, row.digest, target, tag, time.time(), quota):
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"{reference} is not in {source}")
         self.index.note_event(
             Event(time.time(), "push", target, tag, row.digest, actor, f"copied from {source}")
         )

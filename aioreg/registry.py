@@ -12,13 +12,20 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aioreg.config import Config
-from aioreg.errors import ErrorCode, QuotaExceededError, RegistryError, TooLargeError
+from aioreg.errors import (
+    ErrorCode,
+    QuotaExceededError,
+    RegistryError,
+    TooLargeError,
+    TooManyRequestsError,
+)
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
+from aioreg.index.db import QuotaCheck
 from aioreg.index.lifecycle import Event
 from aioreg.manifest import ParsedManifest, parse_manifest
 from aioreg.reference import Digest, parse_reference, validate_name
@@ -32,6 +39,10 @@ from aioreg.rules import (
 from aioreg.storage import BlobStore, BlobWriter
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+# Failures that end an upload session (besides a quota refusal and DELETE).
+SESSION_ENDING = frozenset({ErrorCode.DIGEST_INVALID, ErrorCode.SIZE_INVALID})
+# What a client refused a new session is told to wait: sessions end as pushes finish.
+SESSION_RETRY_SECONDS = 30.0
 # cosign's own tags (signatures, attestations, SBOMs) are pulled to verify, never gated.
 TRUST_EXEMPT_TAG_RE = re.compile(r"sha(256|512)-[0-9a-f]+\.(sig|att|sbom)")
 
@@ -114,27 +125,87 @@ class Registry:
         """Link a blob already stored into ``name``; None when it cannot be mounted.
 
         With no ``source`` any stored copy will do, as the spec allows: the bytes
-        are content-addressed, so a matching digest is the same blob.
+        are content-addressed, so a matching digest is the same blob. Whether it
+        is still stored is decided inside the linking transaction (see
+        ``Index.mount_blob``), and the namespace's quota applies as to an upload.
         """
         validate_name(name)
         parsed = Digest.parse(digest)
         if source is not None:
             validate_name(source)
-            row = await self.index.repository_blob(source, str(parsed))
-        else:
-            row = await self.index.blob(str(parsed))
-        if row is None or not self.store.exists(parsed):
+        return await self.index.mount_blob(
+            name,
+            str(parsed),
+            source,
+            lambda: self.store.exists(parsed),
+            await self.quota_check(name),
+        )
+
+    async def quota_check(self, name: str) -> QuotaCheck | None:
+        """``name``'s namespace quota as a check of (used, adding); None when it has none.
+
+        Every path that links blobs into a namespace (upload, mount, copy) hands
+        this to the index, which runs it on the namespace's usage inside the
+        linking transaction.
+        """
+        namespace = namespace_of(name)
+        limit = await self.index.quota(namespace)
+        if limit is None:
             return None
-        await self.index.link_blob(name, row)
-        return row
+
+        def check(used: int, adding: int) -> None:
+            if used + adding > limit:
+                raise QuotaExceededError(namespace, limit, used, adding)
+
+        return check
+
+    async def _within_quota(
+        self, name: str, body: AsyncIterator[bytes], offset: int, digest: Digest | None = None
+    ) -> AsyncIterator[bytes]:
+        """The body, refused as soon as the upload (at ``offset``) would pass the quota.
+
+        Bytes are bounded while they arrive, not only when the blob is linked, so
+        a session cannot fill the disk far past its namespace's quota. A blob
+        (``digest``) the namespace already counts adds nothing up to its size.
+        """
+        check = await self.quota_check(name)
+        if check is None:
+            return body
+        namespace = namespace_of(name)
+        used = await self.index.namespace_usage(namespace)
+        counted = 0 if digest is None else await self.index.counted_size(namespace, str(digest))
+        return _checked(body, offset, lambda size: check(used, max(size - counted, 0)))
 
     # -- upload sessions -------------------------------------------------
 
-    async def start_upload(self, name: str) -> str:
+    async def start_upload(self, name: str, client: str | None = None) -> str:
+        """Open a session, within the caps on sessions open at once (all, and ``client``'s)."""
         validate_name(name)
+        limits = self.config.limits
+
+        def admit(total: int, mine: int) -> None:
+            if limits.max_upload_sessions and total >= limits.max_upload_sessions:
+                raise TooManyRequestsError(
+                    f"{total} upload sessions are open, the most this registry keeps; "
+                    "finish or cancel some",
+                    SESSION_RETRY_SECONDS,
+                )
+            if limits.max_upload_sessions_per_client and mine >= (
+                limits.max_upload_sessions_per_client
+            ):
+                raise TooManyRequestsError(
+                    f"{mine} upload sessions of {client} are open, the most one client may "
+                    "keep; finish or cancel some",
+                    SESSION_RETRY_SECONDS,
+                )
+
         upload_id = uuid.uuid4().hex
-        self._writers[upload_id] = BlobWriter.create(self.store, upload_id)
-        await self.index.create_upload(upload_id, name, time.time())
+        await self.index.create_upload(upload_id, name, time.time(), client, admit)
+        try:
+            self._writers[upload_id] = BlobWriter.create(self.store, upload_id)
+        except BaseException:
+            await self.index.delete_upload(upload_id)
+            raise
         return upload_id
 
     async def upload_blob(self, name: str, digest: str, body: AsyncIterator[bytes]) -> BlobRow:
@@ -143,6 +214,7 @@ class Registry:
         expected = Digest.parse(digest)
         writer = BlobWriter.create(self.store, uuid.uuid4().hex)
         try:
+            body = await self._within_quota(name, body, 0, expected)
             await writer.write(body, None, self.config.storage.write_buffer_bytes)
             row = await writer.commit(expected)
             await self._publish(name, row, writer, None)
@@ -160,18 +232,12 @@ class Registry:
         (its temp file is still there); after it, the blob is fully recorded.
         """
         digest = Digest.parse(row.digest)
-        limit = await self.index.quota(namespace_of(name))
-
-        def check_quota(used: int, adding: int) -> None:
-            if limit is not None and used + adding > limit:
-                raise QuotaExceededError(namespace_of(name), limit, used, adding)
-
         await self.index.link_blob(
             name,
             row,
             ended_upload=upload_id,
             place=lambda: writer.place(digest),
-            quota=check_quota if limit is not None else None,
+            quota=await self.quota_check(name),
         )
         if upload_id is not None:
             self._writers.pop(upload_id, None)
@@ -185,7 +251,8 @@ class Registry:
     async def append_upload(
         self, name: str, upload_id: str, body: AsyncIterator[bytes], start: int | None
     ) -> int:
-        async with self._upload(name, upload_id) as writer:
+        async with self._upload(name, upload_id) as writer, self._request(upload_id, writer):
+            body = await self._within_quota(name, body, writer.offset)
             offset = await writer.write(body, start, self.config.storage.write_buffer_bytes)
             await self.index.set_upload_offset(upload_id, offset, time.time())
             return offset
@@ -198,31 +265,46 @@ class Registry:
         body: AsyncIterator[bytes] | None,
         start: int | None,
     ) -> BlobRow:
-        """Take the last bytes (if any), verify, store and link; the session ends either way."""
+        """Take the last bytes (if any), verify, store and link."""
         expected = Digest.parse(digest)
-        async with self._upload(name, upload_id) as writer:
-            try:
-                if body is not None:
-                    await writer.write(body, start, self.config.storage.write_buffer_bytes)
-                row = await writer.commit(expected)
-            except RegistryError as exc:
-                if exc.code == ErrorCode.BLOB_UPLOAD_INVALID:
-                    raise  # An out-of-order last chunk leaves the session usable.
-                await self._end_upload(upload_id, writer)
-                raise
-            except BaseException:
-                await self._end_upload(upload_id, writer)
-                raise
-            try:
-                await self._publish(name, row, writer, upload_id)
-            except QuotaExceededError:
-                await self._end_upload(upload_id, writer)
-                raise
+        async with self._upload(name, upload_id) as writer, self._request(upload_id, writer):
+            if body is not None:
+                body = await self._within_quota(name, body, writer.offset, expected)
+                await writer.write(body, start, self.config.storage.write_buffer_bytes)
+            row = await writer.commit(expected)
+            await self._publish(name, row, writer, upload_id)
             return row
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:
         async with self._upload(name, upload_id) as writer:
             await self._end_upload(upload_id, writer)
+
+    @contextlib.asynccontextmanager
+    async def _request(self, upload_id: str, writer: BlobWriter) -> AsyncIterator[None]:
+        """One request's work on a session, and what its failure does to the session.
+
+        A digest or size mismatch or a quota refusal ends the session (as DELETE
+        does); any other failure (the client going away mid-body, a stalled body,
+        a full disk, a busy index) rolls it back to the last acknowledged byte.
+        """
+        acknowledged = writer.offset
+        try:
+            yield
+        except RegistryError as exc:
+            if isinstance(exc, QuotaExceededError) or exc.code in SESSION_ENDING:
+                await self._end_upload(upload_id, writer)
+            else:
+                self._roll_back(upload_id, writer, acknowledged)
+            raise
+        except BaseException:
+            self._roll_back(upload_id, writer, acknowledged)
+            raise
+
+    def _roll_back(self, upload_id: str, writer: BlobWriter, acknowledged: int) -> None:
+        # ``write`` undoes its own bytes; past it (the bytes verified, an index write
+        # failed), the next request resumes the session from the index's offset.
+        if writer.offset != acknowledged:
+            self._writers.pop(upload_id, None)
 
     async def _end_upload(self, upload_id: str, writer: BlobWriter) -> None:
         await writer.cancel()
@@ -245,7 +327,7 @@ class Registry:
         async with self._upload_locks.setdefault(upload_id, asyncio.Lock()):
             if upload_id not in self._upload_locks:
                 raise unknown  # Ended while this request waited its turn.
-            writer = await self._writer_for(upload_id, row.committed_bytes, unknown)
+            writer = await self._writer_for(upload_id, unknown)
             try:
                 yield writer
             except FileNotFoundError:
@@ -253,13 +335,15 @@ class Registry:
                 self._writers.pop(upload_id, None)
                 raise unknown from None
 
-    async def _writer_for(
-        self, upload_id: str, committed_bytes: int, unknown: RegistryError
-    ) -> BlobWriter:
+    async def _writer_for(self, upload_id: str, unknown: RegistryError) -> BlobWriter:
         writer = self._writers.get(upload_id)
         if writer is None:
+            # Read under the session's lock: the offset the last request acknowledged.
+            row = await self.index.upload(upload_id)
+            if row is None:
+                raise unknown
             try:
-                writer = await BlobWriter.resume(self.store, upload_id, committed_bytes)
+                writer = await BlobWriter.resume(self.store, upload_id, row.committed_bytes)
             except FileNotFoundError:
                 await self.index.delete_upload(upload_id)
                 raise unknown from None
@@ -395,3 +479,14 @@ class Registry:
         if repo_id is None:
             return []
         return await self.index.referrers(repo_id, str(subject), artifact_type)
+
+
+async def _checked(
+    body: AsyncIterator[bytes], offset: int, check: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """``body`` with ``check(size)`` run on the upload's size before each chunk is let through."""
+    size = offset
+    async for chunk in body:
+        size += len(chunk)
+        check(size)
+        yield chunk

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from aioreg.api.management import MANAGEMENT_KEY
+from aioreg.app import IN_FLIGHT_KEY
+from aioreg.auth.accounts import Accounts
+from aioreg.reference import Digest
 from tests.conftest import AppFactory, Reg, digest_of, error_codes
 
 
@@ -319,3 +331,160 @@ async def test_idle_sessions_expire_and_orphan_temp_files_go(reg: Reg) -> None:
     assert (await reg.client.get(location)).status == 404
     assert (await reg.client.get(fresh)).status == 204
     assert _upload_files(reg) == [fresh_row.id]
+
+
+# -- regressions: interrupted PUT, mounts racing GC, session caps, bad ranges --
+
+
+async def raw_send(reg: Reg, head: str, body: bytes = b"") -> tuple[Any, Any]:
+    """Open a socket to the server and send a request head and (part of) a body as given."""
+    reader, writer = await asyncio.open_connection(reg.server.host, reg.server.port)
+    writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    await writer.drain()
+    return reader, writer
+
+
+async def poll(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_interrupted_final_put_rolls_back_to_the_acknowledged_offset(
+    make_registry: AppFactory, chunked: bool
+) -> None:
+    reg = await make_registry(storage={"write_buffer_bytes": 65536})
+    data = os.urandom(100 + 1_000_000)
+    location = await _start(reg, "app")
+    upload_file = reg.data_dir / "uploads" / location.rsplit("/", 1)[1]
+    resp = await reg.client.patch(location, data=data[:100], headers={"Content-Range": "0-99"})
+    assert resp.status == 202
+    head = f"PUT {location}?digest={digest_of(data)} HTTP/1.1\nHost: t\n"
+    part = data[100:600_000]
+    if chunked:
+        head += "Transfer-Encoding: chunked\n"
+        part = b"%x\r\n%s\r\n" % (len(part), part) + b"%x\r\n" % 400_000 + data[600_000:700_000]
+    else:
+        head += f"Content-Length: {len(data) - 100}\nContent-Range: 100-{len(data) - 1}\n"
+    _, writer = await raw_send(reg, head + "Content-Type: application/octet-stream\n", part)
+    await poll(lambda: upload_file.stat().st_size > 100, "the closing PUT's bytes arrive")
+    writer.transport.abort()  # cut off mid-body
+    in_flight = reg.app[IN_FLIGHT_KEY]
+    await poll(lambda: in_flight.count == 0, "the server is done with the PUT")
+    resp = await reg.client.get(location)
+    assert resp.status == 204, await resp.text()
+    assert resp.headers["Range"] == "0-99"
+    assert upload_file.stat().st_size == 100
+    resp = await reg.client.put(
+        f"{location}?digest={digest_of(data)}",
+        data=data[100:],
+        headers={"Content-Range": f"100-{len(data) - 1}"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert await _blob(reg, "app", digest_of(data)) == data
+    assert _upload_files(reg) == []
+
+
+def _backdate(index_db: Path, seconds: float) -> None:
+    """Age every blob and link, as if pushed ``seconds`` ago (past the GC grace period)."""
+    with contextlib.closing(sqlite3.connect(index_db, timeout=10)) as db, db:
+        db.execute("UPDATE blobs SET created_at = created_at - ?", (seconds,))
+        db.execute("UPDATE repository_blobs SET linked_at = linked_at - ?", (seconds,))
+
+
+async def test_mount_racing_gc_links_only_a_blob_still_stored(make_registry: AppFactory) -> None:
+    reg = await make_registry(gc={"grace_period": 600})
+    management = reg.app[MANAGEMENT_KEY]
+
+    async def sweep_after(turns: int) -> None:
+        for _ in range(turns):  # lets the mount get further before the sweep starts
+            await asyncio.sleep(0)
+        await management.gc()
+
+    for i in range(40):
+        data = f"raced blob {i}".encode() * 40
+        digest = await reg.push_blob("src", data)
+        _backdate(reg.data_dir / "index.db", 3600)  # garbage to the next sweep
+        mount = reg.client.post(f"/v2/dst/blobs/uploads/?mount={digest}&from=src")
+        resp, _ = await asyncio.gather(mount, sweep_after(i % 20 * 2))
+        if resp.status == 201:
+            # Mounted before the sweep: the fresh link keeps the blob.
+            assert await _blob(reg, "dst", digest) == data
+        else:
+            assert resp.status == 202, await resp.text()
+            assert (await reg.client.head(f"/v2/dst/blobs/{digest}")).status == 404
+        for known in await reg.registry.index.known_blob_digests():
+            assert reg.registry.store.exists(Digest.parse(known)), f"{known} is indexed, not stored"
+
+
+async def test_open_sessions_are_capped_per_client_and_registry_wide(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    reg = await make_registry(max_upload_sessions_per_client=3, max_upload_sessions=100)
+    locations = [await _start(reg, f"app{i}") for i in range(3)]
+    resp = await reg.client.post("/v2/app/blobs/uploads/")
+    assert resp.status == 429
+    assert error_codes(await resp.json()) == ["TOOMANYREQUESTS"]
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert len(_upload_files(reg)) == 3
+    # A finished or cancelled session frees its place.
+    assert (await reg.client.delete(locations[0])).status == 204
+    resp = await reg.client.put(f"{locations[1]}?digest={digest_of(b'x')}", data=b"x")
+    assert resp.status == 201
+    await _start(reg, "app")
+    await _start(reg, "app")
+    assert (await reg.client.post("/v2/app/blobs/uploads/")).status == 429
+    # A monolithic push needs no session and is not refused.
+    await reg.push_blob("app", b"whole")
+
+    small = await make_registry(tmp_path / "small", max_upload_sessions=2)
+    for _ in range(2):
+        await _start(small, "app")
+    resp = await small.client.post("/v2/other/blobs/uploads/")
+    assert resp.status == 429
+    assert error_codes(await resp.json()) == ["TOOMANYREQUESTS"]
+    assert "Retry-After" in resp.headers
+
+
+async def test_content_range_with_huge_numbers_is_400_not_500(reg: Reg) -> None:
+    location = await _start(reg, "app")
+    huge = "9" * 5000
+    for header in (f"0-{huge}", f"{huge}-{huge}", f"bytes={huge}-1/*", f"0-0/{huge}"):
+        resp = await reg.client.patch(location, data=b"x", headers={"Content-Range": header})
+        assert resp.status in (400, 416), header
+        assert error_codes(await resp.json()) == ["BLOB_UPLOAD_INVALID"]
+        resp = await reg.client.put(
+            f"{location}?digest={digest_of(b'x')}", data=b"x", headers={"Content-Range": header}
+        )
+        assert resp.status in (400, 416), header
+        assert error_codes(await resp.json()) == ["BLOB_UPLOAD_INVALID"]
+    assert (await reg.client.get(location)).headers["Range"] == "0-0"
+    resp = await reg.client.put(f"{location}?digest={digest_of(b'x')}", data=b"x")
+    assert resp.status == 201
+
+
+async def test_the_session_cap_counts_each_user_apart(make_registry: AppFactory) -> None:
+    reg = await make_registry(
+        auth={"enabled": True, "admin_password": "admin-secret-pw"},
+        max_upload_sessions_per_client=2,
+    )
+    accounts = Accounts(reg.registry.index)
+    for user in ("alice", "bob"):
+        await accounts.add_user(user, f"{user}-pw")
+        await accounts.create_namespace(user, user)
+
+    def as_user(user: str) -> dict[str, str]:
+        secret = base64.b64encode(f"{user}:{user}-pw".encode()).decode()
+        return {"Authorization": f"Basic {secret}"}
+
+    for _ in range(2):
+        resp = await reg.client.post("/v2/alice/app/blobs/uploads/", headers=as_user("alice"))
+        assert resp.status == 202, await resp.text()
+    resp = await reg.client.post("/v2/alice/app/blobs/uploads/", headers=as_user("alice"))
+    assert resp.status == 429
+    assert "Retry-After" in resp.headers
+    # Same address, another user: a cap of its own.
+    resp = await reg.client.post("/v2/bob/app/blobs/uploads/", headers=as_user("bob"))
+    assert resp.status == 202, await resp.text()

@@ -6,12 +6,14 @@ import re
 
 from aiohttp import web
 
-from aioreg.api.auth import MOUNT_ALLOWED
+from aioreg.api.auth import IDENTITY, MOUNT_ALLOWED
 from aioreg.api.errors import registry_error_response
 from aioreg.api.http import body_stream, has_body, registry
+from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RangeError, RegistryError
 
-CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+# No offset has more digits than a 64-bit integer; longer numbers are malformed, not converted.
+CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
 
 
 def _location(name: str, upload_id: str) -> str:
@@ -35,6 +37,14 @@ def _created(name: str, digest: str) -> web.Response:
         status=201,
         headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
     )
+
+
+def _client(request: web.Request) -> str:
+    """Whom the open-session cap counts against: the user when known, else the address."""
+    identity: Identity | None = request.get(IDENTITY)
+    if identity is not None and identity.name is not None:
+        return f"user {identity.name}"
+    return f"address {request.remote}"
 
 
 def _chunk_start(request: web.Request) -> int | None:
@@ -79,7 +89,7 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     if "digest" in query:
         row = await reg.upload_blob(name, query["digest"], body_stream(request))
         return _created(name, row.digest)
-    upload_id = await reg.start_upload(name)
+    upload_id = await reg.start_upload(name, _client(request))
     response = _progress(name, upload_id, 0, 202)
     response.headers["OCI-Chunk-Min-Length"] = str(reg.config.storage.chunk_min_length)
     return response

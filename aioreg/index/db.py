@@ -20,7 +20,7 @@ from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.cache import ReadCache
 from aioreg.index.lifecycle import Event, LifecycleQueries
-from aioreg.index.migrations import MIGRATIONS
+from aioreg.index.migrations import MIGRATIONS, statements
 from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
 from aioreg.manifest import ParsedManifest
 from aioreg.rules import namespace_of
@@ -31,6 +31,9 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
 )
 PULL_FLUSH_SECONDS = 1.0
+# ``quota(used, added)``: the namespace's usage before a change and the bytes it adds; raises
+# to refuse the change.
+QuotaCheck = Callable[[int, int], None]
 SERVABLE_LINKED_BLOBS = (
     "repository_blobs JOIN blobs USING (digest) WHERE blobs.quarantined_at IS NULL AND"
 )
@@ -86,9 +89,8 @@ class Index(AccountQueries, LifecycleQueries):
             row = await (await db.execute("SELECT max(version) FROM schema_version")).fetchone()
             current = row[0] or 0
             for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
+                for statement in statements(script):
+                    await db.execute(statement)
                 await db.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
 
     @property
@@ -230,7 +232,7 @@ class Index(AccountQueries, LifecycleQueries):
         *,
         ended_upload: str | None = None,
         place: Callable[[], None] | None = None,
-        quota: Callable[[int, int], None] | None = None,
+        quota: QuotaCheck | None = None,
     ) -> None:
         """Record a stored blob (once, registry-wide) and make it visible in ``name``.
 
@@ -239,23 +241,10 @@ class Index(AccountQueries, LifecycleQueries):
         ``place`` puts the file under its final name while this transaction holds
         the index's write lock, which garbage collection also holds while it
         removes files: a sweep can never take the file of a blob being indexed.
-        ``quota(used, adding)`` may refuse the blob given the namespace's usage.
+        ``quota`` may refuse the blob given the namespace's usage (see ``_within_quota``).
         """
         now = time.time() if now is None else now
         async with self._transaction() as db:
-            if quota is not None:
-                used = await self._namespace_physical(db, name)
-                known = await (
-                    await db.execute(
-                        "SELECT 1 FROM repository_blobs rb JOIN repositories r "
-                        "ON r.id = rb.repository_id WHERE rb.digest = ? AND "
-                        "(r.name = ? OR r.name LIKE ?)",
-                        (blob.digest, namespace_of(name), namespace_of(name) + "/%"),
-                    )
-                ).fetchone()
-                quota(used, 0 if known else blob.size)
-            if place is not None:
-                await asyncio.to_thread(place)
             await db.execute(
                 "INSERT INTO blobs(digest, size, xxh3_128, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(digest) DO UPDATE SET quarantined_at = NULL, "
@@ -263,25 +252,133 @@ class Index(AccountQueries, LifecycleQueries):
                 "WHERE quarantined_at IS NOT NULL",
                 (blob.digest, blob.size, blob.xxh3_128, now),
             )
+            await self._link(db, name, blob.digest, now, quota)
+            if ended_upload is not None:
+                await db.execute("DELETE FROM uploads WHERE id = ?", (ended_upload,))
+            if place is not None:
+                # Last, so a refusal above never leaves a file under a final name.
+                await asyncio.to_thread(place)
+
+    async def mount_blob(
+        self,
+        name: str,
+        digest: str,
+        source: str | None,
+        stored: Callable[[], bool],
+        quota: QuotaCheck | None = None,
+    ) -> BlobRow | None:
+        """Link a servable blob (in ``source``, if named) into ``name``; None if there is none.
+
+        The blob row, its link in the source and ``stored()`` (its file is there)
+        are checked inside the transaction that links it, under the write lock a
+        garbage collection sweep holds: a mount either precedes a sweep (and its
+        fresh link keeps the blob) or finds the blob gone.
+        """
+        now = time.time()
+        async with self._transaction() as db:
+            sql = (
+                "SELECT b.digest, b.size, b.xxh3_128 FROM blobs b "
+                "WHERE b.digest = ? AND b.quarantined_at IS NULL"
+            )
+            params: tuple[str, ...] = (digest,)
+            if source is not None:
+                sql += (
+                    " AND EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r "
+                    "ON r.id = rb.repository_id WHERE rb.digest = b.digest AND r.name = ?)"
+                )
+                params = (digest, source)
+            async with db.execute(sql, params) as cursor:
+                row = await cursor.fetchone()
+            if row is None or not await asyncio.to_thread(stored):
+                return None
+            await self._link(db, name, digest, now, quota)
+            return BlobRow(*row)
+
+    async def _link(
+        self, db: aiosqlite.Connection, name: str, digest: str, now: float, quota: QuotaCheck | None
+    ) -> None:
+        async with self._within_quota(db, name, quota):
             repo_id = await self._ensure_repository(db, name, now)
             await db.execute(
                 "INSERT INTO repository_blobs(repository_id, digest, linked_at) VALUES (?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
-                (repo_id, blob.digest, now),
+                (repo_id, digest, now),
             )
-            if ended_upload is not None:
-                await db.execute("DELETE FROM uploads WHERE id = ?", (ended_upload,))
+
+    @contextlib.asynccontextmanager
+    async def _within_quota(
+        self, db: aiosqlite.Connection, name: str, quota: QuotaCheck | None
+    ) -> AsyncIterator[None]:
+        """Run links into ``name``'s namespace, then let ``quota(used, added)`` refuse them.
+
+        The figure is the namespace's incremental usage (kept by triggers on every
+        link and unlink), read in the same transaction: one check serves uploads,
+        mounts and copies alike, and a refusal rolls the links back.
+        """
+        if quota is None:
+            yield
+            return
+        namespace = namespace_of(name)
+        before = await self._namespace_usage(db, namespace)
+        yield
+        added = await self._namespace_usage(db, namespace) - before
+        if added > 0:
+            quota(before, added)
+
+    @staticmethod
+    async def _namespace_usage(db: aiosqlite.Connection, namespace: str) -> int:
+        async with db.execute(
+            "SELECT blob_bytes FROM namespace_usage WHERE namespace = ?", (namespace,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def counted_size(self, namespace: str, digest: str) -> int:
+        """The blob's size if the namespace's usage already counts it, else 0."""
+        row = await self._one(
+            "SELECT b.size FROM namespace_blobs nb JOIN blobs b USING (digest) "
+            "WHERE nb.namespace = ? AND nb.digest = ?",
+            (namespace, digest),
+        )
+        return 0 if row is None else int(row[0])
+
+    async def namespace_usage(self, namespace: str) -> int:
+        """Distinct blob bytes linked in the namespace: what its quota limits."""
+        row = await self._one(
+            "SELECT blob_bytes FROM namespace_usage WHERE namespace = ?", (namespace,)
+        )
+        return 0 if row is None else int(row[0])
 
     async def unlink_blob(self, name: str, digest: str) -> bool:
         return await self._delete_in_repository("repository_blobs", "digest", name, digest)
 
     # -- upload sessions -------------------------------------------------
 
-    async def create_upload(self, upload_id: str, name: str, now: float) -> None:
+    async def create_upload(
+        self,
+        upload_id: str,
+        name: str,
+        now: float,
+        client: str | None = None,
+        admit: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Open a session; ``admit(open_sessions, open_sessions_of_client)`` may refuse it.
+
+        Counting and inserting in one transaction keeps concurrent starts from all
+        slipping under a cap.
+        """
         async with self._transaction() as db:
+            if admit is not None:
+                async with db.execute(
+                    "SELECT count(*), coalesce(sum(client = ?), 0) FROM uploads", (client,)
+                ) as cursor:
+                    row = await cursor.fetchone()
+                assert row is not None
+                admit(int(row[0]), int(row[1]))
             await db.execute(
-                "INSERT INTO uploads(id, repository, started_at, updated_at) VALUES (?, ?, ?, ?)",
-                (upload_id, name, now, now),
+                "INSERT INTO uploads(id, repository, started_at, updated_at, client) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (upload_id, name, now, now, client),
             )
 
     async def upload(self, upload_id: str) -> UploadRow | None:

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiosqlite
 import msgspec
 
 from aioreg.rules import namespace_of
@@ -111,17 +110,6 @@ class LifecycleQueries:
         return [Event(*r) for r in rows]
 
     # -- usage -----------------------------------------------------------
-
-    @staticmethod
-    async def _namespace_physical(db: aiosqlite.Connection, repository: str) -> int:
-        async with db.execute(
-            f"""SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN (
-                    SELECT rb.digest FROM repository_blobs rb
-                    JOIN repositories r ON r.id = rb.repository_id WHERE {NAMESPACE_REPOS})""",
-            _ns_params(namespace_of(repository)),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
 
     async def usage(self, namespace: str | None = None) -> tuple[list[Usage], list[Usage], Usage]:
         """(per namespace, per repository, whole registry) logical and physical bytes."""
@@ -269,9 +257,18 @@ class LifecycleQueries:
         return [r[0] for r in rows]
 
     async def copy_manifest(
-        self, source: str, digest: str, target: str, tag: str | None, now: float
+        self,
+        source: str,
+        digest: str,
+        target: str,
+        tag: str | None,
+        now: float,
+        quota: Callable[[int, int], None] | None = None,
     ) -> bool:
-        """Make ``target`` hold the manifest (and its blob links) ``source`` has; no bytes move."""
+        """Make ``target`` hold the manifest (and its blob links) ``source`` has; no bytes move.
+
+        ``quota`` may refuse the blob links the copy adds to ``target``'s namespace.
+        """
         async with self._transaction() as db:  # type: ignore[attr-defined]
             async with db.execute(
                 "SELECT m.id, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, "
@@ -301,12 +298,13 @@ class LifecycleQueries:
                 "SELECT ?, child_digest FROM manifest_children WHERE manifest_id = ?",
                 (new_id, row[0]),
             )
-            await db.execute(
-                "INSERT INTO repository_blobs(repository_id, digest, linked_at) "
-                "SELECT ?, digest, ? FROM manifest_blobs WHERE manifest_id = ? "
-                "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
-                (repo_id, now, row[0]),
-            )
+            async with self._within_quota(db, target, quota):  # type: ignore[attr-defined]
+                await db.execute(
+                    "INSERT INTO repository_blobs(repository_id, digest, linked_at) "
+                    "SELECT ?, digest, ? FROM manifest_blobs WHERE manifest_id = ? "
+                    "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
+                    (repo_id, now, row[0]),
+                )
             if tag is not None:
                 await db.execute(
                     """INSERT INTO tags(repository_id, name, manifest_id, pushed_at)

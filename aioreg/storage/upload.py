@@ -68,13 +68,19 @@ class BlobWriter:
 
     def _rehash(self, committed_bytes: int) -> None:
         with open(self.path, "r+b") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < committed_bytes:
+            stat = os.fstat(f.fileno())
+            if stat.st_size < committed_bytes:
                 raise RegistryError(
                     ErrorCode.BLOB_UPLOAD_UNKNOWN,
                     f"upload {self.upload_id} lost data it had acknowledged",
                 )
-            f.truncate(committed_bytes)
+            if stat.st_nlink > 1:
+                # Also under a blob's final name (indexing it failed after ``place``):
+                # truncating would cut that file too, so keep the prefix in a new file.
+                _replace_with_prefix(f, self.path, committed_bytes)
+            else:
+                f.truncate(committed_bytes)
+        with open(self.path, "rb") as f:
             while block := f.read(READ_BLOCK):
                 self._sha256.update(block)
                 self._xxh3.update(block)
@@ -146,28 +152,24 @@ class BlobWriter:
     async def commit(self, expected: Digest, expected_size: int | None = None) -> BlobRow:
         """Verify the bytes against the client's digest and fsync them.
 
-        On a mismatch the temp file is removed: the upload is over either way.
-        On success the temp file stays: ``place`` gives it its final name while
+        The temp file stays either way: the caller decides whether a failure ends
+        the upload (``cancel``). On success ``place`` gives it its final name while
         the index records it, and ``release`` drops the temp name afterwards.
         """
         loop = asyncio.get_running_loop()
-        try:
-            if expected_size is not None and expected_size != self.offset:
-                raise RegistryError(
-                    ErrorCode.SIZE_INVALID,
-                    f"upload has {self.offset} bytes, client declared {expected_size}",
-                )
-            actual = await loop.run_in_executor(self._executor, self._digest, expected.algorithm)
-            if actual != expected:
-                raise RegistryError(
-                    ErrorCode.DIGEST_INVALID,
-                    f"uploaded content has digest {actual}, not {expected}",
-                    {"expected": str(expected), "actual": str(actual)},
-                )
-            await loop.run_in_executor(self._executor, _fsync_file, self.path)
-        except BaseException:
-            await self.cancel()
-            raise
+        if expected_size is not None and expected_size != self.offset:
+            raise RegistryError(
+                ErrorCode.SIZE_INVALID,
+                f"upload has {self.offset} bytes, client declared {expected_size}",
+            )
+        actual = await loop.run_in_executor(self._executor, self._digest, expected.algorithm)
+        if actual != expected:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"uploaded content has digest {actual}, not {expected}",
+                {"expected": str(expected), "actual": str(actual)},
+            )
+        await loop.run_in_executor(self._executor, _fsync_file, self.path)
         return BlobRow(str(expected), self.offset, self._xxh3.hexdigest())
 
     def _digest(self, algorithm: str) -> Digest:
@@ -219,6 +221,18 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _SYNC_FILE_RANGE is not None and length:
         _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def _replace_with_prefix(f: Any, path: Path, size: int) -> None:
+    """Put a new file holding ``f``'s first ``size`` bytes at ``path``."""
+    fresh = path.with_name(path.name + ".rollback")
+    with open(fresh, "wb") as out:
+        f.seek(0)
+        remaining = size
+        while remaining and (block := f.read(min(READ_BLOCK, remaining))):
+            out.write(block)
+            remaining -= len(block)
+    os.replace(fresh, path)
 
 
 def _truncate_close(f: Any, size: int) -> None:
