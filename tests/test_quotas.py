@@ -51,7 +51,7 @@ async def test_server_side_copy_counts_against_the_quota(reg: Reg) -> None:
     await _quota(reg, "small", 1000)
     await push(reg, "big/app", "v1", [os.urandom(5000)])
     resp = await reg.client.post(
-        "/api/v1/repositories/small/app/copy",
+        "/api/v1/repositories/small/app/-/copy",
         json={"source": "big/app", "reference": "v1", "tag": "v1"},
     )
     await _refused(resp)
@@ -59,7 +59,7 @@ async def test_server_side_copy_counts_against_the_quota(reg: Reg) -> None:
     assert await reg.registry.index.namespace_usage("small") == 0
     await _quota(reg, "small", None)
     resp = await reg.client.post(
-        "/api/v1/repositories/small/app/copy",
+        "/api/v1/repositories/small/app/-/copy",
         json={"source": "big/app", "reference": "v1", "tag": "v1"},
     )
     assert resp.status == 201, await resp.text()
@@ -144,7 +144,7 @@ async def test_usage_counter_follows_every_link_and_unlink(make_registry: AppFac
     await api(
         reg,
         "POST",
-        "/repositories/other/y/copy",
+        "/repositories/other/y/-/copy",
         status=201,
         json={"source": "team/a", "reference": "v1"},
     )
