@@ -164,7 +164,7 @@ async def test_pipelined_requests_after_sendfile_stay_in_order(reg: Reg) -> None
         ("bytes=-" + "9" * 5000, 206, (0, 10)),
         ("bytes=" + "0" * 4999 + "2-" + "0" * 4999 + "4", 206, (2, 5)),
         ("bytes=" + "1" * 5000 + "-" + "2" * 5000, 416, None),
-        ("bytes=٣-٥", 200, (0, 10)),  # not ASCII digits: not a range we understand
+        ("bytes=\u0663-\u0665", 200, (0, 10)),  # Arabic-Indic digits: not a range we know
     ],
     ids=["huge-start", "huge-end", "huge-suffix", "zero-padded", "huge-both", "arabic-digits"],
 )
