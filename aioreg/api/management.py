@@ -17,6 +17,7 @@ from aiohttp import web
 
 from aioreg import __version__
 from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, can_pull, identify
+from aioreg.api.http import read_limited, registry
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.lifecycle import Event, RepositorySummary, Usage
@@ -159,7 +160,8 @@ async def _require(request: web.Request, repository: str | None, action: str) ->
 
 async def _body(request: web.Request, kind: type[Any]) -> Any:
     try:
-        return msgspec.json.decode(await request.read(), type=kind)
+        body = await read_limited(request, registry(request).config.limits.manifest_max_bytes)
+        return msgspec.json.decode(body, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise RegistryError(ErrorCode.UNSUPPORTED, f"bad request body: {exc}") from None
 
