@@ -148,7 +148,7 @@ async def _flush(
     writer = await response.prepare(request)
     if writer is None:
         raise ConnectionResetError("response already finished")
-    high, low = transport.get_write_buffer_limits()
+    low, high = transport.get_write_buffer_limits()
     transport.set_write_buffer_limits(high=0, low=0)  # paused until the buffer is empty
     try:
         async with asyncio.timeout(timeout):
