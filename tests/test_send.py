@@ -138,6 +138,23 @@ async def test_stalled_readers_do_not_hold_up_other_downloads(make_registry: App
             writer.transport.abort()
 
 
+async def test_download_on_a_descriptor_number_above_1024(reg: Reg) -> None:
+    """select() cannot watch descriptors past FD_SETSIZE; the send must not depend on it."""
+    data = os.urandom(16 << 20)
+    digest = await reg.push_blob("app", data)
+    placeholder = os.open(os.devnull, os.O_RDONLY)
+    filler = [os.dup(placeholder) for _ in range(1100)]
+    try:
+        reader, writer = await connect(reg, rcvbuf=4096)  # socket buffer full: sends must wait
+        assert server_handler(reg, writer).transport.get_extra_info("socket").fileno() > 1024
+        writer.write(get(f"/v2/app/blobs/{digest}"))
+        assert await read_response(reader) == (200, ANY, data)
+        writer.close()
+    finally:
+        for fd in [*filler, placeholder]:
+            os.close(fd)
+
+
 async def test_pipelined_requests_around_sendfile_stay_in_order(reg: Reg) -> None:
     data = os.urandom(3 << 20)
     digest = await reg.push_blob("app", data)
