@@ -14,12 +14,15 @@ import signal
 import socket
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from aioreg import __version__
+from aioreg.api.errors import ErrorBody, ErrorDetail
 from aioreg.app import IN_FLIGHT_KEY, create_app
 from aioreg.config import Config
+from aioreg.errors import ErrorCode
 
 log = logging.getLogger("aioreg")
 
@@ -138,10 +141,11 @@ class _Connection(RequestHandler):
             transport.get_extra_info("peername"),
             self._head_timeout,
         )
-        body = (
-            b'{"errors":[{"code":"UNKNOWN","message":"request head not received within '
-            + f"{self._head_timeout:g}s".encode()
-            + b'"}]}'
+        message = f"request head not received within {self._head_timeout:g}s"
+        body = msgspec.json.encode(
+            ErrorBody(
+                [ErrorDetail(ErrorCode.UNKNOWN.value, message, {"timeout": self._head_timeout})]
+            )
         )
         transport.write(REQUEST_TIMEOUT % (len(body), body))
         self.force_close()

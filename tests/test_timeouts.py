@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
-from tests.conftest import AppFactory, Reg
+from tests.conftest import AppFactory, Reg, error_codes
 from tests.test_send import read_response, read_to_end
 
 ADMIN_PASSWORD = "admin-pw-for-tests"
@@ -49,6 +50,8 @@ async def test_partial_request_line_gets_408_and_close(make_registry: AppFactory
     writer.write(b"GET /v2/ HT")
     received = await closed_by_server(reader)
     assert received.startswith(b"HTTP/1.1 408 "), received[:100]
+    body = json.loads(received.partition(b"\r\n\r\n")[2])
+    assert error_codes(body) == ["UNKNOWN"]
     writer.close()
 
 
