@@ -138,6 +138,26 @@ async def test_stalled_readers_do_not_hold_up_other_downloads(make_registry: App
             writer.transport.abort()
 
 
+async def test_reader_that_stops_is_cut_off_after_send_timeout(
+    make_registry: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = await make_registry(server={"send_timeout": 0.5})
+    data = os.urandom(16 << 20)
+    digest = await reg.push_blob("app", data)
+    reader, writer = await connect(reg, rcvbuf=4096, limit=4096)
+    writer.write(get(f"/v2/app/blobs/{digest}"))
+    await reader.readuntil(HEADERS_END)
+    handler = server_handler(reg, writer)
+    await until(lambda: handler.transport is None)  # and the client read nothing more
+    received = await read_to_end(reader)
+    assert 0 < len(received) < len(data)
+    assert received == data[: len(received)]
+    assert errors_logged(caplog) == []
+    writer.close()
+    resp = await reg.client.get(f"/v2/app/blobs/{digest}")
+    assert await resp.read() == data
+
+
 async def test_download_on_a_descriptor_number_above_1024(reg: Reg) -> None:
     """select() cannot watch descriptors past FD_SETSIZE; the send must not depend on it."""
     data = os.urandom(16 << 20)
