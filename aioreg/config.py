@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -20,12 +20,19 @@ class ConfigError(Exception):
     """The configuration file or an override is malformed."""
 
 
+# A timeout: zero or less would close every connection at once.
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     listen: str = "0.0.0.0:5000"
     access_log: bool = True
     shutdown_timeout: float = 30.0
     client_max_header_bytes: int = 16384
     body_read_timeout: float = 60.0
+    header_read_timeout: Seconds = 30.0
+    idle_timeout: Seconds = 75.0
+    send_timeout: Seconds = 60.0
 
     @property
     def host(self) -> str:

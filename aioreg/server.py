@@ -12,12 +12,17 @@ import ipaddress
 import logging
 import signal
 import socket
+from typing import Any
 
+import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from aioreg import __version__
+from aioreg.api.errors import ErrorBody, ErrorDetail
 from aioreg.app import IN_FLIGHT_KEY, create_app
 from aioreg.config import Config
+from aioreg.errors import ErrorCode
 
 log = logging.getLogger("aioreg")
 
@@ -30,10 +35,20 @@ class ListenError(Exception):
     """The configured address cannot be listened on (taken, unresolvable, not ours)."""
 
 
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: %d\r\n"
+    b"Connection: close\r\n\r\n%s"
+)
+
+
 def make_runner(app: web.Application, config: Config) -> web.AppRunner:
-    """The runner ``aioreg serve`` uses: no handler cancellation, bounded headers."""
-    return web.AppRunner(
+    """The runner ``aioreg serve`` uses: no handler cancellation, bounded headers,
+    and every stage of a connection under a timeout."""
+    return _Runner(
         app,
+        config.server.header_read_timeout,
         access_log=log.getChild("access") if config.server.access_log else None,
         access_log_format=ACCESS_LOG_FORMAT,
         shutdown_timeout=config.server.shutdown_timeout,
@@ -41,10 +56,104 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
         handler_cancellation=False,
         max_field_size=config.server.client_max_header_bytes,
         max_line_size=config.server.client_max_header_bytes,
+        # Idle: a connection that sends nothing, before its first request or between two.
+        keepalive_timeout=config.server.idle_timeout,
         # Let the socket fill a deeper buffer while a worker thread hashes and
         # writes the previous batch of an upload.
         read_bufsize=config.storage.write_buffer_bytes,
     )
+
+
+class _Runner(web.AppRunner):
+    """An ``AppRunner`` whose connections are ``_Connection``s."""
+
+    def __init__(self, app: web.Application, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _Server(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            header_timeout=self._header_timeout,
+            **server._kwargs,
+        )
+
+
+class _Server(web.Server):
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, self._header_timeout, loop=self._loop, **self._kwargs)
+
+
+class _Connection(RequestHandler):
+    """aiohttp's connection protocol with a deadline for request heads.
+
+    aiohttp bounds a head's size but not the time it takes to arrive, so a
+    client trickling header bytes (slowloris) could hold a connection forever.
+    The clock starts at the first byte of a request and stops when the parser
+    has the whole head; at the deadline the client gets 408 and is closed.
+    Idle time before that first byte is the keep-alive timeout's.
+    """
+
+    __slots__ = ("_head_deadline", "_head_timeout", "_last_body")
+
+    def __init__(self, manager: web.Server, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._last_body: Any = None  # body stream of the newest parsed request
+
+    def data_received(self, data: bytes) -> None:
+        # Past the last request's body (or before any): these bytes begin a new head.
+        between = self._last_body is None or self._last_body.is_eof()
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._cancel_head_deadline()
+            if self._messages:
+                self._last_body = self._messages[-1][1]
+        elif between and data and self._head_deadline is None and self.transport is not None:
+            self._head_deadline = self._loop.call_later(self._head_timeout, self._head_too_slow)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_deadline()
+        self._last_body = None
+        super().connection_lost(exc)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        transport = self.transport
+        if transport is None or self._force_close or self._close:
+            return
+        if self._request_in_progress or self._messages:
+            # Still answering an earlier request: the late head waits its turn.
+            self._head_deadline = self._loop.call_later(self._head_timeout, self._head_too_slow)
+            return
+        log.debug(
+            "closing connection from %s: request head incomplete after %gs",
+            transport.get_extra_info("peername"),
+            self._head_timeout,
+        )
+        message = f"request head not received within {self._head_timeout:g}s"
+        body = msgspec.json.encode(
+            ErrorBody(
+                [ErrorDetail(ErrorCode.UNKNOWN.value, message, {"timeout": self._head_timeout})]
+            )
+        )
+        transport.write(REQUEST_TIMEOUT % (len(body), body))
+        self.force_close()
 
 
 class RegistryServer:

@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from aioreg.api.errors import Handler, error_response, registry_error_response
+from aioreg.api.http import read_form
 from aioreg.auth.scopes import ACTIONS, Access, parse_scopes
 from aioreg.auth.service import ANONYMOUS, CATALOG_ACTIONS, AuthError, AuthService, Identity
 from aioreg.errors import ErrorCode, RegistryError
@@ -364,12 +365,15 @@ async def token_get(request: web.Request) -> web.StreamResponse:
     return _token_response(service, identity, granted, offline)
 
 
+TOKEN_FORM_MAX_BYTES = 65536
+
+
 async def token_post(request: web.Request) -> web.StreamResponse:
     """The OAuth2 form containerd uses: password and refresh_token grants."""
     service = request.app[AUTH_KEY]
     if not service.enabled:
         raise RegistryError(ErrorCode.UNSUPPORTED, "authentication is not enabled on this registry")
-    form: Any = await request.post()
+    form: Any = await read_form(request, TOKEN_FORM_MAX_BYTES)
     _check_service(service, form.get("service"))
     grant_type = form.get("grant_type")
     try:

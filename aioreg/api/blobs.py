@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from typing import BinaryIO
 
 from aiohttp import web
 
 from aioreg.api.errors import error_response
 from aioreg.api.http import registry
-from aioreg.api.sendfile import sendfile
+from aioreg.api.sendfile import send_file
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.registry import StoredBlob
 
-RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-FALLBACK_BLOCK = 1 << 20
+RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -33,15 +30,30 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # suffix range: the last N bytes
-        length = int(last)
-        if length == 0:
+        if not last.strip("0"):
             raise _Unsatisfiable
-        return max(size - length, 0), size
-    start = int(first)
-    end = size if not last else min(int(last) + 1, size)
-    if start >= size or (last and int(last) < start):
+        return size - _position(last, size), size
+    start = _position(first, size)
+    if start >= size:
         raise _Unsatisfiable
-    return start, end
+    if not last:
+        return start, size
+    final = _position(last, size)
+    if final < start:
+        raise _Unsatisfiable
+    return start, min(final + 1, size)
+
+
+def _position(digits: str, cap: int) -> int:
+    """A byte position from the header, capped at ``cap``.
+
+    A number with more digits than ``cap`` is past it whatever its value, and
+    is never converted (Python refuses strings of over 4,300 digits).
+    """
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(cap)):
+        return cap
+    return min(int(digits), cap)
 
 
 class _Unsatisfiable(Exception):
@@ -90,27 +102,15 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {blob.digest} is missing") from None
     try:
         await response.prepare(request)
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
-        if not await sendfile(transport, file, start, end - start):
-            await _stream(response, file, start, end - start)
-        await response.write_eof()
+        timeout = registry(request).config.server.send_timeout
+        sent = await send_file(request, response, file, start, end - start, timeout)
     finally:
-        file.close()
+        file.close()  # the send used its own copy of the descriptor
+    if sent:
+        await response.write_eof()
+    else:
+        response.force_close()  # the client is gone or stalled; the body is short
     return response
-
-
-async def _stream(response: web.StreamResponse, file: BinaryIO, offset: int, count: int) -> None:
-    """Plain reads and writes, for transports that cannot sendfile (TLS)."""
-    loop = asyncio.get_running_loop()
-    file.seek(offset)
-    while count > 0:
-        block = await loop.run_in_executor(None, file.read, min(FALLBACK_BLOCK, count))
-        if not block:
-            raise ConnectionResetError("blob shrank during transfer")
-        await response.write(block)
-        count -= len(block)
 
 
 async def delete_blob(request: web.Request) -> web.StreamResponse:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 from aiohttp import web
+from multidict import MultiDict
 
 from aioreg.errors import ErrorCode, RegistryError, RequestTimeoutError, TooLargeError
 from aioreg.registry import Registry
@@ -45,6 +46,19 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+async def read_form(request: web.Request, limit: int) -> MultiDict[str]:
+    """A small ``application/x-www-form-urlencoded`` body, read like ``read_limited``.
+
+    aiohttp's ``request.post()`` waits for the body with no timeout; any other
+    content type reads as an empty form, as it does there.
+    """
+    body = await read_limited(request, limit)
+    if request.content_type != "application/x-www-form-urlencoded":
+        return MultiDict()
+    text = body.decode(request.charset or "utf-8", errors="replace")
+    return MultiDict(parse_qsl(text, keep_blank_values=True))
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

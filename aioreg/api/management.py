@@ -23,7 +23,7 @@ from aiohttp import web
 
 from aioreg import __version__
 from aioreg.api.auth import AUTH_KEY, IDENTITY, AuthError, identify
-from aioreg.api.http import query_int
+from aioreg.api.http import query_int, read_limited, registry
 from aioreg.api.listing import may_list
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RegistryError
@@ -172,7 +172,8 @@ async def _require(request: web.Request, repository: str | None, action: str) ->
 
 async def _body(request: web.Request, kind: type[Any]) -> Any:
     try:
-        return msgspec.json.decode(await request.read(), type=kind)
+        body = await read_limited(request, registry(request).config.limits.manifest_max_bytes)
+        return msgspec.json.decode(body, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise RegistryError(ErrorCode.BAD_REQUEST, f"bad request body: {exc}") from None
 

@@ -1,59 +1,276 @@
-"""Zero-copy body transfer from a file to a client socket.
+"""A byte range of a file as a response body: zero-copy where the socket allows it.
 
-asyncio's own ``loop.sendfile`` is native on the default loop but uvloop does
-not implement it, so on uvloop the kernel's ``sendfile(2)`` runs on a worker
-thread, waiting for the non-blocking socket to become writable between calls.
-The transport's buffer is drained first and nothing else writes to the socket
-meanwhile, so bytes never interleave.
+uvloop has no ``loop.sendfile``, so the send is done here, like aiohttp's own
+file response: file work off the loop, waiting on the socket instead of polling.
+
+- The send owns its file descriptors: it ``dup()``s the socket's and the
+  file's and closes the copies when it ends (after any worker step still using
+  them). A connection the loop closes meanwhile, a client half-closing for
+  instance, can never have its descriptor number, reused by the next accepted
+  connection, written to by this send.
+- Anything the transport still buffers (the response head) is flushed first,
+  through its own flow control, so raw bytes never overtake it; after the send
+  the transport is the only writer again, so pipelined requests stay in order.
+- ``sendfile(2)`` runs on the non-blocking socket in short worker steps (the
+  file may have to come from disk) that return once the socket buffer is full.
+  While a client reads slowly the send waits on one epoll set the loop watches:
+  a reader that stops costs no thread, only a registration, until the socket
+  has room again or ``send_timeout`` passes without progress.
+- Where sendfile is not possible (TLS, no epoll), plain reads and
+  ``response.write``, which waits on the transport's flow control.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
 import os
 import select
 import socket
+import struct
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
-STALL_SECONDS = 60.0
-# Threads that mostly wait in the kernel (sendfile, select) for slow readers:
-# their own pool, large enough that many concurrent pulls never queue behind
-# each other or behind upload hashing on the default executor.
-_SENDERS = ThreadPoolExecutor(max_workers=128, thread_name_prefix="aioreg-sendfile")
+from aiohttp import web
+
+log = logging.getLogger("aioreg.api")
+
+T = TypeVar("T")
+
+FALLBACK_BLOCK = 1 << 20
+# Most one worker step sends before the loop looks at the connection again.
+STEP_BYTES = 16 << 20
+# How often a send waiting for a client that reads nothing checks whether the
+# connection has been closed under it (a half-closed client, say).
+CLOSED_CHECK_SECONDS = 1.0
+# Worker steps only read the file and fill a socket buffer; they never wait on a client.
+_WORKERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="aioreg-send")
 
 
-async def sendfile(transport: asyncio.Transport, file: BinaryIO, offset: int, count: int) -> bool:
-    """Send ``count`` bytes at ``offset``; False when this transport cannot take sendfile."""
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.sendfile(transport, file, offset, count, fallback=False)
-        return True
-    except NotImplementedError:
-        pass
-    sock: socket.socket | None = transport.get_extra_info("socket")
-    if sock is None or transport.get_extra_info("sslcontext") is not None:
+async def send_file(
+    request: web.Request,
+    response: web.StreamResponse,
+    file: BinaryIO,
+    offset: int,
+    count: int,
+    stall_timeout: float,
+) -> bool:
+    """Send ``count`` bytes of ``file`` at ``offset`` as the body of a prepared ``response``.
+
+    False when the client went away or took nothing for ``stall_timeout`` seconds;
+    the connection is closed then, since the body is short of its length.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
         return False
-    while transport.get_write_buffer_size():
+    owned = _Owned()
+    sock_fd: int | None = None
+    try:
+        file_fd = owned.dup(file.fileno())
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        readiness = _readiness()
+        if sock is None or transport.get_extra_info("sslcontext") is not None or not readiness:
+            await _stream(response, owned, file_fd, offset, count, stall_timeout)
+            return True
+        await _flush(transport, response, request, stall_timeout)
         if transport.is_closing():
             raise ConnectionResetError("client went away")
-        await asyncio.sleep(0.001)
-    await loop.run_in_executor(
-        _SENDERS, _sendfile_blocking, sock.fileno(), file.fileno(), offset, count
-    )
-    return True
+        # On the loop thread and not closing: the descriptor is still this connection's.
+        sock_fd = owned.dup(sock.fileno())
+        await _sendfile(transport, readiness, owned, sock_fd, file_fd, offset, count, stall_timeout)
+        return True
+    except (ConnectionError, TimeoutError) as exc:
+        log.log(
+            logging.INFO if isinstance(exc, TimeoutError) else logging.DEBUG,
+            "%s %s: response cut short for %s: %s",
+            request.method,
+            request.path[:200],
+            request.remote,
+            exc or type(exc).__name__,
+        )
+        if sock_fd is not None:  # reset rather than linger with unsent bytes
+            with contextlib.suppress(OSError):
+                _socket_option(sock_fd, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        return False
+    finally:
+        owned.close()
 
 
-def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+class _Owned:
+    """Descriptors a send owns; closed only once no worker step still uses them."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self._step: asyncio.Future[Any] | None = None
+
+    def dup(self, fd: int) -> int:
+        copy = os.dup(fd)
+        self.fds.append(copy)
+        return copy
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on a worker; a cancelled send leaves it to finish first."""
+        self._step = asyncio.get_running_loop().run_in_executor(_WORKERS, func, *args)
+        return await asyncio.shield(self._step)
+
+    def close(self) -> None:
+        step = self._step
+        if step is not None and not step.done():
+            step.add_done_callback(self._close_after)
+        else:
+            self._close_all()
+
+    def _close_after(self, step: asyncio.Future[Any]) -> None:
+        if not step.cancelled():
+            step.exception()  # retrieved: the send that wanted it is gone
+        self._close_all()
+
+    def _close_all(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+async def _flush(
+    transport: asyncio.Transport,
+    response: web.StreamResponse,
+    request: web.Request,
+    timeout: float,
+) -> None:
+    """Wait, on the transport's own flow control, until it has written all it buffers."""
+    if not transport.get_write_buffer_size():
+        return
+    writer = await response.prepare(request)
+    if writer is None:
+        raise ConnectionResetError("response already finished")
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0, low=0)  # paused until the buffer is empty
+    try:
+        async with asyncio.timeout(timeout):
+            while transport.get_write_buffer_size():
+                if transport.is_closing():
+                    raise ConnectionResetError("client went away")
+                await writer.drain()
+    finally:
+        if not transport.is_closing():
+            transport.set_write_buffer_limits(high=high, low=low)
+
+
+async def _sendfile(
+    transport: asyncio.Transport,
+    readiness: _Readiness,
+    owned: _Owned,
+    sock_fd: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    stall_timeout: float,
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + stall_timeout
     while count > 0:
-        try:
-            sent = os.sendfile(sock_fd, file_fd, offset, count)
-        except BlockingIOError:
-            _, writable, _ = select.select([], [sock_fd], [], STALL_SECONDS)
-            if not writable:
-                raise TimeoutError("client stopped reading") from None
+        if transport.is_closing():
+            raise ConnectionResetError("client went away")
+        sent = await owned.run(_send_step, sock_fd, file_fd, offset, count)
+        if sent:
+            offset += sent
+            count -= sent
+            deadline = loop.time() + stall_timeout
             continue
-        if sent == 0:
-            raise ConnectionResetError("file shrank or socket closed during sendfile")
-        offset += sent
-        count -= sent
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError(f"client took no bytes for {stall_timeout:g}s")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(CLOSED_CHECK_SECONDS, remaining)):
+                await readiness.writable(sock_fd)
+
+
+def _send_step(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
+    """``sendfile(2)`` until the socket buffer is full (or a step's worth); bytes sent."""
+    limit = min(count, STEP_BYTES)
+    sent = 0
+    while sent < limit:
+        try:
+            n = os.sendfile(sock_fd, file_fd, offset + sent, limit - sent)
+        except BlockingIOError:
+            break
+        if n == 0:
+            raise OSError(errno.EIO, "file ended before its recorded size")
+        sent += n
+    return sent
+
+
+async def _stream(
+    response: web.StreamResponse,
+    owned: _Owned,
+    file_fd: int,
+    offset: int,
+    count: int,
+    stall_timeout: float,
+) -> None:
+    """Plain reads and writes, for transports that cannot sendfile (TLS)."""
+    while count > 0:
+        block = await owned.run(os.pread, file_fd, min(FALLBACK_BLOCK, count), offset)
+        if not block:
+            raise OSError(errno.EIO, "file ended before its recorded size")
+        async with asyncio.timeout(stall_timeout):
+            await response.write(block)
+        offset += len(block)
+        count -= len(block)
+
+
+def _socket_option(fd: int, option: int, value: bytes) -> None:
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, option, value)
+
+
+class _Readiness:
+    """Waits until sockets can take more bytes, on one epoll set the loop reads.
+
+    Our own set rather than ``loop.add_writer``: uvloop reports an error on a
+    watched descriptor (a reset client) as a loop-level fatal error and drops
+    the watch, where epoll just says the socket is ready and ``sendfile`` then
+    raises the reset to the send.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        loop.add_reader(self._epoll.fileno(), self._wake)
+
+    async def writable(self, fd: int) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[fd] = future
+        self._epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+        try:
+            await future
+        finally:
+            del self._waiting[fd]
+            self._epoll.unregister(fd)
+
+    def _wake(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            future = self._waiting.get(fd)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+
+_READINESS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Readiness] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _readiness() -> _Readiness | None:
+    """This loop's epoll set; None where there is no epoll (not Linux)."""
+    if not hasattr(select, "epoll"):
+        return None
+    loop = asyncio.get_running_loop()
+    readiness = _READINESS.get(loop)
+    if readiness is None:
+        readiness = _READINESS[loop] = _Readiness(loop)
+    return readiness
