@@ -53,3 +53,51 @@ def test_closed_stdout_ends_quietly_like_other_unix_tools(tmp_path: Path, args: 
         os.close(write_end)
     assert result.returncode == 128 + 13, result.stderr
     assert "Traceback" not in result.stderr and "Exception" not in result.stderr, result.stderr
+
+
+# -- the Makefile: the README's first command ---------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_run_installs_only_the_runtime_into_its_own_venv(tmp_path: Path) -> None:
+    """PEP 668: nothing goes into the system Python; the server needs no test tools."""
+    venv = tmp_path / "v"
+    result = make("-n", "run", f"VENV={venv}", "PYTHON=python3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"python3 -m venv {venv} ")
+    installs = [line for line in lines if "pip install" in line]
+    assert installs == [f"{venv}/bin/python -m pip install -q -e ."]
+    assert lines[-1] == f"{venv}/bin/aioreg serve --listen 0.0.0.0:5000 --data ./data"
+    assert not venv.exists()  # -n: nothing was run
+
+
+def test_make_test_adds_the_test_tools_to_the_same_venv(tmp_path: Path) -> None:
+    venv = tmp_path / "v"
+    result = make("-n", "test", f"VENV={venv}")
+    assert result.returncode == 0, result.stderr
+    installs = [line for line in result.stdout.splitlines() if "pip install" in line]
+    assert installs == [
+        f"{venv}/bin/python -m pip install -q -e .",
+        f"{venv}/bin/python -m pip install -q -e '.[test]'",
+    ]
+    assert result.stdout.splitlines()[-1].startswith(f"{venv}/bin/python -m pytest ")
+
+
+def test_make_run_without_the_venv_module_says_what_to_install(tmp_path: Path) -> None:
+    venv = tmp_path / "v"
+    result = make("run", f"VENV={venv}", "PYTHON=false", "APT_GET=/nonexistent/apt-get")
+    assert result.returncode != 0
+    assert "apt-get install python3-venv" in result.stderr, result.stderr
+    assert not venv.exists()
