@@ -5,18 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from aioreg import __version__, admin, lifecycle_cli, logcontext
-from aioreg.config import Config, ConfigError, load_config
+from aioreg.config import Config, ConfigError, check_data_dir, load_config
 from aioreg.maintenance import check, open_parts, scrub
 from aioreg.progress import Progress
 from aioreg.server import ListenError, run
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aioreg", description=__doc__)
+    parser = _Parser(prog="aioreg", description=__doc__)
     parser.add_argument("--version", action="version", version=f"aioreg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the registry")
@@ -109,9 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = load_config(args.config, overrides=_cli_overrides(args))
+        check_data_dir(config.data_path)
     except ConfigError as exc:
         print(f"aioreg: {exc}", file=sys.stderr)
         return 2
+    try:
+        code = _dispatch(config, args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (``aioreg repo ls | head``): stop quietly with the
+        # status a process killed by SIGPIPE has, like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
+
+
+def _dispatch(config: Config, args: argparse.Namespace) -> int:
     if args.command == "serve":
         try:
             run(config)

@@ -7,7 +7,11 @@ documents each option; a test keeps the two in step.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import math
 import os
+import pwd
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,19 +24,23 @@ class ConfigError(Exception):
     """The configuration file or an override is malformed."""
 
 
-# A timeout: zero or less would close every connection at once.
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# Every numeric option has one of these types; msgspec refuses values out of range at
+# load. Non-negative where 0 has a meaning (off, no cap, at once), positive otherwise.
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     listen: str = "0.0.0.0:5000"
     access_log: bool = True
-    shutdown_timeout: float = 30.0
-    client_max_header_bytes: int = 16384
-    body_read_timeout: float = 60.0
-    header_read_timeout: Seconds = 30.0
-    idle_timeout: Seconds = 75.0
-    send_timeout: Seconds = 60.0
+    shutdown_timeout: NonNegativeFloat = 30.0
+    client_max_header_bytes: PositiveInt = 16384
+    body_read_timeout: PositiveFloat = 60.0
+    header_read_timeout: PositiveFloat = 30.0
+    idle_timeout: PositiveFloat = 75.0
+    send_timeout: PositiveFloat = 60.0
 
     @property
     def host(self) -> str:
@@ -45,47 +53,47 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./data"
-    chunk_min_length: int = 1048576
-    write_buffer_bytes: int = 1048576
-    upload_session_ttl: float = 86400.0
-    index_busy_timeout: float = 10.0
+    chunk_min_length: NonNegativeInt = 1048576
+    write_buffer_bytes: PositiveInt = 1048576
+    upload_session_ttl: PositiveFloat = 86400.0
+    index_busy_timeout: NonNegativeFloat = 10.0
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    manifest_max_bytes: int = 4194304
-    page_size_max: int = 10000
-    requests_per_second: float = 0.0
-    request_burst: int = 100
-    max_concurrent_uploads: int = 256
-    max_upload_sessions: int = 5000
-    max_upload_sessions_per_client: int = 500
+    manifest_max_bytes: PositiveInt = 4194304
+    page_size_max: PositiveInt = 10000
+    requests_per_second: NonNegativeFloat = 0.0
+    request_burst: PositiveInt = 100
+    max_concurrent_uploads: NonNegativeInt = 256
+    max_upload_sessions: NonNegativeInt = 5000
+    max_upload_sessions_per_client: NonNegativeInt = 500
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = False
     service: str = "aioreg"
     realm: str = ""
-    token_ttl: float = 300.0
-    refresh_token_ttl: float = 2592000.0
+    token_ttl: PositiveFloat = 300.0
+    refresh_token_ttl: PositiveFloat = 2592000.0
     allow_basic: bool = True
     admin_user: str = "admin"
     admin_password: str = ""
     default_visibility: str = "private"
-    failed_login_limit: int = 5
-    failed_login_user_limit: int = 50
-    failed_login_address_limit: int = 50
-    failed_login_window: float = 60.0
-    failed_login_tracked_max: int = 10000
+    failed_login_limit: PositiveInt = 5
+    failed_login_user_limit: PositiveInt = 50
+    failed_login_address_limit: PositiveInt = 50
+    failed_login_window: PositiveFloat = 60.0
+    failed_login_tracked_max: Annotated[int, msgspec.Meta(ge=3)] = 10000
 
 
 class GcConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    interval: float = 0.0
-    grace_period: float = 3600.0
+    interval: NonNegativeFloat = 0.0
+    grace_period: NonNegativeFloat = 3600.0
     delete_untagged: bool = False
 
 
 class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    interval: float = 0.0
+    interval: NonNegativeFloat = 0.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -109,37 +117,51 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
+# AIOREG_* variables that are not options.
+ENV_OTHER = frozenset({"AIOREG_CONFIG"})
+MAX_PORT = 65535
+
+log = logging.getLogger("aioreg.config")
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"listen address must be HOST:PORT, got {listen!r}")
+    if int(port) > MAX_PORT:
+        raise ConfigError(f"listen port must be 0-{MAX_PORT} (0: any free port), got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _env_names() -> dict[str, tuple[str, str]]:
+    """Every ``AIOREG_<SECTION>_<OPTION>`` name and the aliases, to (section, option)."""
+    default = Config()
+    names = dict(ENV_ALIASES)
+    for section in Config.__struct_fields__:
+        for option in type(getattr(default, section)).__struct_fields__:
+            names[f"AIOREG_{section}_{option}".upper()] = (section, option)
+    return names
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """``AIOREG_<SECTION>_<OPTION>`` (and the aliases) as a nested mapping of strings."""
-    sections = {
-        field: set(type_.__struct_fields__)
-        for field, type_ in (
-            ("server", ServerConfig),
-            ("storage", StorageConfig),
-            ("limits", LimitsConfig),
-            ("auth", AuthConfig),
-            ("gc", GcConfig),
-            ("retention", RetentionConfig),
-        )
-    }
+    """``AIOREG_<SECTION>_<OPTION>`` (and the aliases) as a nested mapping of strings.
+
+    An ``AIOREG_`` name that is no option is most likely a typo: it is warned about
+    (with the nearest real names) rather than silently ignored.
+    """
+    names = _env_names()
     found: dict[str, dict[str, str]] = {}
     for key, value in environ.items():
-        if key in ENV_ALIASES:
-            section, option = ENV_ALIASES[key]
-        elif key.startswith("AIOREG_"):
-            section, _, option = key[len("AIOREG_") :].lower().partition("_")
-            if section not in sections or option not in sections[section]:
-                continue
-        else:
-            continue
-        found.setdefault(section, {})[option] = value
+        if key in names:
+            section, option = names[key]
+            found.setdefault(section, {})[option] = value
+        elif key.startswith("AIOREG_") and key not in ENV_OTHER:
+            close = difflib.get_close_matches(key, [*names, *ENV_OTHER], n=2, cutoff=0.75)
+            log.warning(
+                "ignoring unknown environment variable %s%s",
+                key,
+                f" (did you mean {' or '.join(close)}?)" if close else "",
+            )
     return found
 
 
@@ -174,19 +196,54 @@ def load_config(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
     split_listen(config.server.listen)
-    for option in ("max_upload_sessions", "max_upload_sessions_per_client"):
-        if getattr(config.limits, option) < 0:
-            raise ConfigError(f"limits.{option} must be >= 0 (0: no cap)")
+    _refuse_infinite(config)
     if config.auth.default_visibility not in ("public", "private"):
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
-    auth = config.auth
-    if (
-        min(auth.failed_login_limit, auth.failed_login_user_limit, auth.failed_login_address_limit)
-        < 1
-    ):
-        raise ConfigError("auth.failed_login_*_limit options must be at least 1")
-    if auth.failed_login_window <= 0 or auth.failed_login_tracked_max < 3:
-        raise ConfigError(
-            "auth.failed_login_window must be positive and auth.failed_login_tracked_max >= 3"
-        )
     return config
+
+
+def _refuse_infinite(config: Config) -> None:
+    """``inf`` passes a lower bound but is no usable size or timeout."""
+    for section in Config.__struct_fields__:
+        values = getattr(config, section)
+        for option in values.__struct_fields__:
+            value = getattr(values, option)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"invalid configuration: {section}.{option} must be finite")
+
+
+def check_data_dir(path: Path) -> None:
+    """Refuse at start a data directory this process could not keep writing to.
+
+    Otherwise the registry starts and answers 500 to every push. Foreign-owned
+    entries are refused even when writable (root): files a command creates there
+    would then belong to a user the server does not run as.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data directory {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise ConfigError(f"data directory {path} is not a directory")
+    uid = os.geteuid()
+    entries = [path, *(path / name for name in ("index.db", "index.db-wal", "index.db-shm"))]
+    entries += [path / "blobs", path / "uploads"]
+    for entry in entries:
+        try:
+            owner = entry.stat().st_uid
+        except FileNotFoundError:
+            continue
+        if owner != uid:
+            raise ConfigError(
+                f"data directory entry {entry} belongs to {_user(owner)}, not to "
+                f"{_user(uid)} running aioreg; chown -R it or run aioreg as its owner"
+            )
+        if not os.access(entry, os.R_OK | os.W_OK | (os.X_OK if entry.is_dir() else 0)):
+            raise ConfigError(f"data directory entry {entry} is not writable by {_user(uid)}")
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

@@ -7,6 +7,7 @@ index's write lock makes it safe next to a running server).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -63,7 +64,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> list[argparse.ArgumentP
 
     quota = commands.add_parser("quota", help="set or clear a namespace's storage quota")
     quota.add_argument("namespace")
-    quota.add_argument("bytes", help="a size like 500M, 20G, or 'none'")
+    quota.add_argument("bytes", type=parse_size, help="a size like 500M, 20G, or 'none'")
     return [
         *repos.choices.values(),
         *artifacts.choices.values(),
@@ -74,14 +75,21 @@ def add_parsers(commands: argparse._SubParsersAction) -> list[argparse.ArgumentP
     ]
 
 
-def _parseformat_size(text: str) -> int | None:
-    if text.lower() == "none":
+SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": GIB, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int | None:
+    """``500M``, ``20G``, ``1.5GiB``, ``512`` (bytes) or ``none``; binary units."""
+    if text.strip().lower() == "none":
         return None
-    units = {"k": 1 << 10, "m": 1 << 20, "g": GIB, "t": 1 << 40}
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
-    return int(float(number) * factor)
+    match = SIZE_RE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or a size like 500M, 20G, or 'none'"
+        )
+    number, unit = match.groups()
+    return int(float(number) * SIZE_UNITS[(unit or "").lower()])
 
 
 async def _repo(m: Management, args: argparse.Namespace) -> None:
@@ -182,9 +190,9 @@ async def _retention(m: Management, args: argparse.Namespace) -> None:
 
 
 async def _quota(m: Management, args: argparse.Namespace) -> None:
-    value = _parseformat_size(args.bytes)
-    await m.set_quota(args.namespace, value)
-    print(f"quota of {args.namespace}: {'none' if value is None else format_size(value)}")
+    await m.set_quota(args.namespace, args.bytes)
+    shown = "none" if args.bytes is None else format_size(args.bytes)
+    print(f"quota of {args.namespace}: {shown}")
 
 
 COMMANDS: dict[str, Callable[[Management, argparse.Namespace], Awaitable[None]]] = {

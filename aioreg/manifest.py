@@ -7,7 +7,10 @@ kept exactly as pushed; these types only read them to learn what they reference.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -99,10 +102,86 @@ class ParsedManifest:
     blobs: tuple[Digest, ...]
     children: tuple[Digest, ...]
     annotations: dict[str, str] = field(default_factory=dict)
+    # Declared size of each referenced blob and child, checked against what is stored.
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def _invalid(message: str, detail: object = None) -> RegistryError:
     return RegistryError(ErrorCode.MANIFEST_INVALID, message, detail)
+
+
+def _fields(*types: type[msgspec.Struct]) -> dict[str, str]:
+    """Each field's JSON name by its case-folded spelling."""
+    return {name.casefold(): name for t in types for name in t.__struct_encode_fields__}
+
+
+# The objects whose field names Go clients match case-insensitively, and where they nest.
+_TOP_FIELDS = _fields(ImageManifest, ImageIndex)
+_DESCRIPTOR_FIELDS = _fields(Descriptor)
+_PLATFORM_FIELDS = _fields(Platform)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook: a repeated key is refused (clients differ on which one counts)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        duplicate = next(key for key, n in counts.items() if n > 1)
+        raise _invalid(f"manifest repeats the key {duplicate[:100]!r}")
+    return obj
+
+
+def _check_spelling(obj: object, fields: dict[str, str], where: str) -> None:
+    """Refuse a case variant (``LAYERS``) of a known field: Go clients would read it."""
+    if not isinstance(obj, dict):
+        return
+    for key in obj:
+        known = fields.get(key.casefold())
+        if known is not None and key != known:
+            raise _invalid(f"{where}: {key[:100]!r} is a case variant of the field {known!r}")
+
+
+def _check_descriptor(obj: object, where: str) -> None:
+    _check_spelling(obj, _DESCRIPTOR_FIELDS, where)
+    if isinstance(obj, dict):
+        _check_spelling(obj.get("platform"), _PLATFORM_FIELDS, f"{where}.platform")
+
+
+def _check_unambiguous(body: bytes) -> None:
+    """The body reads the same to every client: UTF-8, no repeated keys, no case variants.
+
+    msgspec (like Go) lets the last of two equal keys win and skips unknown
+    spellings, while Go clients match field names case-insensitively; either
+    would let a registry and a client see different manifests in the same bytes.
+    """
+    try:
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as exc:
+        raise _invalid(f"manifest is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
+    except ValueError as exc:  # not JSON, or an integer too long to read
+        raise _invalid(f"manifest is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(document, dict):
+        raise _invalid("manifest is not a JSON object")
+    _check_spelling(document, _TOP_FIELDS, "manifest")
+    for name in ("config", "subject"):
+        _check_descriptor(document.get(name), name)
+    for name in ("layers", "manifests"):
+        entries = document.get(name)
+        if isinstance(entries, list):
+            for i, entry in enumerate(entries):
+                _check_descriptor(entry, f"{name}[{i}]")
+
+
+def _declared_sizes(entries: list[tuple[Digest, Descriptor]]) -> dict[str, int]:
+    """Digest → declared size; one digest declared with two sizes cannot be right."""
+    sizes: dict[str, int] = {}
+    for digest, descriptor in entries:
+        previous = sizes.setdefault(str(digest), descriptor.size)
+        if previous != descriptor.size:
+            raise _invalid(f"{digest} is declared with sizes {previous} and {descriptor.size}")
+    return sizes
 
 
 def _descriptor_digest(descriptor: Descriptor, where: str) -> Digest:
@@ -164,17 +243,18 @@ def parse_manifest(
     """Decode and check a manifest body; the digest is of these exact bytes."""
     if content_type:
         content_type = content_type.split(";", 1)[0].strip() or None
+    _check_unambiguous(body)
     media_type = _media_type(body, content_type)
     digest = Digest.of(body, algorithm)
     try:
         if media_type in IMAGE_TYPES:
             image = msgspec.json.decode(body, type=ImageManifest)
             config = _descriptor_digest(image.config, "config")
-            layers = tuple(
-                _descriptor_digest(layer, f"layers[{i}]")
+            layers = [
+                (_descriptor_digest(layer, f"layers[{i}]"), layer)
                 for i, layer in enumerate(image.layers)
                 if not _is_foreign(layer)
-            )
+            ]
             if media_type == DOCKER_MANIFEST and image.subject is not None:
                 raise _invalid("Docker schema2 manifests cannot carry a subject")
             return ParsedManifest(
@@ -183,14 +263,16 @@ def parse_manifest(
                 size=len(body),
                 artifact_type=image.artifactType or image.config.mediaType,
                 subject=_subject(image.subject),
-                blobs=(config, *layers),
+                blobs=(config, *(d for d, _ in layers)),
                 children=(),
                 annotations=image.annotations or {},
+                sizes=_declared_sizes([(config, image.config), *layers]),
             )
         index = msgspec.json.decode(body, type=ImageIndex)
-        children = tuple(
-            _descriptor_digest(child, f"manifests[{i}]") for i, child in enumerate(index.manifests)
-        )
+        children = [
+            (_descriptor_digest(child, f"manifests[{i}]"), child)
+            for i, child in enumerate(index.manifests)
+        ]
         return ParsedManifest(
             media_type=media_type,
             digest=digest,
@@ -198,8 +280,9 @@ def parse_manifest(
             artifact_type=index.artifactType,
             subject=_subject(index.subject),
             blobs=(),
-            children=children,
+            children=tuple(d for d, _ in children),
             annotations=index.annotations or {},
+            sizes=_declared_sizes(children),
         )
     except msgspec.ValidationError as exc:
         raise _invalid(f"malformed {media_type}: {exc}") from None

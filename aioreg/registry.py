@@ -118,7 +118,18 @@ class Registry:
     async def delete_blob(self, name: str, digest: str) -> None:
         validate_name(name)
         parsed = Digest.parse(digest)
-        if not await self.index.unlink_blob(name, str(parsed)):
+
+        def refuse(manifests: list[str]) -> None:
+            # Unlinking would leave these manifests unpullable; delete them first.
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED,
+                f"blob {digest} is referenced by manifest {manifests[0]} in {name}"
+                + (f" and {len(manifests) - 1} more" if len(manifests) > 1 else "")
+                + "; delete the manifests first",
+                {"manifests": manifests},
+            )
+
+        if not await self.index.unlink_blob(name, str(parsed), refuse):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
 
     async def mount_blob(self, name: str, digest: str, source: str | None) -> BlobRow | None:
@@ -408,18 +419,22 @@ class Registry:
         self, name: str, reference: str, *, pull: bool, actor: str | None = None
     ) -> ManifestRow:
         validate_name(name)
-        ref = parse_reference(reference)
+        try:
+            ref: str | Digest | None = parse_reference(reference)
+        except RegistryError:
+            # The spec lists only 404 for a fetch: a reference that is neither a
+            # tag nor a digest names a manifest that cannot exist.
+            ref = None
+        tag = ref if isinstance(ref, str) else None
         if isinstance(ref, Digest):
             row = await self.index.manifest_by_digest(name, str(ref))
-            tag = None
         else:
-            row = await self.index.manifest_by_tag(name, ref)
-            tag = ref
+            row = None if tag is None else await self.index.manifest_by_tag(name, tag)
         if row is None:
             if await self.index.repository_id(name) is None:
                 raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
             raise RegistryError(
-                ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
+                ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference[:200]} is not in {name}"
             )
         if tag is not None:
             await self._require_signature(name, tag, row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 
@@ -60,3 +61,77 @@ def test_bad_config_raises_config_error(tmp_path: Path, text: str) -> None:
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/aioreg.toml", environ={})
+
+
+def numeric_options() -> list[tuple[str, str]]:
+    return [
+        (section, option)
+        for section, values in msgspec.to_builtins(Config()).items()
+        for option, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+
+
+# Options where 0 would make the registry unusable (every manifest too big, no header fits).
+ZERO_MAKES_NO_SENSE = {
+    ("server", "client_max_header_bytes"),
+    ("server", "body_read_timeout"),
+    ("storage", "write_buffer_bytes"),
+    ("storage", "upload_session_ttl"),
+    ("limits", "manifest_max_bytes"),
+    ("limits", "page_size_max"),
+    ("limits", "request_burst"),
+    ("auth", "token_ttl"),
+    ("auth", "refresh_token_ttl"),
+    ("auth", "failed_login_limit"),
+    ("auth", "failed_login_window"),
+}
+
+
+@pytest.mark.parametrize(("section", "option"), numeric_options())
+def test_every_numeric_option_refuses_values_out_of_range(section: str, option: str) -> None:
+    """A new numeric option must carry a range (NonNegativeInt, PositiveFloat, ...)."""
+    bad: list[object] = [-1, "-1", "inf"]
+    if (section, option) in ZERO_MAKES_NO_SENSE:
+        bad.append(0)
+    for value in bad:
+        with pytest.raises(ConfigError, match=rf"{section}[.]{option}"):
+            load_config(None, environ={}, overrides={section: {option: value}})
+    env = {f"AIOREG_{section}_{option}".upper(): "-5"}
+    with pytest.raises(ConfigError, match=rf"{section}[.]{option}"):
+        load_config(None, environ=env)
+    if (section, option) not in ZERO_MAKES_NO_SENSE:
+        load_config(None, environ={}, overrides={section: {option: 0}})
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:65536", "[::1]:70000", "h:1000000"])
+def test_listen_port_out_of_range_is_refused(listen: str) -> None:
+    with pytest.raises(ConfigError, match="0-65535"):
+        load_config(None, environ={"AIOREG_LISTEN": listen})
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "127.0.0.1:65535", "[::]:5000"])
+def test_listen_ports_in_range(listen: str) -> None:
+    assert load_config(None, environ={"AIOREG_LISTEN": listen}).server.listen == listen
+
+
+def test_unknown_aioreg_variables_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    env = {
+        "AIOREG_LISTN": "127.0.0.1:1",
+        "AIOREG_LIMITS_MANIFEST_MAX_BYTE": "5",
+        "AIOREG_WHATEVER": "1",
+        "AIOREG_CONFIG": "",
+        "AIOREG_DATA_DIR": "/tmp/x",
+        "OTHER_LISTN": "x",
+    }
+    with caplog.at_level(logging.WARNING, logger="aioreg.config"):
+        config = load_config(None, environ=env)
+    assert config.storage.data_dir == "/tmp/x"
+    warned = sorted(r.getMessage() for r in caplog.records)
+    assert warned == [
+        "ignoring unknown environment variable AIOREG_LIMITS_MANIFEST_MAX_BYTE "
+        "(did you mean AIOREG_LIMITS_MANIFEST_MAX_BYTES?)",
+        "ignoring unknown environment variable AIOREG_LISTN "
+        "(did you mean AIOREG_LISTEN or AIOREG_SERVER_LISTEN?)",
+        "ignoring unknown environment variable AIOREG_WHATEVER",
+    ]

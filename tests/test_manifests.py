@@ -293,7 +293,72 @@ async def test_body_without_media_type_takes_the_oci_content_type(reg: Reg) -> N
     await assert_served(reg, "r", "plain-index", index, OCI_INDEX)
 
 
+def members(*pairs: str) -> bytes:
+    """A JSON object written member by member, so keys may repeat or bytes be raw."""
+    return ("{" + ", ".join(pairs) + "}").encode()
+
+
+SCHEMA_2 = '"schemaVersion": 2'
+OCI_TYPE = f'"mediaType": "{OCI_MANIFEST}"'
+EMPTY_CONFIG = (
+    f'"config": {encode({"mediaType": EMPTY, "digest": digest_of(EMPTY_JSON), "size": 2}).decode()}'
+)
+NO_LAYERS = '"layers": []'
+
 INVALID_BODIES: dict[str, tuple[bytes, str]] = {
+    # Clients disagree on which of two equal keys counts (last wins here and in Go).
+    "duplicate-media-type": (
+        members(SCHEMA_2, f'"mediaType": "{OCI_INDEX}"', OCI_TYPE, EMPTY_CONFIG, NO_LAYERS),
+        OCI_MANIFEST,
+    ),
+    "duplicate-layers": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG, NO_LAYERS, NO_LAYERS),
+        OCI_MANIFEST,
+    ),
+    "duplicate-annotation": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG, NO_LAYERS, '"annotations": {"a": "1", "a": "2"}'),
+        OCI_MANIFEST,
+    ),
+    "duplicate-descriptor-size": (
+        members(
+            SCHEMA_2,
+            OCI_TYPE,
+            EMPTY_CONFIG[:-1] + ', "size": 3}',
+            NO_LAYERS,
+        ),
+        OCI_MANIFEST,
+    ),
+    # Go's encoding/json matches field names case-insensitively: a client reads these.
+    "case-variant-layers": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG, NO_LAYERS, f'"LAYERS": [{EMPTY_CONFIG[10:]}]'),
+        OCI_MANIFEST,
+    ),
+    "case-variant-only": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG, f'"Layers": [{EMPTY_CONFIG[10:]}]'),
+        OCI_MANIFEST,
+    ),
+    "case-variant-descriptor-key": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG[:-1] + ', "Digest": "x"}', NO_LAYERS),
+        OCI_MANIFEST,
+    ),
+    "case-variant-media-type": (
+        members(SCHEMA_2, OCI_TYPE, f'"MediaType": "{OCI_INDEX}"', EMPTY_CONFIG, NO_LAYERS),
+        OCI_MANIFEST,
+    ),
+    "invalid-utf8-annotation": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG, NO_LAYERS)[:-1]
+        + b', "annotations": {"a": "\xff\xfe"}}',
+        OCI_MANIFEST,
+    ),
+    "invalid-utf8-key": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG, NO_LAYERS)[:-1]
+        + b', "annotations": {"\xc3": "v"}}',
+        OCI_MANIFEST,
+    ),
+    "utf16": (
+        members(SCHEMA_2, OCI_TYPE, EMPTY_CONFIG, NO_LAYERS).decode().encode("utf-16"),
+        OCI_MANIFEST,
+    ),
     "not-json": (b"{this is not json", OCI_MANIFEST),
     "empty": (b"", OCI_MANIFEST),
     "json-array": (b"[1, 2, 3]", OCI_MANIFEST),
@@ -610,6 +675,19 @@ async def test_valid_tags(reg: Reg, tag: str) -> None:
     await assert_served(reg, "r", tag, body, OCI_MANIFEST)
 
 
+async def assert_refused_reference(
+    reg: Reg, resp: ClientResponse, method: str, write_code: str
+) -> None:
+    """A reference that is neither a tag nor a digest: a manifest that cannot exist for GET
+    (404 MANIFEST_UNKNOWN, the only error the spec lists there), a bad request for PUT/DELETE."""
+    if method == "GET":
+        assert resp.status == 404, await resp.text()
+        assert error_codes(await resp.json()) == ["MANIFEST_UNKNOWN"]
+    else:
+        assert resp.status == 400, await resp.text()
+        assert error_codes(await resp.json()) == [write_code]
+
+
 @pytest.mark.parametrize("tag", ["-bad", ".bad", "a" * 129, "b@d", "tag+plus"])
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 async def test_invalid_tag(reg: Reg, tag: str, method: str) -> None:
@@ -621,10 +699,9 @@ async def test_invalid_tag(reg: Reg, tag: str, method: str) -> None:
         data=body if method == "PUT" else None,
         headers={"Content-Type": OCI_MANIFEST} if method == "PUT" else None,
     )
-    assert resp.status == 400
-    assert error_codes(await resp.json()) == ["TAG_INVALID"]
+    await assert_refused_reference(reg, resp, method, "TAG_INVALID")
     resp = await reg.client.head(f"/v2/r/manifests/{tag}")
-    assert resp.status == 400
+    assert resp.status == 404
     resp = await reg.client.get("/v2/r/tags/list")
     assert (await resp.json())["tags"] == ["ok"]
 
@@ -654,10 +731,13 @@ async def test_invalid_digest_reference(reg: Reg, reference: str, method: str) -
         data=body if method == "PUT" else None,
         headers={"Content-Type": OCI_MANIFEST} if method == "PUT" else None,
     )
-    assert resp.status == 400, await resp.text()
-    assert error_codes(await resp.json()) == ["DIGEST_INVALID"]
+    await assert_refused_reference(reg, resp, method, "DIGEST_INVALID")
     resp = await reg.client.head(f"/v2/r/manifests/{reference}")
-    assert resp.status == 400
+    assert resp.status == 404
+    # In a repository that does not exist the answer is the same as for a valid reference.
+    resp = await reg.client.get(f"/v2/nothere/manifests/{reference}")
+    assert resp.status == 404
+    assert error_codes(await resp.json()) == ["NAME_UNKNOWN"]
 
 
 # -- unknown things -------------------------------------------------------
@@ -784,3 +864,78 @@ async def test_descriptor_sizes_beyond_int64_are_refused(reg: Reg) -> None:
     resp = await put(reg, "app", "huge", encode(image), OCI_MANIFEST)
     assert resp.status == 400
     assert error_codes(await resp.json()) == ["MANIFEST_INVALID"]
+
+
+async def test_field_names_inside_maps_and_unknown_fields_are_still_accepted(reg: Reg) -> None:
+    """Case checks apply to the manifest's own fields, not to annotation keys or extensions."""
+    await reg.push_blob("r", EMPTY_JSON)
+    body = members(
+        SCHEMA_2,
+        OCI_TYPE,
+        EMPTY_CONFIG,
+        NO_LAYERS,
+        '"annotations": {"LAYERS": "x", "Size": "1", "layers": "y"}',
+        '"x-vendor": {"a": 1, "A": 2}',
+    )
+    await reg.push_manifest("r", "ok", body)
+    await assert_served(reg, "r", "ok", body, OCI_MANIFEST)
+
+
+@pytest.mark.parametrize("where", ["config", "layer"])
+@pytest.mark.parametrize("delta", [1, -1])
+async def test_descriptor_size_must_match_the_stored_blob(reg: Reg, where: str, delta: int) -> None:
+    image = json.loads(await oci_image(reg, "r"))
+    target = image["config"] if where == "config" else image["layers"][0]
+    target["size"] += delta
+    body = encode(image)
+    resp = await put(reg, "r", "wrong-size", body, OCI_MANIFEST)
+    assert resp.status == 400, await resp.text()
+    payload = await resp.json()
+    assert error_codes(payload) == ["MANIFEST_INVALID"]
+    assert target["digest"] in payload["errors"][0]["message"]
+    await assert_not_stored(reg, "r", "wrong-size", digest_of(body))
+
+
+async def test_index_child_size_must_match_the_stored_manifest(reg: Reg) -> None:
+    child = await oci_image(reg, "r")
+    await reg.push_manifest("r", digest_of(child), child)
+    entry = platform_entry(child, OCI_MANIFEST, "amd64")
+    entry["size"] = len(child) + 7
+    body = encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]})
+    resp = await put(reg, "r", "multi", body, OCI_INDEX)
+    assert resp.status == 400, await resp.text()
+    assert error_codes(await resp.json()) == ["MANIFEST_INVALID"]
+    await assert_not_stored(reg, "r", "multi", digest_of(body))
+
+
+async def test_one_digest_with_two_sizes_is_refused(reg: Reg) -> None:
+    image = json.loads(await oci_image(reg, "r"))
+    image["layers"].append({**image["layers"][0], "size": image["layers"][0]["size"] + 1})
+    resp = await put(reg, "r", "twice", encode(image), OCI_MANIFEST)
+    assert resp.status == 400
+    assert error_codes(await resp.json()) == ["MANIFEST_INVALID"]
+
+
+# -- blob deletion and the manifests that need the blob -------------------------
+
+
+async def test_deleting_a_blob_a_manifest_references_is_refused(reg: Reg) -> None:
+    digest, body = await reg.push_image("r", "v1")
+    image = json.loads(body)
+    await reg.push_blob("other", b"layer-x" * 100)  # the same bytes, linked elsewhere
+    for blob in (image["layers"][0]["digest"], image["config"]["digest"]):
+        resp = await reg.client.delete(f"/v2/r/blobs/{blob}")
+        assert resp.status == 405, await resp.text()
+        payload = await resp.json()
+        assert error_codes(payload) == ["UNSUPPORTED"]
+        assert digest in payload["errors"][0]["message"]
+        assert payload["errors"][0]["detail"]["manifests"] == [digest]
+        assert (await reg.client.get(f"/v2/r/blobs/{blob}")).status == 200
+    await assert_served(reg, "r", "v1", body, OCI_MANIFEST)
+    # A blob no manifest here references goes; once the manifest is gone, so may its blobs.
+    loose = await reg.push_blob("r", b"not in any manifest")
+    assert (await reg.client.delete(f"/v2/r/blobs/{loose}")).status == 202
+    assert (await reg.client.delete(f"/v2/r/manifests/{digest}")).status == 202
+    layer = image["layers"][0]["digest"]
+    assert (await reg.client.delete(f"/v2/r/blobs/{layer}")).status == 202
+    assert (await reg.client.get(f"/v2/other/blobs/{layer}")).status == 200

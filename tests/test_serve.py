@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
 from tests.process import Server, free_port, start
@@ -162,3 +165,114 @@ def test_open_registry_on_a_public_address_warns_loudly(
     assert server.stop() == 0
     server = start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")])
     assert "AUTHENTICATION IS OFF" not in server.output
+
+
+def serve_fails(args: list[str], env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run ``aioreg serve`` expecting it to give up: (exit status, stderr lines)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "aioreg", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, result.stderr.strip().splitlines()
+
+
+def test_taken_port_exits_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, lines = serve_fails(["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")])
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"aioreg: cannot listen on 127.0.0.1:{port}: ")
+    assert lines[0].endswith("address already in use")
+
+
+def test_unresolvable_host_exits_with_one_line(tmp_path: Path) -> None:
+    code, lines = serve_fails(["--listen", "no-such-host.invalid:0", "--data", str(tmp_path / "d")])
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith(
+        "aioreg: cannot listen on no-such-host.invalid:0: host name does not resolve"
+    ), lines
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:70000", "127.0.0.1:65536", "127.0.0.1:99999999"])
+def test_port_out_of_range_is_refused(tmp_path: Path, listen: str) -> None:
+    code, lines = serve_fails(["--listen", listen, "--data", str(tmp_path / "d")])
+    assert code == 2
+    assert lines == [f"aioreg: listen port must be 0-65535 (0: any free port), got {listen!r}"]
+
+
+async def test_port_zero_logs_the_port_actually_bound(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    server = start(servers, ["--listen", "127.0.0.1:0", "--data", str(tmp_path / "d")])
+    match = re.search(r"listening on http://127\.0\.0\.1:(\d+) ", server.output)
+    assert match is not None, server.output
+    port = int(match.group(1))
+    assert port != 0
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        assert (await http.get("/v2/")).status == 200
+
+
+def test_negative_size_in_the_environment_is_refused(tmp_path: Path) -> None:
+    code, lines = serve_fails(
+        ["--listen", "127.0.0.1:0", "--data", str(tmp_path / "d")],
+        {"AIOREG_LIMITS_MANIFEST_MAX_BYTES": "-1"},
+    )
+    assert code == 2
+    assert len(lines) == 1 and "limits.manifest_max_bytes" in lines[0], lines
+
+
+def test_unknown_aioreg_variable_is_warned_about(servers: list[Server], tmp_path: Path) -> None:
+    server = start(
+        servers,
+        ["--listen", "127.0.0.1:0", "--data", str(tmp_path / "d")],
+        {"AIOREG_STORAGE_DATADIR": "/elsewhere"},
+    )
+    assert (
+        "ignoring unknown environment variable AIOREG_STORAGE_DATADIR "
+        "(did you mean AIOREG_STORAGE_DATA_DIR" in server.output
+    )
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    for data in (tmp_path / "file", tmp_path / "file" / "below"):
+        code, lines = serve_fails(["--listen", "127.0.0.1:0", "--data", str(data)])
+        assert code == 2
+        assert len(lines) == 1 and lines[0].startswith("aioreg: ") and str(data) in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand a directory to another user")
+@pytest.mark.parametrize("entry", [".", "index.db", "blobs"])
+def test_data_dir_owned_by_another_user_is_refused(tmp_path: Path, entry: str) -> None:
+    """Root could write there, but what it creates would then be root's, not the owner's."""
+    data = tmp_path / "d"
+    server = Server(["--listen", "127.0.0.1:0", "--data", str(data)])
+    server.wait_ready()
+    assert server.stop() == 0
+    server.log_path.unlink()
+    os.chown(data / entry, 65534, 65534)
+    code, lines = serve_fails(["--listen", "127.0.0.1:0", "--data", str(data)])
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert str((data / entry).resolve()).rstrip("/.") in lines[0] and "uid 65534" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
+def test_unwritable_data_dir_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    data.chmod(0o500)
+    try:
+        code, lines = serve_fails(["--listen", "127.0.0.1:0", "--data", str(data)])
+    finally:
+        data.chmod(0o700)
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"aioreg: data directory entry {data} is not writable")

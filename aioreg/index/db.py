@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 
 import aiosqlite
@@ -349,8 +349,23 @@ class Index(AccountQueries, LifecycleQueries):
         )
         return 0 if row is None else int(row[0])
 
-    async def unlink_blob(self, name: str, digest: str) -> bool:
-        return await self._delete_in_repository("repository_blobs", "digest", name, digest)
+    async def unlink_blob(
+        self, name: str, digest: str, refuse: Callable[[list[str]], None] | None = None
+    ) -> bool:
+        """Unlink a blob from ``name``. ``refuse(manifests)`` may stop it, given the digests of
+        the repository's manifests that reference the blob, checked in the same transaction."""
+        async with self._transaction() as db:
+            if refuse is not None:
+                async with db.execute(
+                    "SELECT m.digest FROM manifest_blobs mb JOIN manifests m ON m.id = mb.manifest_id "
+                    "WHERE mb.digest = ? AND m.repository_id = "
+                    "(SELECT id FROM repositories WHERE name = ?) ORDER BY m.digest LIMIT 20",
+                    (digest, name),
+                ) as cursor:
+                    manifests = [r[0] for r in await cursor.fetchall()]
+                if manifests:
+                    refuse(manifests)
+            return await self._delete_in(db, "repository_blobs", "digest", name, digest)
 
     # -- upload sessions -------------------------------------------------
 
@@ -444,10 +459,17 @@ class Index(AccountQueries, LifecycleQueries):
                         {"tag": tag, "current": existing[0]},
                     )
             blobs = sorted({str(d) for d in manifest.blobs})
-            await self._require(db, SERVABLE_LINKED_BLOBS, repo_id, blobs, f"blob in {name}")
+            await self._require(
+                db, SERVABLE_LINKED_BLOBS, repo_id, blobs, f"blob in {name}", manifest.sizes
+            )
             children = sorted({str(d) for d in manifest.children})
             await self._require(
-                db, "manifests WHERE", repo_id, children, f"child manifest in {name}"
+                db,
+                "manifests WHERE",
+                repo_id,
+                children,
+                f"child manifest in {name}",
+                manifest.sizes,
             )
             cursor = await db.execute(
                 """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
@@ -492,20 +514,34 @@ class Index(AccountQueries, LifecycleQueries):
 
     @staticmethod
     async def _require(
-        db: aiosqlite.Connection, source: str, repo_id: int, digests: list[str], what: str
+        db: aiosqlite.Connection,
+        source: str,
+        repo_id: int,
+        digests: list[str],
+        what: str,
+        sizes: Mapping[str, int],
     ) -> None:
-        """Raise MANIFEST_BLOB_UNKNOWN unless every digest has a row in ``source`` for the repo.
+        """Raise MANIFEST_BLOB_UNKNOWN unless every digest has a row in ``source`` for the repo,
+        MANIFEST_INVALID when its stored size is not the one ``sizes`` declares.
 
         ``source`` is a FROM clause ending in WHERE or AND.
         """
-        found: set[str] = set()
+        found: dict[str, int] = {}
         # Stay under SQLite's bound-parameter limit for very wide manifests.
         for start in range(0, len(digests), 500):
             batch = digests[start : start + 500]
             marks = ",".join("?" * len(batch))
-            sql = f"SELECT digest FROM {source} repository_id = ? AND digest IN ({marks})"
+            sql = f"SELECT digest, size FROM {source} repository_id = ? AND digest IN ({marks})"
             async with db.execute(sql, (repo_id, *batch)) as cursor:
-                found.update(r[0] for r in await cursor.fetchall())
+                found.update((r[0], r[1]) for r in await cursor.fetchall())
+        for digest, size in found.items():
+            if digest in sizes and sizes[digest] != size:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_INVALID,
+                    f"the descriptor of {digest} says {sizes[digest]} bytes; the stored {what} "
+                    f"has {size}",
+                    {"digest": digest, "declared": sizes[digest], "stored": size},
+                )
         missing = [d for d in digests if d not in found]
         if missing:
             raise RegistryError(
@@ -560,12 +596,18 @@ class Index(AccountQueries, LifecycleQueries):
 
     async def _delete_in_repository(self, table: str, column: str, name: str, key: str) -> bool:
         async with self._transaction() as db:
-            cursor = await db.execute(
-                f"DELETE FROM {table} WHERE {column} = ? AND repository_id = "
-                "(SELECT id FROM repositories WHERE name = ?)",
-                (key, name),
-            )
-            return cursor.rowcount > 0
+            return await self._delete_in(db, table, column, name, key)
+
+    @staticmethod
+    async def _delete_in(
+        db: aiosqlite.Connection, table: str, column: str, name: str, key: str
+    ) -> bool:
+        cursor = await db.execute(
+            f"DELETE FROM {table} WHERE {column} = ? AND repository_id = "
+            "(SELECT id FROM repositories WHERE name = ?)",
+            (key, name),
+        )
+        return cursor.rowcount > 0
 
     async def tags(self, repo_id: int, last: str | None, limit: int) -> tuple[list[str], bool]:
         return await self._page(
