@@ -76,6 +76,9 @@ def numeric_options() -> list[tuple[str, str]]:
 ZERO_MAKES_NO_SENSE = {
     ("server", "client_max_header_bytes"),
     ("server", "body_read_timeout"),
+    ("server", "header_read_timeout"),
+    ("server", "idle_timeout"),
+    ("server", "send_timeout"),
     ("storage", "write_buffer_bytes"),
     ("storage", "upload_session_ttl"),
     ("limits", "manifest_max_bytes"),
@@ -84,6 +87,9 @@ ZERO_MAKES_NO_SENSE = {
     ("auth", "token_ttl"),
     ("auth", "refresh_token_ttl"),
     ("auth", "failed_login_limit"),
+    ("auth", "failed_login_user_limit"),
+    ("auth", "failed_login_address_limit"),
+    ("auth", "failed_login_tracked_max"),
     ("auth", "failed_login_window"),
 }
 
