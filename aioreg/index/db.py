@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -27,7 +29,9 @@ from aioreg.rules import namespace_of
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
+    # FULL: the commit that acknowledges a push is on disk (WAL fsynced) when
+    # COMMIT returns, so a 201 survives power loss, not only a killed process.
+    "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
 )
 PULL_FLUSH_SECONDS = 1.0
@@ -53,7 +57,8 @@ class Index(AccountQueries, LifecycleQueries):
     # -- lifecycle -------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(self.path)
         self._writer = await self._connect()
         await self._migrate()
         self._reader = await self._connect()
@@ -106,13 +111,18 @@ class Index(AccountQueries, LifecycleQueries):
             await db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            else:
                 await db.execute("COMMIT")
-                if invalidates:
-                    self.cache.invalidate()
+            except BaseException:
+                # Whatever failed, COMMIT included (a deferred constraint, a full
+                # disk), nothing of it stays pending on the connection: the next
+                # transaction starts clean and never commits this one's leftovers.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the original error matters
+                        await db.execute("ROLLBACK")
+                self.cache.invalidate()
+                raise
+            if invalidates:
+                self.cache.invalidate()
 
     @property
     def _read(self) -> aiosqlite.Connection:
@@ -135,10 +145,13 @@ class Index(AccountQueries, LifecycleQueries):
     # -- repositories ----------------------------------------------------
 
     async def _data_version(self) -> int:
-        """Changes when another process commits (asked on the writer, which sees all but itself)."""
-        assert self._writer is not None, "index is not open"
-        async with self._writer.execute("PRAGMA data_version") as cursor:
-            row = await cursor.fetchone()
+        """Changes whenever anyone else commits: other processes, and this one's writer.
+
+        Asked on the reader, never the writer: the writer's thread may be waiting
+        for another process's write lock (``aioreg gc``), and a read must never
+        queue behind that.
+        """
+        row = await self._one("PRAGMA data_version")
         return int(row[0]) if row else 0
 
     async def repository_id(self, name: str) -> int | None:
@@ -567,3 +580,15 @@ class Index(AccountQueries, LifecycleQueries):
             "SELECT last_push_at, last_pull_at FROM repositories WHERE name = ?", (name,)
         )
         return (None, None) if row is None else (row[0], row[1])
+
+
+def _make_private(path: Path) -> None:
+    """The index holds password hashes: it and its -wal/-shm are for this user alone.
+
+    Created 0600 before SQLite opens it, SQLite gives the -wal and -shm files it
+    creates the same mode; files left by an older version are tightened.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
