@@ -50,6 +50,8 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     requests_per_second: float = 0.0
     request_burst: int = 100
     max_concurrent_uploads: int = 256
+    read_cache_bytes: int = 67108864
+    manifest_memory_bytes: int = 67108864
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -76,6 +78,13 @@ class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     interval: float = 0.0
 
 
+class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How much history the activity log and the audit log keep (each; 0: no limit)."""
+
+    max_age_days: float = 90.0
+    max_rows: int = 1000000
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -83,6 +92,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     gc: GcConfig = msgspec.field(default_factory=GcConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -115,6 +125,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
             ("auth", AuthConfig),
             ("gc", GcConfig),
             ("retention", RetentionConfig),
+            ("events", EventsConfig),
         )
     }
     found: dict[str, dict[str, str]] = {}
@@ -164,4 +175,19 @@ def load_config(
     split_listen(config.server.listen)
     if config.auth.default_visibility not in ("public", "private"):
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
+    _validate_memory(config)
     return config
+
+
+def _validate_memory(config: Config) -> None:
+    """Byte budgets and history limits must be usable as given."""
+    limits, events = config.limits, config.events
+    if limits.read_cache_bytes < 0:
+        raise ConfigError("limits.read_cache_bytes must be >= 0 (0 turns the cache off)")
+    if limits.manifest_memory_bytes < limits.manifest_max_bytes:
+        raise ConfigError(
+            "limits.manifest_memory_bytes must be at least limits.manifest_max_bytes, "
+            "or the largest manifest could never be accepted"
+        )
+    if events.max_age_days < 0 or events.max_rows < 0:
+        raise ConfigError("events.max_age_days and events.max_rows must be >= 0 (0: no limit)")

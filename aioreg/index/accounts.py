@@ -285,6 +285,7 @@ class AccountQueries:
                     for e in entries
                 ],
             )
+            await self._prune_history(db, "audit")
 
     async def audit_log(self, limit: int = 100) -> list[AuditRow]:
         rows = await self._all(

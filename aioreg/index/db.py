@@ -18,6 +18,7 @@ from pathlib import Path
 import aiosqlite
 import msgspec
 
+from aioreg.config import EventsConfig, LimitsConfig
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.cache import ReadCache
@@ -35,15 +36,25 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
 )
 PULL_FLUSH_SECONDS = 1.0
+PRUNE_BATCH = 10000
+DAY = 86400.0
 SERVABLE_LINKED_BLOBS = (
     "repository_blobs JOIN blobs USING (digest) WHERE blobs.quarantined_at IS NULL AND"
 )
 
 
 class Index(AccountQueries, LifecycleQueries):
-    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        busy_timeout: float = 10.0,
+        *,
+        read_cache_bytes: int | None = None,
+        history: EventsConfig | None = None,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.history = history or EventsConfig()
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -51,7 +62,10 @@ class Index(AccountQueries, LifecycleQueries):
         self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
         self._pending_events: list[Event] = []
         self._pending_pull_events: set[tuple[str, str | None, str | None, str | None]] = set()
-        self.cache = ReadCache(self._data_version)
+        self.cache = ReadCache(
+            self._data_version,
+            LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
+        )
         self._flusher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -123,6 +137,27 @@ class Index(AccountQueries, LifecycleQueries):
                 raise
             if invalidates:
                 self.cache.invalidate()
+
+    async def _prune_history(self, db: aiosqlite.Connection, table: str) -> None:
+        """Keep an append-only log (events, audit) within its age and row limits.
+
+        Runs inside the transaction that appends to it, removing at most
+        ``PRUNE_BATCH`` of the oldest rows a time, so a large backlog (after an
+        upgrade, or a lowered limit) drains over a few flushes, never in one
+        long transaction. Both deletes walk an index from the oldest end.
+        """
+        if self.history.max_age_days > 0:
+            await db.execute(
+                f"DELETE FROM {table} WHERE id IN "
+                f"(SELECT id FROM {table} WHERE at < ? ORDER BY at LIMIT ?)",
+                (time.time() - self.history.max_age_days * DAY, PRUNE_BATCH),
+            )
+        if self.history.max_rows > 0:
+            await db.execute(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+                f"WHERE id <= (SELECT max(id) FROM {table}) - ? ORDER BY id LIMIT ?)",
+                (self.history.max_rows, PRUNE_BATCH),
+            )
 
     @property
     def _read(self) -> aiosqlite.Connection:
@@ -471,8 +506,19 @@ class Index(AccountQueries, LifecycleQueries):
         """Remove a manifest and every tag pointing at it."""
         return await self._delete_in_repository("manifests", "digest", name, digest)
 
-    async def delete_tag(self, name: str, tag: str) -> bool:
-        return await self._delete_in_repository("tags", "name", name, tag)
+    async def delete_tag(self, name: str, tag: str, digest: str | None = None) -> bool:
+        """Remove a tag; with ``digest``, only while it still points at that manifest."""
+        if digest is None:
+            return await self._delete_in_repository("tags", "name", name, tag)
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM tags WHERE name = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?) AND manifest_id = "
+                "(SELECT id FROM manifests m WHERE m.repository_id = tags.repository_id "
+                "AND m.digest = ?)",
+                (tag, name, digest),
+            )
+            return cursor.rowcount > 0
 
     async def _delete_in_repository(self, table: str, column: str, name: str, key: str) -> bool:
         async with self._transaction() as db:
