@@ -3,6 +3,7 @@ activity and audit logs keep a bounded history."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import sqlite3
@@ -10,8 +11,6 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
-
-import aiohttp
 
 from aioreg.api.auth import AUTH_KEY
 from aioreg.api.management import MANAGEMENT_KEY
@@ -119,7 +118,7 @@ async def test_events_and_audit_keep_a_bounded_history(tmp_path: Path) -> None:
         index = reg.registry.index
         auth = reg.app[AUTH_KEY]
         db = data / "index.db"
-        admin = aiohttp.BasicAuth("admin", password).encode()
+        admin = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
         # Two entries in each log from long ago, written by another process.
         old = time.time() - 40 * 86400
         with sqlite3.connect(db) as conn:
