@@ -14,6 +14,7 @@ from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
 from aioreg.api.management import MANAGEMENT_KEY
 from aioreg.api.management import add_routes as add_management_routes
+from aioreg.api.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
@@ -87,6 +88,7 @@ def create_app(config: Config) -> web.Application:
     app[AUTH_KEY] = auth
     app[MANAGEMENT_KEY] = management
     app[IN_FLIGHT_KEY] = in_flight
+    app[MANIFEST_BUDGET_KEY] = ManifestBudget(config.limits.manifest_memory_bytes)
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         await registry.open()
