@@ -4,6 +4,7 @@ and the modes of the files that hold password hashes and keys."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sqlite3
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from aioreg.auth.accounts import Accounts, TokenScope
 from aioreg.index.cache import CHECK_INTERVAL
 from tests.conftest import AppFactory, Reg, digest_of
 from tests.process import Server, free_port, start
@@ -59,17 +61,33 @@ async def _poll(check: object, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.parametrize("auth", [False, True], ids=["anonymous", "access-token"])
 async def test_reads_answer_while_another_process_holds_the_write_lock(
-    make_registry: AppFactory,
+    make_registry: AppFactory, tmp_path: Path, auth: bool
 ) -> None:
     # A long busy timeout: a read queued behind the blocked writer would wait for all of it.
-    reg = await make_registry(storage={"index_busy_timeout": 60.0})
+    storage = {"index_busy_timeout": 60.0}
+    reg = await make_registry(tmp_path / "data", storage=storage)
     digest, _ = await reg.push_image("app", "v1")
     layer = digest_of(b"layer-x" * 100)
+    headers: dict[str, str] = {}
+    if auth:
+        # Pulls with a personal access token, which records when it was last used.
+        reg = await make_registry(
+            tmp_path / "data", storage=storage, auth={"enabled": True, "admin_password": "pw"}
+        )
+        accounts = Accounts(reg.registry.index)
+        await accounts.add_user("alice", "alice-pw")
+        await accounts.create_namespace("app", "alice")
+        pat = await accounts.create_token(
+            "alice", "ci", [TokenScope("app", ["pull", "push"])], None
+        )
+        secret = base64.b64encode(f"ci:{pat.value}".encode()).decode()
+        headers = {"Authorization": f"Basic {secret}"}
     holder = WriteLockHolder(reg.data_dir / "index.db")
     try:
         # A write (a new upload session) now waits for the lock inside the server.
-        upload = asyncio.ensure_future(reg.client.post("/v2/app/blobs/uploads/"))
+        upload = asyncio.ensure_future(reg.client.post("/v2/app/blobs/uploads/", headers=headers))
         index = reg.registry.index
         await _poll(lambda: index._write_lock.locked(), "the server's writer to queue")
         # Reads across several cache checks, pulls included (which queue pull bookkeeping).
@@ -83,7 +101,7 @@ async def test_reads_answer_while_another_process_holds_the_write_lock(
                 ("GET", f"/v2/app/manifests/{digest}"),
                 ("HEAD", f"/v2/app/blobs/{layer}"),
             ):
-                resp = await asyncio.wait_for(reg.client.request(method, path), 30)
+                resp = await asyncio.wait_for(reg.client.request(method, path, headers=headers), 30)
                 assert resp.status == 200, (method, path, resp.status)
                 await resp.read()
             # Every read completed while the other process still held the lock.
@@ -92,6 +110,34 @@ async def test_reads_answer_while_another_process_holds_the_write_lock(
         holder.release()
     resp = await asyncio.wait_for(upload, 60)
     assert resp.status == 202
+
+
+async def test_shutdown_while_another_process_holds_the_lock_keeps_pull_records(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    """SIGTERM while ``aioreg gc`` holds the lock: the batched pull bookkeeping, cancelled
+    mid-BEGIN, neither leaves a transaction open nor loses what it was writing."""
+    reg = await make_registry(tmp_path / "data", storage={"index_busy_timeout": 60.0})
+    await reg.push_image("app", "v1")
+    holder = WriteLockHolder(reg.data_dir / "index.db")
+    try:
+        resp = await reg.client.get("/v2/app/manifests/v1")
+        assert resp.status == 200
+        index = reg.registry.index
+        await _poll(lambda: index._write_lock.locked(), "pull bookkeeping to wait for the lock")
+        flusher = index._flusher
+        assert flusher is not None
+        stopping = asyncio.ensure_future(reg.server.stop())
+        await _poll(lambda: flusher.cancelling() or flusher.done(), "shutdown to cancel it")
+    finally:
+        holder.release()
+    await asyncio.wait_for(stopping, 60)
+    with sqlite3.connect(reg.data_dir / "index.db") as conn:
+        (pulled_at,) = conn.execute(
+            "SELECT last_pull_at FROM repositories WHERE name = 'app'"
+        ).fetchone()
+        (pulls,) = conn.execute("SELECT count(*) FROM events WHERE kind = 'pull'").fetchone()
+    assert pulled_at is not None and pulls == 1
 
 
 async def test_index_commits_with_synchronous_full(reg: Reg) -> None:

@@ -37,6 +37,7 @@ PRAGMAS = (
 )
 PULL_FLUSH_SECONDS = 1.0
 PRUNE_BATCH = 10000
+MAX_PENDING_EVENTS = 100000  # kept across failed flushes; the oldest go beyond it
 DAY = 86400.0
 SERVABLE_LINKED_BLOBS = (
     "repository_blobs JOIN blobs USING (digest) WHERE blobs.quarantined_at IS NULL AND"
@@ -62,6 +63,7 @@ class Index(AccountQueries, LifecycleQueries):
         self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
         self._pending_events: list[Event] = []
         self._pending_pull_events: set[tuple[str, str | None, str | None, str | None]] = set()
+        self._token_uses: dict[str, float] = {}  # token id -> last used, see touch_token
         self.cache = ReadCache(
             self._data_version,
             LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
@@ -122,17 +124,20 @@ class Index(AccountQueries, LifecycleQueries):
         assert self._writer is not None, "index is not open"
         async with self._write_lock:
             db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
                 await db.execute("COMMIT")
             except BaseException:
-                # Whatever failed, COMMIT included (a deferred constraint, a full
-                # disk), nothing of it stays pending on the connection: the next
-                # transaction starts clean and never commits this one's leftovers.
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):  # the original error matters
-                        await db.execute("ROLLBACK")
+                # Whatever failed, nothing of it stays pending on the connection,
+                # so the next transaction starts clean and never commits this
+                # one's leftovers: a COMMIT refused (a deferred constraint, a full
+                # disk), or a BEGIN or COMMIT whose caller was cancelled while the
+                # statement still ran. The ROLLBACK queues behind such a statement
+                # on the connection's thread; with no transaction open it fails,
+                # harmlessly.
+                with contextlib.suppress(sqlite3.Error):  # the original error matters
+                    await db.execute("ROLLBACK")
                 self.cache.invalidate()
                 raise
             if invalidates:
@@ -587,14 +592,39 @@ class Index(AccountQueries, LifecycleQueries):
         self._pending_events.append(event)
 
     async def flush_pulls(self) -> None:
+        """Write the batched bookkeeping. What a failed or cancelled flush (a shutdown while
+        another process holds the lock) was writing stays pending for the next one."""
         if self._pending_events:
             events, self._pending_events = self._pending_events, []
             self._pending_pull_events = set()
-            await self.add_events(events)
-        if not self._pending_pulls:
+            try:
+                await self.add_events(events)
+            except BaseException:
+                self._pending_events = (events + self._pending_events)[-MAX_PENDING_EVENTS:]
+                raise
+        if not self._pending_pulls and not self._token_uses:
             return
         pending, self._pending_pulls = self._pending_pulls, {}
+        token_uses, self._token_uses = self._token_uses, {}
+        try:
+            await self._write_pulls(pending, token_uses)
+        except BaseException:
+            for key, when in pending.items():
+                self._pending_pulls[key] = max(when, self._pending_pulls.get(key, when))
+            for token_id, when in token_uses.items():
+                self._token_uses[token_id] = max(when, self._token_uses.get(token_id, when))
+            raise
+
+    async def _write_pulls(
+        self,
+        pending: dict[tuple[int, int, str | None], float],
+        token_uses: dict[str, float],
+    ) -> None:
         async with self._transaction(invalidates=False) as db:
+            await db.executemany(
+                "UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                [(when, token_id) for token_id, when in token_uses.items()],
+            )
             for (repo_id, manifest_id, tag), when in pending.items():
                 await db.execute(
                     "UPDATE repositories SET last_pull_at = max(coalesce(last_pull_at, 0), ?) "
