@@ -144,3 +144,21 @@ async def test_manifest_puts_share_a_memory_budget(make_registry: AppFactory) ->
         assert resp.status == 200
         assert await resp.read() == body
     assert budget.used == 0
+
+
+async def test_pull_bookkeeping_does_not_empty_the_cache(reg: Reg) -> None:
+    """This process's own batched writes (pull times, events) change nothing a cached read
+    shows: the cache keeps its entries when it next checks the index's version."""
+    await reg.push_image("app", "v1")
+    assert (await reg.client.get("/v2/app/manifests/v1")).status == 200
+    index = reg.registry.index
+    cache = index.cache
+    cached = cache._entries[("tag", "app", "v1")]
+    await index.flush_pulls()  # commits the pull's time and event
+    flushed = time.monotonic()
+    deadline = flushed + 10
+    while cache._checked_at <= flushed:  # until a read has checked the index's version
+        assert time.monotonic() < deadline
+        assert (await reg.client.get("/v2/app/manifests/v1")).status == 200
+        await asyncio.sleep(0.02)
+    assert cache._entries.get(("tag", "app", "v1")) is cached

@@ -42,6 +42,13 @@ class ReadCache:
         self._bodies.clear()
         self.bytes = 0
 
+    def seen(self, version: int, *, invalidate: bool) -> None:
+        """The index is at ``version``; ``invalidate`` unless every change up to it is known
+        to leave cached reads as they are."""
+        if invalidate:
+            self.invalidate()
+        self._seen_version = version
+
     async def _notice_other_writers(self) -> None:
         now = time.monotonic()
         if now - self._checked_at < CHECK_INTERVAL:

@@ -64,6 +64,7 @@ class Index(AccountQueries, LifecycleQueries):
         self._pending_events: list[Event] = []
         self._pending_pull_events: set[tuple[str, str | None, str | None, str | None]] = set()
         self._token_uses: dict[str, float] = {}  # token id -> last used, see touch_token
+        self._writer_version: int | None = None  # see _note_bookkeeping_commit
         self.cache = ReadCache(
             self._data_version,
             LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
@@ -78,6 +79,7 @@ class Index(AccountQueries, LifecycleQueries):
         self._writer = await self._connect()
         await self._migrate()
         self._reader = await self._connect()
+        self._writer_version = await self._others_version(self._writer)
         self._flusher = asyncio.create_task(self._flush_pulls_forever())
 
     async def close(self) -> None:
@@ -142,6 +144,23 @@ class Index(AccountQueries, LifecycleQueries):
                 raise
             if invalidates:
                 self.cache.invalidate()
+            else:
+                await self._note_bookkeeping_commit(db)
+
+    async def _note_bookkeeping_commit(self, db: aiosqlite.Connection) -> None:
+        """Keep the cache across this process's own bookkeeping commits (pull times, events).
+
+        The reader's ``data_version`` changes with them like with anyone's. Read it
+        first, then the writer's, which only other processes' commits change: if
+        that one has not moved since it was last read (at the previous such
+        commit), every change the reader sees is this process's and nothing cached
+        went stale. Otherwise the cache is emptied now, after those commits.
+        """
+        reader_version = await self._data_version()
+        writer_version = await self._others_version(db)
+        others = writer_version != self._writer_version
+        self._writer_version = writer_version
+        self.cache.seen(reader_version, invalidate=others)
 
     async def _prune_history(self, db: aiosqlite.Connection, table: str) -> None:
         """Keep an append-only log (events, audit) within its age and row limits.
@@ -184,6 +203,12 @@ class Index(AccountQueries, LifecycleQueries):
 
     # -- repositories ----------------------------------------------------
 
+    @staticmethod
+    async def _others_version(conn: aiosqlite.Connection) -> int:
+        """``data_version`` as ``conn`` sees it: changed by every commit but its own."""
+        rows = list(await conn.execute_fetchall("PRAGMA data_version"))  # one call, see _one
+        return int(rows[0][0]) if rows else 0
+
     async def _data_version(self) -> int:
         """Changes whenever anyone else commits: other processes, and this one's writer.
 
@@ -191,8 +216,7 @@ class Index(AccountQueries, LifecycleQueries):
         for another process's write lock (``aioreg gc``), and a read must never
         queue behind that.
         """
-        row = await self._one("PRAGMA data_version")
-        return int(row[0]) if row else 0
+        return await self._others_version(self._read)
 
     async def repository_id(self, name: str) -> int | None:
         return await self.cache.get(("repo", name), lambda: self._repository_id(name))
