@@ -156,8 +156,12 @@ class Index(AccountQueries, LifecycleQueries):
         commit), every change the reader sees is this process's and nothing cached
         went stale. Otherwise the cache is emptied now, after those commits.
         """
-        reader_version = await self._data_version()
-        writer_version = await self._others_version(db)
+        try:
+            reader_version = await self._data_version()
+            writer_version = await self._others_version(db)
+        except sqlite3.Error:
+            self.cache.invalidate()  # the commit stands; the cache just starts over
+            return
         others = writer_version != self._writer_version
         self._writer_version = writer_version
         self.cache.seen(reader_version, invalidate=others)
