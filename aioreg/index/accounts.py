@@ -163,7 +163,7 @@ class AccountQueries:
     async def touch_token(self, token_id: str, now: float) -> None:
         """Batched with pull times (``Index.flush_pulls``): a pull with a token must not
         wait for the write lock."""
-        self._token_uses[token_id] = now  # type: ignore[attr-defined]
+        self._token_uses[token_id] = now
 
     # -- namespaces ------------------------------------------------------
 
