@@ -15,6 +15,7 @@ from aioreg.api.limits import Limiter
 from aioreg.api.management import MANAGEMENT_KEY
 from aioreg.api.management import add_routes as add_management_routes
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
+from aioreg.api.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
@@ -89,6 +90,7 @@ def create_app(config: Config) -> web.Application:
     app[AUTH_KEY] = auth
     app[MANAGEMENT_KEY] = management
     app[IN_FLIGHT_KEY] = in_flight
+    app[MANIFEST_BUDGET_KEY] = ManifestBudget(config.limits.manifest_memory_bytes)
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         await registry.open()

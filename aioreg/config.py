@@ -67,6 +67,8 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrent_uploads: NonNegativeInt = 256
     max_upload_sessions: NonNegativeInt = 5000
     max_upload_sessions_per_client: NonNegativeInt = 500
+    read_cache_bytes: NonNegativeInt = 67108864
+    manifest_memory_bytes: PositiveInt = 67108864
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -96,6 +98,13 @@ class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     interval: NonNegativeFloat = 0.0
 
 
+class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How much history the activity log and the audit log keep (each; 0: no limit)."""
+
+    max_age_days: NonNegativeFloat = 90.0
+    max_rows: NonNegativeInt = 1000000
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -103,6 +112,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     gc: GcConfig = msgspec.field(default_factory=GcConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -199,6 +209,7 @@ def load_config(
     _refuse_infinite(config)
     if config.auth.default_visibility not in ("public", "private"):
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
+    _validate_memory(config)
     return config
 
 
@@ -247,3 +258,13 @@ def _user(uid: int) -> str:
         return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+def _validate_memory(config: Config) -> None:
+    """Byte budgets must be usable as given."""
+    limits = config.limits
+    if limits.manifest_memory_bytes < limits.manifest_max_bytes:
+        raise ConfigError(
+            "limits.manifest_memory_bytes must be at least limits.manifest_max_bytes, "
+            "or the largest manifest could never be accepted"
+        )

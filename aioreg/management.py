@@ -398,12 +398,21 @@ class Management:
         actor: str = "retention",
         on_removal: Callable[[Removal], None] | None = None,
     ) -> list[Removal]:
-        removals = await self.retention_preview(now)
-        for removal in removals:
+        """Remove what the preview selects; returns what was removed.
+
+        A tag is removed only while it still points at the digest the preview
+        chose: one pushed again since is newer than the policy looked at.
+        """
+        removed: list[Removal] = []
+        for removal in await self.retention_preview(now):
             if on_removal is not None:
                 on_removal(removal)
-            with contextlib.suppress(RegistryError):  # removed meanwhile by someone else
-                await self.registry.delete_manifest(removal.repository, removal.tag, actor)
+            # RegistryError: removed or pushed again meanwhile, or made immutable.
+            with contextlib.suppress(RegistryError):
+                await self.registry.delete_manifest(
+                    removal.repository, removal.tag, actor, digest=removal.digest
+                )
+                removed.append(removal)
                 self.index.note_event(
                     Event(
                         time.time(),
@@ -416,7 +425,7 @@ class Management:
                     )
                 )
         await self.index.flush_pulls()
-        return removals
+        return removed
 
     async def set_quota(self, namespace: str, quota_bytes: int | None) -> None:
         if quota_bytes is not None and quota_bytes < 0:

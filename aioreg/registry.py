@@ -58,7 +58,12 @@ class Registry:
     def __init__(self, config: Config) -> None:
         self.config = config
         root = config.data_path
-        self.index = Index(root / "index.db", config.storage.index_busy_timeout)
+        self.index = Index(
+            root / "index.db",
+            config.storage.index_busy_timeout,
+            read_cache_bytes=config.limits.read_cache_bytes,
+            history=config.events,
+        )
         self.store = BlobStore(root)
         self._writers: dict[str, BlobWriter] = {}
         self._upload_locks: dict[str, asyncio.Lock] = {}
@@ -443,7 +448,10 @@ class Registry:
             self.index.note_event(Event(time.time(), "pull", name, tag, row.digest, actor))
         return row
 
-    async def delete_manifest(self, name: str, reference: str, actor: str | None = None) -> None:
+    async def delete_manifest(
+        self, name: str, reference: str, actor: str | None = None, *, digest: str | None = None
+    ) -> None:
+        """Delete by digest, or untag; a tag with ``digest`` only while it points at it."""
         validate_name(name)
         ref = parse_reference(reference)
         rules = await self.rules(name)
@@ -454,7 +462,7 @@ class Registry:
             deleted = await self.index.delete_manifest(name, str(ref))
         else:
             self._refuse_immutable(rules, name, ref)
-            deleted = await self.index.delete_tag(name, ref)
+            deleted = await self.index.delete_tag(name, ref, digest)
         if not deleted:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"

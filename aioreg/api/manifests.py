@@ -2,10 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from aioreg.api.auth import actor
 from aioreg.api.http import read_limited, registry
+from aioreg.errors import TooManyRequestsError
+
+BUDGET_WAIT_SECONDS = 1.0  # how long a PUT waits for room before 429
+
+
+class ManifestBudget:
+    """Bytes of manifest bodies that the PUTs in progress may hold at once.
+
+    Each PUT reserves its Content-Length (or the largest manifest, without
+    one) before reading its body and keeps it until it is answered; a PUT
+    that finds no room waits briefly for others to finish, then gets 429.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        async with self._freed:
+            try:
+                await asyncio.wait_for(
+                    self._freed.wait_for(lambda: self.used + size <= self.total),
+                    BUDGET_WAIT_SECONDS,
+                )
+            except TimeoutError:
+                raise TooManyRequestsError(
+                    f"manifest uploads in progress hold {self.used} of the "
+                    f"{self.total} bytes they may use at once",
+                    BUDGET_WAIT_SECONDS,
+                ) from None
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._freed:
+                self.used -= size
+                self._freed.notify_all()
+
+
+MANIFEST_BUDGET_KEY = web.AppKey("manifest_budget", ManifestBudget)
 
 
 async def get_manifest(request: web.Request) -> web.StreamResponse:
@@ -31,14 +77,18 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
 async def put_manifest(request: web.Request) -> web.StreamResponse:
     reg = registry(request)
     name = request.match_info["name"]
-    body = await read_limited(request, reg.config.limits.manifest_max_bytes)
-    manifest = await reg.put_manifest(
-        name,
-        request.match_info["reference"],
-        body,
-        request.headers.get("Content-Type"),
-        actor(request),
-    )
+    limit = reg.config.limits.manifest_max_bytes
+    # A body over the limit is refused by read_limited; it only ever holds up to the limit.
+    size = min(limit, request.content_length if request.content_length is not None else limit)
+    async with request.app[MANIFEST_BUDGET_KEY].reserve(size):
+        body = await read_limited(request, limit)
+        manifest = await reg.put_manifest(
+            name,
+            request.match_info["reference"],
+            body,
+            request.headers.get("Content-Type"),
+            actor(request),
+        )
     digest = str(manifest.digest)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
     if manifest.subject is not None:

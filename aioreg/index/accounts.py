@@ -175,8 +175,9 @@ class AccountQueries:
             return cursor.rowcount > 0
 
     async def touch_token(self, token_id: str, now: float) -> None:
-        async with self._transaction(invalidates=False) as db:
-            await db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
+        """Batched with pull times (``Index.flush_pulls``): a pull with a token must not
+        wait for the write lock."""
+        self._token_uses[token_id] = now
 
     # -- namespaces ------------------------------------------------------
 
@@ -299,6 +300,7 @@ class AccountQueries:
                     for e in entries
                 ],
             )
+            await self._prune_history(db, "audit")
 
     async def audit_log(self, limit: int = 100) -> list[AuditRow]:
         rows = await self._all(

@@ -1,24 +1,37 @@
-"""Hot index lookups (manifests by tag, blob links, namespace settings) served from memory.
+"""Hot index lookups (manifests by tag and digest, blob links, namespace settings) served
+from memory, within a byte budget.
 
 Entries are dropped whenever the index changes: this process's own commits
 invalidate at once, and commits by other processes (the CLI) are noticed
 through SQLite's ``data_version``, checked at most every ``CHECK_INTERVAL``.
+
+The budget counts manifest bodies, which dominate, plus a flat estimate per
+entry; the least recently used entries go first. A body is held once however
+many entries (tags, the digest itself, other repositories) lead to it: bodies
+are content-addressed, so equal digests are equal bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+from aioreg.index.rows import ManifestRow
+
 CHECK_INTERVAL = 0.25
-MAX_ENTRIES = 8192
+ENTRY_BYTES = 512  # key, record and bookkeeping of one entry, besides a manifest body
 
 
 class ReadCache:
-    def __init__(self, data_version: Callable[[], Awaitable[int]]) -> None:
+    def __init__(self, data_version: Callable[[], Awaitable[int]], max_bytes: int) -> None:
         self._data_version = data_version
-        self._entries: dict[Hashable, tuple[int, Any]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the entries and shared bodies are accounted at
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()  # least recently used first
+        self._bodies: dict[str, tuple[bytes, int]] = {}  # digest -> (body, entries using it)
         self._generation = 0
         self._seen_version: int | None = None
         self._checked_at = 0.0
@@ -26,6 +39,15 @@ class ReadCache:
     def invalidate(self) -> None:
         self._generation += 1
         self._entries.clear()
+        self._bodies.clear()
+        self.bytes = 0
+
+    def seen(self, version: int, *, invalidate: bool) -> None:
+        """The index is at ``version``; ``invalidate`` unless every change up to it is known
+        to leave cached reads as they are."""
+        if invalidate:
+            self.invalidate()
+        self._seen_version = version
 
     async def _notice_other_writers(self) -> None:
         now = time.monotonic()
@@ -39,12 +61,41 @@ class ReadCache:
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
         await self._notice_other_writers()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] == self._generation:
-            return entry[1]
-        generation = self._generation  # a write during the load makes this entry stale
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        generation = self._generation
         value = await load()
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[key] = (generation, value)
+        # A write during the load may have changed what it read: serve it, keep nothing.
+        if generation == self._generation and key not in self._entries:
+            value = self._store(key, value)
         return value
+
+    def _store(self, key: Hashable, value: Any) -> Any:
+        body = value.body if isinstance(value, ManifestRow) else None
+        shared = None if body is None else self._bodies.get(value.digest)
+        adding = ENTRY_BYTES + (len(body) if body is not None and shared is None else 0)
+        if adding > self.max_bytes:
+            return value  # larger than the whole budget (or the cache is off)
+        if shared is not None:
+            value = dataclasses.replace(value, body=shared[0])
+            self._bodies[value.digest] = (shared[0], shared[1] + 1)
+        elif body is not None:
+            self._bodies[value.digest] = (body, 1)
+            self.bytes += len(body)
+        self._entries[key] = value
+        self.bytes += ENTRY_BYTES
+        while self.bytes > self.max_bytes:
+            self._evict()
+        return value
+
+    def _evict(self) -> None:
+        _, value = self._entries.popitem(last=False)
+        self.bytes -= ENTRY_BYTES
+        if isinstance(value, ManifestRow):
+            body, users = self._bodies[value.digest]
+            if users > 1:
+                self._bodies[value.digest] = (body, users - 1)
+            else:
+                del self._bodies[value.digest]
+                self.bytes -= len(body)

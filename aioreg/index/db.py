@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import aiosqlite
 import msgspec
 
+from aioreg.config import EventsConfig, LimitsConfig
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.cache import ReadCache
@@ -27,22 +30,35 @@ from aioreg.rules import namespace_of
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
+    # FULL: the commit that acknowledges a push is on disk (WAL fsynced) when
+    # COMMIT returns, so a 201 survives power loss, not only a killed process.
+    "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
 )
 PULL_FLUSH_SECONDS = 1.0
 # ``quota(used, added)``: the namespace's usage before a change and the bytes it adds; raises
 # to refuse the change.
 QuotaCheck = Callable[[int, int], None]
+PRUNE_BATCH = 10000
+MAX_PENDING_EVENTS = 100000  # kept across failed flushes; the oldest go beyond it
+DAY = 86400.0
 SERVABLE_LINKED_BLOBS = (
     "repository_blobs JOIN blobs USING (digest) WHERE blobs.quarantined_at IS NULL AND"
 )
 
 
 class Index(AccountQueries, LifecycleQueries):
-    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        busy_timeout: float = 10.0,
+        *,
+        read_cache_bytes: int | None = None,
+        history: EventsConfig | None = None,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.history = history or EventsConfig()
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -50,16 +66,23 @@ class Index(AccountQueries, LifecycleQueries):
         self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
         self._pending_events: list[Event] = []
         self._pending_pull_events: set[tuple[str, str | None, str | None, str | None]] = set()
-        self.cache = ReadCache(self._data_version)
+        self._token_uses: dict[str, float] = {}  # token id -> last used, see touch_token
+        self._writer_version: int | None = None  # see _note_bookkeeping_commit
+        self.cache = ReadCache(
+            self._data_version,
+            LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
+        )
         self._flusher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(self.path)
         self._writer = await self._connect()
         await self._migrate()
         self._reader = await self._connect()
+        self._writer_version = await self._others_version(self._writer)
         self._flusher = asyncio.create_task(self._flush_pulls_forever())
 
     async def close(self) -> None:
@@ -105,16 +128,66 @@ class Index(AccountQueries, LifecycleQueries):
         assert self._writer is not None, "index is not open"
         async with self._write_lock:
             db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            else:
                 await db.execute("COMMIT")
-                if invalidates:
-                    self.cache.invalidate()
+            except BaseException:
+                # Whatever failed, nothing of it stays pending on the connection,
+                # so the next transaction starts clean and never commits this
+                # one's leftovers: a COMMIT refused (a deferred constraint, a full
+                # disk), or a BEGIN or COMMIT whose caller was cancelled while the
+                # statement still ran. The ROLLBACK queues behind such a statement
+                # on the connection's thread; with no transaction open it fails,
+                # harmlessly.
+                with contextlib.suppress(sqlite3.Error):  # the original error matters
+                    await db.execute("ROLLBACK")
+                self.cache.invalidate()
+                raise
+            if invalidates:
+                self.cache.invalidate()
+            else:
+                await self._note_bookkeeping_commit(db)
+
+    async def _note_bookkeeping_commit(self, db: aiosqlite.Connection) -> None:
+        """Keep the cache across this process's own bookkeeping commits (pull times, events).
+
+        The reader's ``data_version`` changes with them like with anyone's. Read it
+        first, then the writer's, which only other processes' commits change: if
+        that one has not moved since it was last read (at the previous such
+        commit), every change the reader sees is this process's and nothing cached
+        went stale. Otherwise the cache is emptied now, after those commits.
+        """
+        try:
+            reader_version = await self._data_version()
+            writer_version = await self._others_version(db)
+        except sqlite3.Error:
+            self.cache.invalidate()  # the commit stands; the cache just starts over
+            return
+        others = writer_version != self._writer_version
+        self._writer_version = writer_version
+        self.cache.seen(reader_version, invalidate=others)
+
+    async def _prune_history(self, db: aiosqlite.Connection, table: str) -> None:
+        """Keep an append-only log (events, audit) within its age and row limits.
+
+        Runs inside the transaction that appends to it, removing at most
+        ``PRUNE_BATCH`` of the oldest rows a time, so a large backlog (after an
+        upgrade, or a lowered limit) drains over a few flushes, never in one
+        long transaction. Both deletes walk an index from the oldest end.
+        """
+        if self.history.max_age_days > 0:
+            await db.execute(
+                f"DELETE FROM {table} WHERE id IN "
+                f"(SELECT id FROM {table} WHERE at < ? ORDER BY at LIMIT ?)",
+                (time.time() - self.history.max_age_days * DAY, PRUNE_BATCH),
+            )
+        if self.history.max_rows > 0:
+            await db.execute(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+                f"WHERE id <= (SELECT max(id) FROM {table}) - ? ORDER BY id LIMIT ?)",
+                (self.history.max_rows, PRUNE_BATCH),
+            )
 
     @property
     def _read(self) -> aiosqlite.Connection:
@@ -136,12 +209,20 @@ class Index(AccountQueries, LifecycleQueries):
 
     # -- repositories ----------------------------------------------------
 
+    @staticmethod
+    async def _others_version(conn: aiosqlite.Connection) -> int:
+        """``data_version`` as ``conn`` sees it: changed by every commit but its own."""
+        rows = list(await conn.execute_fetchall("PRAGMA data_version"))  # one call, see _one
+        return int(rows[0][0]) if rows else 0
+
     async def _data_version(self) -> int:
-        """Changes when another process commits (asked on the writer, which sees all but itself)."""
-        assert self._writer is not None, "index is not open"
-        async with self._writer.execute("PRAGMA data_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        """Changes whenever anyone else commits: other processes, and this one's writer.
+
+        Asked on the reader, never the writer: the writer's thread may be waiting
+        for another process's write lock (``aioreg gc``), and a read must never
+        queue behind that.
+        """
+        return await self._others_version(self._read)
 
     async def repository_id(self, name: str) -> int | None:
         return await self.cache.get(("repo", name), lambda: self._repository_id(name))
@@ -591,8 +672,19 @@ class Index(AccountQueries, LifecycleQueries):
         """Remove a manifest and every tag pointing at it."""
         return await self._delete_in_repository("manifests", "digest", name, digest)
 
-    async def delete_tag(self, name: str, tag: str) -> bool:
-        return await self._delete_in_repository("tags", "name", name, tag)
+    async def delete_tag(self, name: str, tag: str, digest: str | None = None) -> bool:
+        """Remove a tag; with ``digest``, only while it still points at that manifest."""
+        if digest is None:
+            return await self._delete_in_repository("tags", "name", name, tag)
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM tags WHERE name = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?) AND manifest_id = "
+                "(SELECT id FROM manifests m WHERE m.repository_id = tags.repository_id "
+                "AND m.digest = ?)",
+                (tag, name, digest),
+            )
+            return cursor.rowcount > 0
 
     async def _delete_in_repository(self, table: str, column: str, name: str, key: str) -> bool:
         async with self._transaction() as db:
@@ -667,14 +759,39 @@ class Index(AccountQueries, LifecycleQueries):
         self._pending_events.append(event)
 
     async def flush_pulls(self) -> None:
+        """Write the batched bookkeeping. What a failed or cancelled flush (a shutdown while
+        another process holds the lock) was writing stays pending for the next one."""
         if self._pending_events:
             events, self._pending_events = self._pending_events, []
             self._pending_pull_events = set()
-            await self.add_events(events)
-        if not self._pending_pulls:
+            try:
+                await self.add_events(events)
+            except BaseException:
+                self._pending_events = (events + self._pending_events)[-MAX_PENDING_EVENTS:]
+                raise
+        if not self._pending_pulls and not self._token_uses:
             return
         pending, self._pending_pulls = self._pending_pulls, {}
+        token_uses, self._token_uses = self._token_uses, {}
+        try:
+            await self._write_pulls(pending, token_uses)
+        except BaseException:
+            for key, when in pending.items():
+                self._pending_pulls[key] = max(when, self._pending_pulls.get(key, when))
+            for token_id, when in token_uses.items():
+                self._token_uses[token_id] = max(when, self._token_uses.get(token_id, when))
+            raise
+
+    async def _write_pulls(
+        self,
+        pending: dict[tuple[int, int, str | None], float],
+        token_uses: dict[str, float],
+    ) -> None:
         async with self._transaction(invalidates=False) as db:
+            await db.executemany(
+                "UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                [(when, token_id) for token_id, when in token_uses.items()],
+            )
             for (repo_id, manifest_id, tag), when in pending.items():
                 await db.execute(
                     "UPDATE repositories SET last_pull_at = max(coalesce(last_pull_at, 0), ?) "
@@ -706,3 +823,15 @@ class Index(AccountQueries, LifecycleQueries):
             "SELECT last_push_at, last_pull_at FROM repositories WHERE name = ?", (name,)
         )
         return (None, None) if row is None else (row[0], row[1])
+
+
+def _make_private(path: Path) -> None:
+    """The index holds password hashes: it and its -wal/-shm are for this user alone.
+
+    Created 0600 before SQLite opens it, SQLite gives the -wal and -shm files it
+    creates the same mode; files left by an older version are tightened.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)

@@ -92,6 +92,7 @@ class LifecycleQueries:
                     for e in events
                 ],
             )
+            await self._prune_history(db, "events")  # type: ignore[attr-defined]
 
     async def events(
         self, limit: int, repository: str | None = None, kinds: list[str] | None = None

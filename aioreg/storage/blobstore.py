@@ -23,8 +23,10 @@ class BlobStore:
         self.uploads_dir = root / "uploads"
 
     def open(self) -> None:
+        # The data dir also holds the index (password hashes) and the signing key.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for directory in (self.blobs_dir, self.uploads_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
 
     def path(self, digest: Digest) -> Path:
         return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
@@ -63,11 +65,25 @@ class BlobStore:
         under the final name that ``check`` removes.
         """
         final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        _make_durable_dirs(final.parent)
         # FileExistsError: stored already, by an earlier or concurrent upload of the same bytes.
         with contextlib.suppress(FileExistsError):
             os.link(temp, final)
         _fsync_dir(final.parent)
+
+
+def _make_durable_dirs(directory: Path) -> None:
+    """``mkdir -p`` whose new directories survive power loss: each is fsynced in its parent.
+
+    Otherwise a blob's file could be on disk, its index row committed, and the
+    directory entry leading to it lost.
+    """
+    if directory.is_dir():
+        return
+    _make_durable_dirs(directory.parent)
+    with contextlib.suppress(FileExistsError):  # a concurrent upload made it first
+        directory.mkdir(mode=0o700)
+    _fsync_dir(directory.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
