@@ -14,8 +14,8 @@ from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
 from aioreg.api.management import MANAGEMENT_KEY
 from aioreg.api.management import add_routes as add_management_routes
-from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
+from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config

@@ -231,7 +231,7 @@ def check_data_dir(path: Path) -> None:
     would then belong to a user the server does not run as.
     """
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create data directory {path}: {exc.strerror}") from None
     if not path.is_dir():
