@@ -1,14 +1,21 @@
 """Console output of CLI commands: a one-line progress bar (stderr; plain lines when not a
-TTY) and the cells of their tables."""
+TTY), the cells of their tables, sizes typed on the command line, and a reader that goes away."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import os
+import re
+import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 GIB = 1 << 30
+SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": GIB, "t": 1 << 40}
 
 
 class Progress:
@@ -19,7 +26,7 @@ class Progress:
         total_bytes: int = 0,
         out: TextIO = sys.stderr,
         unit: str = "blobs",
-    ):
+    ) -> None:
         self.label = label
         self.unit = unit
         self.total_items = total_items
@@ -74,3 +81,30 @@ def format_size(value: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{value} B"
+
+
+def parse_size(text: str) -> int | None:
+    """``500M``, ``20G``, ``1.5GiB``, ``512`` (bytes) or ``none``; binary units."""
+    if text.strip().lower() == "none":
+        return None
+    match = SIZE_RE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or a size like 500M, 20G, or 'none'"
+        )
+    number, unit = match.groups()
+    return int(float(number) * SIZE_UNITS[(unit or "").lower()])
+
+
+def until_reader_leaves(command: Callable[[], int]) -> int:
+    """Run ``command``; if stdout's reader went away, exit like a process killed by SIGPIPE.
+
+    ``aioreg repo ls | head`` stops quietly, like other Unix tools.
+    """
+    try:
+        code = command()
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code

@@ -3,36 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TypeAlias, cast
 
 from aioreg.auth.accounts import Accounts, parse_token_scope
+from aioreg.cli.command import Handler, Subparsers, bind, print_error
+from aioreg.cli.output import format_time
 from aioreg.config import Config
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index import Index
-from aioreg.progress import format_time
 
 BOOL = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
+AccountsCommand: TypeAlias = Callable[[Accounts, argparse.Namespace], Awaitable[None]]
 
-def add_parsers(commands: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:  # type: ignore[type-arg]
+
+def add_parsers(commands: Subparsers) -> None:
     user = commands.add_parser("user", help="manage users and robot accounts")
     users = user.add_subparsers(dest="action", required=True)
-    add = users.add_parser("add", help="create a user (a password is generated unless given)")
+    on_users = _on_accounts(_user)
+    add = bind(
+        users.add_parser("add", help="create a user (a password is generated unless given)"),
+        on_users,
+    )
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
     add.add_argument("--robot", action="store_true", help="no password; authenticates with tokens")
     add.add_argument("--password-stdin", action="store_true")
-    users.add_parser("rm", help="delete a user and its tokens").add_argument("name")
-    passwd = users.add_parser("passwd", help="set a user's password")
+    bind(users.add_parser("rm", help="delete a user and its tokens"), on_users).add_argument("name")
+    passwd = bind(users.add_parser("passwd", help="set a user's password"), on_users)
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
-    users.add_parser("ls", help="list users")
+    bind(users.add_parser("ls", help="list users"), on_users)
 
     token = commands.add_parser("token", help="personal access tokens and robot tokens")
     tokens = token.add_subparsers(dest="action", required=True)
-    create = tokens.add_parser("create", help="create a token (shown once)")
+    on_tokens = _on_accounts(_token)
+    create = bind(tokens.add_parser("create", help="create a token (shown once)"), on_tokens)
     create.add_argument("user")
     create.add_argument("--name", required=True)
     create.add_argument(
@@ -42,23 +52,29 @@ def add_parsers(commands: argparse._SubParsersAction) -> list[argparse.ArgumentP
         help="NAMESPACE:pull,push,delete (NAMESPACE may be *); repeatable",
     )
     create.add_argument("--expires-days", type=float, help="expiry (default: never)")
-    tokens.add_parser("revoke", help="revoke a token by id").add_argument("id")
-    tokens.add_parser("ls", help="list tokens").add_argument("user", nargs="?")
+    bind(tokens.add_parser("revoke", help="revoke a token by id"), on_tokens).add_argument("id")
+    bind(tokens.add_parser("ls", help="list tokens"), on_tokens).add_argument("user", nargs="?")
 
     namespace = commands.add_parser("namespace", help="namespaces, members, visibility, rules")
     namespaces = namespace.add_subparsers(dest="action", required=True)
-    ns_create = namespaces.add_parser("create")
+    on_namespaces = _on_accounts(_namespace)
+    ns_create = bind(namespaces.add_parser("create"), on_namespaces)
     ns_create.add_argument("name")
     ns_create.add_argument("--owner")
     ns_create.add_argument("--visibility", choices=["public", "private"], default="private")
-    namespaces.add_parser("rm").add_argument("name")
-    namespaces.add_parser("ls")
-    member = namespaces.add_parser("member", help="add, change or remove a member")
+    bind(namespaces.add_parser("rm"), on_namespaces).add_argument("name")
+    bind(namespaces.add_parser("ls"), on_namespaces)
+    member = bind(
+        namespaces.add_parser("member", help="add, change or remove a member"), on_namespaces
+    )
     member.add_argument("name")
     member.add_argument("user")
     member.add_argument("role", choices=["read", "write", "admin", "remove"])
-    settings = namespaces.add_parser(
-        "set", help="visibility and push rules (with --repository: override for one repository)"
+    settings = bind(
+        namespaces.add_parser(
+            "set", help="visibility and push rules (with --repository: override for one repository)"
+        ),
+        on_namespaces,
     )
     settings.add_argument("name")
     settings.add_argument("--repository")
@@ -69,14 +85,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> list[argparse.ArgumentP
     settings.add_argument("--must-use-auth-token-for-push", choices=sorted(BOOL))
     settings.add_argument("--require-content-trust", choices=sorted(BOOL))
 
-    audit = commands.add_parser("audit", help="recent push/delete authorization decisions")
+    audit = bind(
+        commands.add_parser("audit", help="recent push/delete authorization decisions"),
+        _on_accounts(_audit),
+    )
     audit.add_argument("--limit", type=int, default=50)
-    return [
-        *users.choices.values(),
-        *tokens.choices.values(),
-        *namespaces.choices.values(),
-        audit,
-    ]
 
 
 def _denied(message: str) -> RegistryError:
@@ -121,9 +134,9 @@ async def _token(accounts: Accounts, args: argparse.Namespace) -> None:
     if args.action == "create":
         scopes = [parse_token_scope(s) for s in args.scope]
         expires = None if args.expires_days is None else args.expires_days * 86400
-        token = await accounts.create_token(args.user, args.name, scopes, expires)
-        print(f"token {token.id} created for {args.user}; it is shown only once:")
-        print(token.value)
+        created = await accounts.create_token(args.user, args.name, scopes, expires)
+        print(f"token {created.id} created for {args.user}; it is shown only once:")
+        print(created.value)
         for gap in await accounts.scope_gaps(args.user, scopes):
             fix = f"aioreg namespace member {gap.namespace} {args.user} {gap.role}"
             if not gap.namespace_exists:
@@ -145,10 +158,12 @@ async def _token(accounts: Accounts, args: argparse.Namespace) -> None:
             user_id = row.id
         print(f"{'ID':18} {'NAME':16} {'SCOPES':30} {'EXPIRES':17} {'STATE':8}")
         for token in await accounts.index.tokens(user_id):
-            scopes = " ".join(f"{s['namespace']}:{','.join(s['actions'])}" for s in token.scopes)  # type: ignore[arg-type]
+            shown = " ".join(
+                f"{s['namespace']}:{','.join(cast(list[str], s['actions']))}" for s in token.scopes
+            )
             state = "revoked" if token.revoked_at else "active"
             print(
-                f"{token.id:18} {token.name:16} {scopes:30} {format_time(token.expires_at):17} {state:8}"
+                f"{token.id:18} {token.name:16} {shown:30} {format_time(token.expires_at):17} {state:8}"
             )
 
 
@@ -196,23 +211,23 @@ async def _audit(accounts: Accounts, args: argparse.Namespace) -> None:
         )
 
 
-COMMANDS: dict[str, Callable[[Accounts, argparse.Namespace], Awaitable[None]]] = {
-    "user": _user,
-    "token": _token,
-    "namespace": _namespace,
-    "audit": _audit,
-}
+def _on_accounts(command: AccountsCommand) -> Handler:
+    """Run ``command`` on the index of the data directory, which it creates if needed."""
+
+    def handler(config: Config, args: argparse.Namespace) -> int:
+        return asyncio.run(_run(config, args, command))
+
+    return handler
 
 
-async def run(config: Config, args: argparse.Namespace) -> int:
+async def _run(config: Config, args: argparse.Namespace, command: AccountsCommand) -> int:
     index = Index(config.data_path / "index.db", config.storage.index_busy_timeout)
     config.data_path.mkdir(parents=True, exist_ok=True)
     await index.open()
     try:
-        await COMMANDS[args.command](Accounts(index), args)
+        await command(Accounts(index), args)
     except RegistryError as exc:
-        print(f"aioreg: {exc.message}", file=sys.stderr)
-        return 1
+        return print_error(exc)
     finally:
         await index.close()
     return 0
