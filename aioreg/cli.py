@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from aioreg import __version__, admin, lifecycle_cli, logcontext
+from aioreg.api.server import ListenError, run
 from aioreg.config import Config, ConfigError, check_data_dir, load_config
 from aioreg.maintenance import check, open_parts, scrub
 from aioreg.progress import Progress
-from aioreg.server import ListenError, run
 
 
 class _Parser(argparse.ArgumentParser):
