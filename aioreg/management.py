@@ -110,6 +110,10 @@ class Management:
     async def namespaces(self) -> list[str]:
         return await self.index.namespace_names()
 
+    async def repository_names(self, namespace: str) -> list[str]:
+        """Names of a namespace's repositories, sorted."""
+        return await self.index.repositories_in(namespace)
+
     async def repositories(
         self, namespace: str | None, sort: str = "name", descending: bool = False
     ) -> list[RepositorySummary]:

@@ -16,9 +16,9 @@ import uvloop
 from aiohttp import web
 
 from aioreg.api.http import REGISTRY_KEY
+from aioreg.api.server import RegistryServer
 from aioreg.config import Config, load_config
 from aioreg.registry import Registry
-from aioreg.server import RegistryServer
 from tests.process import Server
 
 

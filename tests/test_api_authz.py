@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from aioreg.api.management import PREFIX
+from aioreg.api.management.routes import PREFIX
 from aioreg.auth.accounts import Accounts, TokenScope
 from tests.conftest import AppFactory, Reg, error_codes
 from tests.test_auth import ADMIN_PASSWORD, basic, bearer, push_image, token

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from aioreg.api.management import MANAGEMENT_KEY
+from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
 from aioreg.management import RetentionPolicy
 from tests.conftest import (
@@ -257,7 +257,7 @@ def test_lifecycle_cli(tmp_path: Path) -> None:
     data = tmp_path / "data"
 
     async def seed() -> None:
-        from aioreg.server import RegistryServer
+        from aioreg.api.server import RegistryServer
         from tests.conftest import HttpClient, make_config
 
         server = RegistryServer(make_config(data, {"listen": "127.0.0.1:0"}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from aioreg.api.management import OPENAPI_DOCUMENT, PREFIX
+from aioreg.api.management.routes import OPENAPI_DOCUMENT, PREFIX
 from tests.conftest import (
     EMPTY_JSON,
     OCI_CONFIG,

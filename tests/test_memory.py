@@ -9,7 +9,7 @@ import json
 import time
 import tracemalloc
 
-from aioreg.api.manifests import MANIFEST_BUDGET_KEY
+from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY
 from tests.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, AppFactory, Reg, error_codes
 
 

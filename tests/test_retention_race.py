@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aioreg.api.auth import AUTH_KEY
-from aioreg.api.management import MANAGEMENT_KEY
+from aioreg.api.management.handlers import MANAGEMENT_KEY
+from aioreg.api.server import RegistryServer
 from aioreg.config import load_config
 from aioreg.management import Removal, RetentionPolicy
-from aioreg.server import RegistryServer
 from tests.conftest import (
     OCI_CONFIG,
     OCI_LAYER,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from aioreg.api.management import MANAGEMENT_KEY
-from aioreg.app import IN_FLIGHT_KEY
+from aioreg.api.app import IN_FLIGHT_KEY
+from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
 from aioreg.reference import Digest
 from tests.conftest import AppFactory, Reg, digest_of, error_codes

@@ -209,6 +209,16 @@ async def can_pull(request: web.Request, repository: str) -> bool:
     return "pull" in allowed
 
 
+async def may_list(request: web.Request, repository: str) -> bool:
+    """Whether listings show a repository to the caller: its holder's rights narrowed
+    by its credential's scope (a bearer token's grants, a personal token's namespaces)."""
+    service = request.app[AUTH_KEY]
+    if not service.enabled:
+        return True
+    identity: Identity = request.get(IDENTITY, ANONYMOUS)
+    return await service.listable(identity, repository)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     service = request.app[AUTH_KEY]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from aioreg.api.server import ListenError, run
 from aioreg.cli.command import Subparsers, bind
 from aioreg.config import Config
-from aioreg.server import ListenError, run
 
 
 def add_parsers(commands: Subparsers) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from aioreg.api.auth import AUTH_KEY, IDENTITY
+from aioreg.api.auth import may_list
 from aioreg.api.http import json_response, next_link, page_params, registry
-from aioreg.auth.service import ANONYMOUS, Identity
 from aioreg.index import Referrer
 from aioreg.manifest import OCI_INDEX
 
@@ -33,16 +32,6 @@ class ReferrerIndex(msgspec.Struct):
     manifests: list[ReferrerDescriptor]
     schemaVersion: int = 2
     mediaType: str = OCI_INDEX
-
-
-async def may_list(request: web.Request, repository: str) -> bool:
-    """Whether listings show a repository to the caller: its holder's rights narrowed
-    by its credential's scope (a bearer token's grants, a personal token's namespaces)."""
-    service = request.app[AUTH_KEY]
-    if not service.enabled:
-        return True
-    identity: Identity = request.get(IDENTITY, ANONYMOUS)
-    return await service.listable(identity, repository)
 
 
 async def base(request: web.Request) -> web.StreamResponse:

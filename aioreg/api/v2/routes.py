@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from aioreg.api import auth, blobs, listing, manifests, uploads
+from aioreg.api import auth
+from aioreg.api.v2 import blobs, listing, manifests, uploads
 
 NAME = "{name:.+}"
 

@@ -12,17 +12,17 @@ from aioreg.api.auth import AUTH_KEY, auth_middleware
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
-from aioreg.api.management import MANAGEMENT_KEY
-from aioreg.api.management import add_routes as add_management_routes
-from aioreg.api.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
+from aioreg.api.management.handlers import MANAGEMENT_KEY
+from aioreg.api.management.routes import add_routes as add_management_routes
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
-from aioreg.api.routes import add_routes
+from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
+from aioreg.api.v2.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
 from aioreg.management import Management
 from aioreg.registry import Registry
 
-log = logging.getLogger("aioreg.lifecycle")
+log = logging.getLogger("aioreg.api")
 
 
 async def _api_version_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from aioreg import __version__
+from aioreg.api.app import IN_FLIGHT_KEY, create_app
 from aioreg.api.errors import ErrorBody, ErrorDetail
-from aioreg.app import IN_FLIGHT_KEY, create_app
 from aioreg.config import Config
 from aioreg.errors import ErrorCode
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from aioreg.api.errors import error_response
 from aioreg.api.http import registry
-from aioreg.api.sendfile import send_file
+from aioreg.api.v2.sendfile import send_file
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.registry import StoredBlob
 
@@ -79,14 +79,14 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     try:
         span = _byte_range(request.headers.get("Range"), blob.size)
     except _Unsatisfiable:
-        response = error_response(
+        refusal = error_response(
             ErrorCode.SIZE_INVALID,
             f"range {request.headers.get('Range', '')[:100]!r} is outside a blob of "
             f"{blob.size} bytes",
             status=416,
         )
-        response.headers["Content-Range"] = f"bytes */{blob.size}"
-        return response
+        refusal.headers["Content-Range"] = f"bytes */{blob.size}"
+        return refusal
     start, end = span if span is not None else (0, blob.size)
     response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
     response.content_length = end - start

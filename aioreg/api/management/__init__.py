@@ -1,0 +1,1 @@
+"""``/api/v1``: repository management over HTTP, described by an OpenAPI document."""

@@ -1,0 +1,299 @@
+"""``/api/v1`` handlers: parse and check the request, call ``Management``, map to schemas.
+
+With access control on, reads need pull access to the repository, deletes need
+delete access, and registry-wide operations (usage of everything, GC, retention,
+quotas, namespace removal) need an admin whose credential's scope is
+registry-wide. Every right is the holder's roles intersected with the
+credential's scope (``AuthService.effective_actions``).
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from aioreg.api.auth import AUTH_KEY, IDENTITY, identify, may_list
+from aioreg.api.http import query_int, read_limited, registry
+from aioreg.api.management.schemas import (
+    Copied,
+    CopyRequest,
+    Deleted,
+    Empty,
+    Event,
+    EventList,
+    GcResult,
+    LayerDetail,
+    LayerList,
+    NamespaceList,
+    PolicyList,
+    QuotaRequest,
+    RemovalItem,
+    RepositoryDetail,
+    RepositoryPage,
+    RepositorySummary,
+    RetentionPolicy,
+    RetentionResult,
+    SearchHit,
+    SearchResult,
+    Usage,
+    UsageReport,
+)
+from aioreg.auth.service import AuthError, Identity
+from aioreg.errors import ErrorCode, RegistryError
+from aioreg.management import Management
+
+MANAGEMENT_KEY = web.AppKey("management", Management)
+Body = TypeVar("Body")
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(payload), status=status, content_type="application/json"
+    )
+
+
+def _management(request: web.Request) -> Management:
+    return request.app[MANAGEMENT_KEY]
+
+
+async def _identity(request: web.Request) -> Identity:
+    service = request.app[AUTH_KEY]
+    identity, _ = await identify(request, service)
+    request[IDENTITY] = identity
+    return identity
+
+
+async def _require(request: web.Request, repository: str | None, action: str) -> str | None:
+    """Check access; returns the actor name for the activity log."""
+    service = request.app[AUTH_KEY]
+    if not service.enabled:
+        return None
+    identity = await _identity(request)
+    if repository is None:  # registry-wide: admins with a registry-wide credential
+        if await service.registry_admin(identity):
+            return identity.name
+        if identity.anonymous:
+            raise AuthError("this operation needs an admin's credentials")
+        raise RegistryError(
+            ErrorCode.DENIED,
+            "this operation needs an admin with a registry-wide credential (a password, "
+            "a token scoped *:pull,push,delete, or a JWT with registry:catalog:*)",
+        )
+    allowed, why = await service.effective_actions(identity, repository)
+    if action not in allowed:
+        if identity.anonymous:
+            raise AuthError(f"{action} on {repository} needs credentials")
+        raise RegistryError(ErrorCode.DENIED, f"access denied: {why}")
+    return identity.name
+
+
+async def _body(request: web.Request, kind: type[Body]) -> Body:
+    try:
+        body = await read_limited(request, registry(request).config.limits.manifest_max_bytes)
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"bad request body: {exc}") from None
+
+
+def _choice(request: web.Request, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = request.query.get(key, default)
+    if value not in allowed:
+        raise RegistryError(
+            ErrorCode.BAD_REQUEST, f"{key} must be one of {', '.join(allowed)}", {key: value[:100]}
+        )
+    return value
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+async def list_namespaces(request: web.Request) -> web.StreamResponse:
+    """Namespaces holding at least one repository the caller may pull (all, for admins)."""
+    names = await _management(request).namespaces()
+    if not request.app[AUTH_KEY].enabled:
+        return _json(NamespaceList(names))
+    await _identity(request)
+    if await _is_admin(request):
+        return _json(NamespaceList(names))
+    visible = []
+    for name in names:
+        for repository in await _management(request).repository_names(name):
+            if await may_list(request, repository):
+                visible.append(name)
+                break
+    return _json(NamespaceList(visible))
+
+
+async def _is_admin(request: web.Request) -> bool:
+    service = request.app[AUTH_KEY]
+    identity: Identity | None = request.get(IDENTITY)
+    if identity is None:
+        return False
+    return await service.registry_admin(identity)
+
+
+async def list_repositories(request: web.Request) -> web.StreamResponse:
+    namespace = request.match_info["namespace"]
+    if request.app[AUTH_KEY].enabled:
+        await _identity(request)
+    offset = query_int(request, "offset", 0, 1 << 31)
+    limit = query_int(request, "limit", 100, 1000)
+    descending = _choice(request, "order", "asc", ("asc", "desc")) == "desc"
+    summaries = await _management(request).repositories(
+        namespace, request.query.get("sort", "name"), descending
+    )
+    visible = [s for s in summaries if await may_list(request, s.name)]
+    next_offset = offset + limit if offset + limit < len(visible) else None
+    page = [RepositorySummary.from_domain(s) for s in visible[offset : offset + limit]]
+    return _json(RepositoryPage(page, len(visible), next_offset))
+
+
+async def get_repository(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    await _require(request, name, "pull")
+    return _json(RepositoryDetail.from_domain(await _management(request).repository(name)))
+
+
+async def get_layers(request: web.Request) -> web.StreamResponse:
+    name, digest = request.match_info["name"], request.match_info["digest"]
+    await _require(request, name, "pull")
+    layers = await _management(request).layers(name, digest)
+    return _json(LayerList(digest, [LayerDetail.from_domain(layer) for layer in layers]))
+
+
+async def delete_repository(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    actor = await _require(request, name, "delete")
+    await _management(request).delete_repository(name, actor)
+    return _json(Deleted([name]))
+
+
+async def delete_artifact(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    digest = request.match_info.get("digest") or request.query.get("digest", "")
+    actor = await _require(request, name, "delete")
+    tags = await _management(request).delete_artifact(name, digest, actor)
+    return _json(Deleted([digest, *tags]))
+
+
+async def delete_namespace(request: web.Request) -> web.StreamResponse:
+    actor = await _require(request, None, "delete")
+    removed = await _management(request).delete_namespace(request.match_info["namespace"], actor)
+    return _json(Deleted(removed))
+
+
+async def copy_artifact(request: web.Request) -> web.StreamResponse:
+    target = request.match_info["name"]
+    body = await _body(request, CopyRequest)
+    actor = await _require(request, target, "push")
+    await _require(request, body.source, "pull")
+    digest = await _management(request).copy(body.source, body.reference, target, body.tag, actor)
+    return _json(Copied(target, digest, body.tag), status=201)
+
+
+async def get_usage(request: web.Request) -> web.StreamResponse:
+    namespace = request.query.get("namespace")
+    if namespace is None:
+        await _require(request, None, "pull")
+    else:
+        await _require_namespace_read(request, namespace)
+    namespaces, repositories, total = await _management(request).usage(namespace)
+    return _json(
+        UsageReport(
+            total=Usage.from_domain(total),
+            namespaces=[Usage.from_domain(u) for u in namespaces],
+            repositories=[Usage.from_domain(u) for u in repositories],
+        )
+    )
+
+
+async def _require_namespace_read(request: web.Request, namespace: str) -> None:
+    service = request.app[AUTH_KEY]
+    if not service.enabled:
+        return
+    identity = await _identity(request)
+    if await service.reaches_namespace(identity, namespace):
+        return
+    if identity.anonymous:
+        raise AuthError(f"usage of {namespace} needs credentials")
+    raise RegistryError(
+        ErrorCode.DENIED,
+        f"usage of {namespace} is for its members, with a credential scoped to reach it",
+    )
+
+
+async def get_events(request: web.Request) -> web.StreamResponse:
+    repository = request.query.get("repository")
+    if repository is not None:
+        await _require(request, repository, "pull")
+    else:
+        await _require(request, None, "pull")
+    events = await _management(request).events(query_int(request, "limit", 100, 10000), repository)
+    return _json(EventList([Event.from_domain(e) for e in events]))
+
+
+async def search(request: web.Request) -> web.StreamResponse:
+    if request.app[AUTH_KEY].enabled:
+        await _identity(request)
+    hits = await _management(request).search(
+        request.query.get("q", ""), query_int(request, "limit", 100, 1000)
+    )
+    visible = [SearchHit(*hit) for hit in hits if await may_list(request, hit[0])]
+    return _json(SearchResult(visible))
+
+
+async def run_gc(request: web.Request) -> web.StreamResponse:
+    await _require(request, None, "delete")
+    untagged = None
+    if "untagged" in request.query:
+        untagged = _choice(request, "untagged", "", ("true", "false")) == "true"
+    report = await _management(request).gc(
+        dry_run=_choice(request, "dry_run", "false", ("true", "false")) == "true",
+        untagged=untagged,
+    )
+    return _json(GcResult.from_domain(report))
+
+
+async def retention_run(request: web.Request) -> web.StreamResponse:
+    actor = await _require(request, None, "delete")
+    apply = request.match_info["mode"] == "apply"
+    management = _management(request)
+    removals = await (
+        management.retention_apply(actor=actor or "retention")
+        if apply
+        else management.retention_preview()
+    )
+    return _json(RetentionResult(apply, [RemovalItem.from_domain(r) for r in removals]))
+
+
+async def get_policies(request: web.Request) -> web.StreamResponse:
+    await _require(request, None, "pull")
+    policies = await _management(request).retention_policies()
+    return _json(
+        PolicyList({target: RetentionPolicy.from_domain(p) for target, p in policies.items()})
+    )
+
+
+async def put_policy(request: web.Request) -> web.StreamResponse:
+    await _require(request, None, "delete")
+    policy = await _body(request, RetentionPolicy)
+    await _management(request).set_retention(request.match_info["target"], policy.to_domain())
+    return _json(policy)
+
+
+async def delete_policy(request: web.Request) -> web.StreamResponse:
+    await _require(request, None, "delete")
+    await _management(request).set_retention(request.match_info["target"], None)
+    return _json(Empty())
+
+
+async def put_quota(request: web.Request) -> web.StreamResponse:
+    await _require(request, None, "delete")
+    body = await _body(request, QuotaRequest)
+    await _management(request).set_quota(request.match_info["namespace"], body.quota_bytes)
+    return _json(body)

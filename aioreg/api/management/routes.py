@@ -1,0 +1,216 @@
+"""``/api/v1``'s endpoint table: the routes and the OpenAPI document both come from it.
+
+Sub-resources of a repository sit behind a ``/-/`` segment, which no repository
+name can contain (each path component starts with a letter or digit), so
+``/repositories/a/artifacts/b`` is always the repository ``a/artifacts/b``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from aioreg.api.management.handlers import (
+    copy_artifact,
+    delete_artifact,
+    delete_namespace,
+    delete_policy,
+    delete_repository,
+    get_events,
+    get_layers,
+    get_policies,
+    get_repository,
+    get_usage,
+    list_namespaces,
+    list_repositories,
+    put_policy,
+    put_quota,
+    retention_run,
+    run_gc,
+    search,
+)
+from aioreg.api.management.openapi import build_openapi
+from aioreg.api.management.schemas import (
+    Copied,
+    CopyRequest,
+    Deleted,
+    Empty,
+    EventList,
+    GcResult,
+    LayerList,
+    NamespaceList,
+    PolicyList,
+    QuotaRequest,
+    RepositoryDetail,
+    RepositoryPage,
+    RetentionPolicy,
+    RetentionResult,
+    SearchResult,
+    UsageReport,
+)
+
+PREFIX = "/api/v1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One operation: how it is routed and how the OpenAPI document describes it."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    response: type[Any] | None
+    request: type[Any] | None = None
+    status: int = 200
+    query: tuple[str, ...] = ()
+    operation_id: str | None = None  # default: the handler's name
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=OPENAPI_DOCUMENT, content_type="application/json")
+
+
+# A repository name: anything without a "/-/" segment (no valid name has one).
+NAME = "{name:(?:(?!/-/).)+}"
+SUB = f"/repositories/{NAME}/-"
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/namespaces", list_namespaces, "List namespaces", NamespaceList),
+    Endpoint(
+        "DELETE",
+        "/namespaces/{namespace}",
+        delete_namespace,
+        "Delete a namespace and all its repositories (admin)",
+        Deleted,
+    ),
+    Endpoint(
+        "GET",
+        "/namespaces/{namespace}/repositories",
+        list_repositories,
+        "List a namespace's repositories with tag/artifact counts, size and activity",
+        RepositoryPage,
+        query=("sort", "order", "offset", "limit"),
+    ),
+    Endpoint(
+        "PUT",
+        "/namespaces/{namespace}/quota",
+        put_quota,
+        "Set or clear a namespace's storage quota (admin)",
+        QuotaRequest,
+        QuotaRequest,
+    ),
+    Endpoint(
+        "GET",
+        f"{SUB}/artifacts/{{digest}}/layers",
+        get_layers,
+        "Layers of an artifact",
+        LayerList,
+    ),
+    Endpoint(
+        "DELETE",
+        f"{SUB}/artifacts/{{digest}}",
+        delete_artifact,
+        "Delete an artifact and the tags pointing at it",
+        Deleted,
+    ),
+    Endpoint(
+        "DELETE",
+        f"{SUB}/delete-request",
+        delete_artifact,
+        "Delete an artifact by ?digest= (seed form)",
+        Deleted,
+        query=("digest",),
+        operation_id="delete_artifact_delete",
+    ),
+    Endpoint(
+        "POST",
+        f"{SUB}/copy",
+        copy_artifact,
+        "Copy or retag an artifact server-side (no bytes move)",
+        Copied,
+        CopyRequest,
+        201,
+    ),
+    Endpoint(
+        "GET",
+        f"/repositories/{NAME}",
+        get_repository,
+        "A repository: tags, artifacts, sizes, referrers",
+        RepositoryDetail,
+    ),
+    Endpoint(
+        "DELETE",
+        f"/repositories/{NAME}",
+        delete_repository,
+        "Delete a repository with all tags and artifacts",
+        Deleted,
+    ),
+    Endpoint(
+        "GET",
+        "/usage",
+        get_usage,
+        "Logical and physical storage per namespace and repository",
+        UsageReport,
+        query=("namespace",),
+    ),
+    Endpoint(
+        "GET",
+        "/events",
+        get_events,
+        "Recent activity: pushes, pulls, tag changes, deletes",
+        EventList,
+        query=("repository", "limit"),
+    ),
+    Endpoint(
+        "GET",
+        "/search",
+        search,
+        "Search repository paths, tags and digests",
+        SearchResult,
+        query=("q", "limit"),
+    ),
+    Endpoint(
+        "POST",
+        "/gc",
+        run_gc,
+        "Run online garbage collection (admin)",
+        GcResult,
+        query=("dry_run", "untagged"),
+    ),
+    Endpoint("GET", "/retention/policies", get_policies, "Stored retention policies", PolicyList),
+    Endpoint(
+        "PUT",
+        "/retention/policies/{target:.+}",
+        put_policy,
+        "Set the retention policy of a namespace or repository (admin)",
+        RetentionPolicy,
+        RetentionPolicy,
+    ),
+    Endpoint(
+        "DELETE",
+        "/retention/policies/{target:.+}",
+        delete_policy,
+        "Remove a retention policy (admin)",
+        Empty,
+    ),
+    Endpoint(
+        "POST",
+        "/retention/{mode:preview|apply}",
+        retention_run,
+        "Preview or apply retention (admin)",
+        RetentionResult,
+    ),
+    Endpoint("GET", "/openapi.json", openapi, "This document", None),
+]
+
+
+OPENAPI_DOCUMENT = msgspec.json.encode(build_openapi(ENDPOINTS, PREFIX))
+
+
+def add_routes(app: web.Application) -> None:
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, PREFIX + endpoint.path, endpoint.handler)

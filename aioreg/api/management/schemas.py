@@ -1,0 +1,287 @@
+"""The management API's own request and response bodies.
+
+These types are the public contract (they become the OpenAPI document's
+schemas), so they are declared here rather than borrowed from the index's rows
+or the domain's results: a column renamed in SQL must not rename a JSON field.
+Each response type that mirrors a domain result has one ``from_domain`` that
+maps it; that is the only place the two meet.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+
+from aioreg.management import RetentionPolicy as DomainPolicy
+
+if TYPE_CHECKING:
+    from aioreg.index.lifecycle import Event as EventRow
+    from aioreg.index.lifecycle import RepositorySummary as SummaryRow
+    from aioreg.index.lifecycle import Usage as UsageRow
+    from aioreg.management import ArtifactDetail as DomainArtifact
+    from aioreg.management import GcReport, Removal
+    from aioreg.management import LayerDetail as DomainLayer
+    from aioreg.management import RepositoryDetail as DomainRepository
+    from aioreg.management import TagDetail as DomainTag
+
+
+# -- repositories -------------------------------------------------------------------
+
+
+class NamespaceList(msgspec.Struct):
+    namespaces: list[str]
+
+
+class RepositorySummary(msgspec.Struct):
+    name: str
+    tag_count: int
+    artifact_count: int
+    size: int  # distinct bytes the repository references (blobs + manifests)
+    last_push_at: float | None
+    last_pull_at: float | None
+
+    @classmethod
+    def from_domain(cls, row: SummaryRow) -> RepositorySummary:
+        return cls(
+            row.name,
+            row.tag_count,
+            row.artifact_count,
+            row.size,
+            row.last_push_at,
+            row.last_pull_at,
+        )
+
+
+class RepositoryPage(msgspec.Struct):
+    repositories: list[RepositorySummary]
+    total: int
+    next_offset: int | None
+
+
+class TagDetail(msgspec.Struct):
+    name: str
+    digest: str
+    size: int
+    pushed_at: float
+    last_pulled_at: float | None
+
+    @classmethod
+    def from_domain(cls, tag: DomainTag) -> TagDetail:
+        return cls(tag.name, tag.digest, tag.size, tag.pushed_at, tag.last_pulled_at)
+
+
+class ArtifactDetail(msgspec.Struct):
+    digest: str
+    media_type: str
+    artifact_type: str | None
+    size: int  # manifest plus everything it references (children, for an index)
+    tags: list[str]
+    platforms: list[str]
+    referrers: list[str]
+    subject: str | None
+    pushed_at: float
+    last_pulled_at: float | None
+
+    @classmethod
+    def from_domain(cls, artifact: DomainArtifact) -> ArtifactDetail:
+        return cls(
+            artifact.digest,
+            artifact.media_type,
+            artifact.artifact_type,
+            artifact.size,
+            list(artifact.tags),
+            list(artifact.platforms),
+            list(artifact.referrers),
+            artifact.subject,
+            artifact.pushed_at,
+            artifact.last_pulled_at,
+        )
+
+
+class RepositoryDetail(msgspec.Struct):
+    name: str
+    tag_count: int
+    artifact_count: int
+    size: int
+    last_push_at: float | None
+    last_pull_at: float | None
+    tags: list[TagDetail]
+    artifacts: list[ArtifactDetail]
+
+    @classmethod
+    def from_domain(cls, detail: DomainRepository) -> RepositoryDetail:
+        return cls(
+            detail.name,
+            detail.tag_count,
+            detail.artifact_count,
+            detail.size,
+            detail.last_push_at,
+            detail.last_pull_at,
+            [TagDetail.from_domain(t) for t in detail.tags],
+            [ArtifactDetail.from_domain(a) for a in detail.artifacts],
+        )
+
+
+class LayerDetail(msgspec.Struct):
+    digest: str
+    media_type: str
+    size: int
+
+    @classmethod
+    def from_domain(cls, layer: DomainLayer) -> LayerDetail:
+        return cls(layer.digest, layer.media_type, layer.size)
+
+
+class LayerList(msgspec.Struct):
+    digest: str
+    layers: list[LayerDetail]
+
+
+class Deleted(msgspec.Struct):
+    deleted: list[str]
+
+
+class CopyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    source: str  # repository to copy from
+    reference: str  # tag or digest there
+    tag: str | None = None  # tag to set in the target repository
+
+
+class Copied(msgspec.Struct):
+    repository: str
+    digest: str
+    tag: str | None
+
+
+# -- usage, activity, search ----------------------------------------------------------
+
+
+class Usage(msgspec.Struct):
+    name: str
+    logical: int  # what every artifact references, shared layers counted per artifact
+    physical: int  # distinct bytes, each blob once
+
+    @classmethod
+    def from_domain(cls, row: UsageRow) -> Usage:
+        return cls(row.name, row.logical, row.physical)
+
+
+class UsageReport(msgspec.Struct):
+    total: Usage
+    namespaces: list[Usage]
+    repositories: list[Usage]
+
+
+class Event(msgspec.Struct):
+    at: float
+    kind: str
+    repository: str
+    reference: str | None
+    digest: str | None
+    actor: str | None
+    detail: str | None = None
+
+    @classmethod
+    def from_domain(cls, row: EventRow) -> Event:
+        return cls(
+            row.at, row.kind, row.repository, row.reference, row.digest, row.actor, row.detail
+        )
+
+
+class EventList(msgspec.Struct):
+    events: list[Event]
+
+
+class SearchHit(msgspec.Struct):
+    repository: str
+    tag: str | None
+    digest: str | None
+
+
+class SearchResult(msgspec.Struct):
+    results: list[SearchHit]
+
+
+# -- maintenance ------------------------------------------------------------------------
+
+
+class GcResult(msgspec.Struct):
+    dry_run: bool
+    blobs_removed: int
+    bytes_freed: int
+    manifests_removed: list[str]
+    uploads_expired: int
+    seconds: float
+
+    @classmethod
+    def from_domain(cls, report: GcReport) -> GcResult:
+        return cls(
+            report.dry_run,
+            report.blobs,
+            report.bytes,
+            [f"{repository}@{digest}" for repository, digest in report.manifests],
+            report.uploads_expired,
+            report.seconds,
+        )
+
+
+class RemovalItem(msgspec.Struct):
+    repository: str
+    tag: str
+    digest: str
+    reason: str
+
+    @classmethod
+    def from_domain(cls, removal: Removal) -> RemovalItem:
+        return cls(removal.repository, removal.tag, removal.digest, removal.reason)
+
+
+class RetentionResult(msgspec.Struct):
+    applied: bool
+    removals: list[RemovalItem]
+
+
+class RetentionPolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Which tags a cleanup removes; protected patterns are never removed."""
+
+    keep_last: int | None = None  # keep the N most recently pushed tags
+    older_than_days: float | None = None  # remove tags pushed longer ago
+    unpulled_days: float | None = None  # remove tags not pulled (or pushed) for that long
+    include: list[str] = []  # regexes a tag must match to be considered (default: all)
+    exclude: list[str] = []  # regexes that take a tag out of consideration
+    protected: list[str] = msgspec.field(default_factory=lambda: ["latest"])  # globs never removed
+
+    @classmethod
+    def from_domain(cls, policy: DomainPolicy) -> RetentionPolicy:
+        return cls(
+            policy.keep_last,
+            policy.older_than_days,
+            policy.unpulled_days,
+            list(policy.include),
+            list(policy.exclude),
+            list(policy.protected),
+        )
+
+    def to_domain(self) -> DomainPolicy:
+        """The domain's policy with the same rules."""
+        return DomainPolicy(
+            keep_last=self.keep_last,
+            older_than_days=self.older_than_days,
+            unpulled_days=self.unpulled_days,
+            include=list(self.include),
+            exclude=list(self.exclude),
+            protected=list(self.protected),
+        )
+
+
+class PolicyList(msgspec.Struct):
+    policies: dict[str, RetentionPolicy]
+
+
+class QuotaRequest(msgspec.Struct, forbid_unknown_fields=True):
+    quota_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None
+
+
+class Empty(msgspec.Struct):
+    pass

@@ -1,0 +1,1 @@
+"""The OCI distribution-spec endpoints: ``/v2/...`` and ``/token``."""
