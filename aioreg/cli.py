@@ -87,7 +87,7 @@ async def _check(config: Config, dry_run: bool) -> int:
     index, store = open_parts(config.data_path)
     await index.open()
     try:
-        report = await check(index, store, repair=not dry_run)
+        report = await check(index, store, grace=config.gc.grace_period, repair=not dry_run)
     finally:
         await index.close()
     for line in report.actions:
