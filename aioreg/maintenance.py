@@ -57,8 +57,8 @@ async def recover_trash(index: Index, store: BlobStore) -> TrashReport:
         async with index.blob_files() as files:
             rows = await files.rows([str(digest) for _, digest in batch])
             await asyncio.to_thread(_settle_trash, store, batch, rows, report)
-    if store.trash_dir.is_dir():
-        async with index.blob_files():
+    if await asyncio.to_thread(store.trash_dir.is_dir):
+        async with index.blob_files():  # pruning run directories is safe only between sweeps
             await asyncio.to_thread(store.empty_trash)
     return report
 

@@ -4,7 +4,7 @@ A blob is stored once, whatever number of repositories link it. Files reach
 their final name only complete and fsynced (see ``BlobWriter.commit``), so a
 file under a final name always holds exactly its digest's bytes.
 
-Upload temp files live in ``uploads/``. The writer that owns one holds an
+Upload temp files live in ``uploads/``. The writer that owns one holds a shared
 advisory lock (``flock``) on it for as long as the upload lives in its process;
 ``remove_upload_file`` is the one rule every remover (janitor, GC, ``check``,
 in any process) follows: never a file someone holds, never a young one.
@@ -78,14 +78,16 @@ class BlobStore:
     def own_upload(self, path: Path, fd: int | None = None) -> int:
         """Take the lock that marks ``path`` as owned by a live writer; returns the fd holding it.
 
-        Blocks only while a remover examines the file (never long). If a
-        remover took the file before the lock was ours, the name no longer
-        leads to the locked file and the upload is gone: FileNotFoundError.
+        The lock is shared: several writers (a second server resuming the same
+        session) may hold it at once, and any one of them keeps removers off.
+        It waits only while a remover holds its exclusive lock to examine the
+        file (never long). If the remover took the file meanwhile, the name no
+        longer leads to the locked file and the upload is gone: FileNotFoundError.
         """
         if fd is None:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH)
             if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
                 raise FileNotFoundError(errno.ENOENT, "upload file was removed", str(path))
         except BaseException:
@@ -113,7 +115,7 @@ class BlobStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return False  # a writer holds it: an upload is in flight
+                return False  # a writer holds it: the upload is alive
             if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
                 return False
             if remove:
