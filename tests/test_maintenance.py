@@ -190,7 +190,7 @@ async def test_check_next_to_a_serving_registry_loses_no_acknowledged_blob(
 
     async def checker() -> None:
         try:
-            for _ in range(4):
+            for _ in range(3):
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "aioreg", "check", "--data", str(data),
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -202,7 +202,7 @@ async def test_check_next_to_a_serving_registry_loses_no_acknowledged_blob(
             checks_done.set()
 
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-        await asyncio.gather(checker(), *(pusher(http, w) for w in range(4)))
+        await asyncio.gather(checker(), *(pusher(http, w) for w in range(3)))
         assert len(acked) > 50, "the push load never got going"
         lost = []
         for digest, blob in acked.items():
