@@ -76,6 +76,8 @@ async def _scrub(config: Config, full: bool) -> int:
         print(f"corrupt, quarantined: {digest}")
     for digest in report.missing:
         print(f"missing, quarantined: {digest}")
+    for digest in report.restored:
+        print(f"missing, restored from an interrupted GC's trash: {digest}")
     print(
         f"checked {report.checked} blobs ({report.bytes} bytes): "
         f"{len(report.corrupt)} corrupt, {len(report.missing)} missing"

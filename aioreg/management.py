@@ -288,8 +288,14 @@ class Management:
                 # The sweep rolled back: its files go back where they were.
                 await recover_trash(self.index, store)
                 raise
-            await asyncio.to_thread(store.empty_trash, run)
-            expired = 0 if dry_run else await self.registry.expire_uploads()
+            # The sweep has committed: cleaning up after it must not turn its answer into a 500.
+            expired = 0
+            try:
+                await asyncio.to_thread(store.empty_trash, run)
+                if not dry_run:
+                    expired = await self.registry.expire_uploads()
+            except Exception:
+                log.exception("gc: cleanup after the sweep failed; the next run retries it")
         report = GcReport(
             dry_run=dry_run,
             manifests=result.manifests,

@@ -207,7 +207,7 @@ class BlobWriter:
             self._disown()
 
     def _disown(self) -> None:
-        fd, self._owner_fd = self._owner_fd, None
+        fd, self._owner_fd = getattr(self, "_owner_fd", None), None
         if fd is not None:
             os.close(fd)
 
