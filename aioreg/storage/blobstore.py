@@ -29,6 +29,10 @@ from pathlib import Path
 from aioreg.errors import RegistryError
 from aioreg.reference import Digest
 
+# However short the grace period, an upload file this young may not be locked by its
+# writer yet (it is created, then locked): no remover touches it.
+UPLOAD_CLAIM_SECONDS = 10.0
+
 
 class BlobStore:
     def __init__(self, root: Path) -> None:
@@ -98,7 +102,8 @@ class BlobStore:
     def remove_upload_file(
         self, path: Path, grace: float, now: float | None = None, *, remove: bool = True
     ) -> bool:
-        """Remove an upload temp file unless a writer owns it or it is younger than ``grace``.
+        """Remove an upload temp file unless a writer owns it or it was written less than
+        ``grace`` (and never less than ``UPLOAD_CLAIM_SECONDS``) ago.
 
         The one rule for every remover. True if this call removed the file (or,
         with ``remove=False``, would have); False if it is owned, young, not a
@@ -106,7 +111,10 @@ class BlobStore:
         """
         try:
             st = path.lstat()
-            if not stat.S_ISREG(st.st_mode) or _age(st, now) < grace:
+            # mtime: an upload file is as old as its last write. The floor covers the
+            # instant between a writer creating its file and locking it.
+            age = (time.time() if now is None else now) - st.st_mtime
+            if not stat.S_ISREG(st.st_mode) or age < max(grace, UPLOAD_CLAIM_SECONDS):
                 return False
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:  # gone meanwhile, or not ours to open
