@@ -316,11 +316,12 @@ async def test_scheduled_gc_runs_and_logs(make_registry: AppFactory, tmp_path: P
     assert any(e.kind == "gc" and "1 blobs" in (e.detail or "") for e in events)
 
 
-def trash_like_a_killed_sweep(reg: Reg, digest: str) -> Path:
-    """What SIGKILL mid-sweep leaves: the file moved to ``trash/``, its index row rolled back."""
+def trash_like_a_killed_sweep(reg: Reg, digest: str, run: str = "") -> Path:
+    """What SIGKILL mid-sweep leaves: the file moved to the sweep's ``trash/<run>/`` (or, from
+    versions before per-run directories, ``trash/``), its index row rolled back."""
     source = reg.data_dir / "blobs" / "sha256" / digest[7:9] / digest[7:]
-    target = reg.data_dir / "trash" / digest.replace(":", "-")
-    target.parent.mkdir(exist_ok=True)
+    target = reg.data_dir / "trash" / run / digest.replace(":", "-")
+    target.parent.mkdir(parents=True, exist_ok=True)
     source.rename(target)
     return target
 
@@ -345,7 +346,7 @@ async def test_start_up_recovers_the_trash_of_a_killed_sweep(
     swept = await reg.push_blob("app", b"swept for good before the kill")
     await reg.client.close()
     await reg.server.stop()
-    trash_like_a_killed_sweep(reg, digest_of(layer))
+    trash_like_a_killed_sweep(reg, digest_of(layer), run="0123456789abcdef0123456789abcdef")
     trash_like_a_killed_sweep(reg, orphan_digest)
     # A sweep that committed and died before emptying the trash: its row is gone.
     committed = trash_like_a_killed_sweep(reg, swept)
@@ -367,6 +368,7 @@ async def test_start_up_recovers_the_trash_of_a_killed_sweep(
     assert not committed.exists()
     assert swept[7:] not in blob_files(reg), "a swept blob came back as an unindexed file"
     assert (await reg.client.head(f"/v2/app/blobs/{swept}")).status == 404
+    assert list((data_dir / "trash").iterdir()) == [], "start-up left the trash unsettled"
 
 
 async def test_check_restores_a_crashed_sweeps_trash_instead_of_quarantining(
