@@ -15,12 +15,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import msgspec
 
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.lifecycle import ArtifactRow, Event, RepositorySummary, Usage
+from aioreg.maintenance import recover_trash
 from aioreg.manifest import INDEX_TYPES, ImageIndex, ImageManifest
 from aioreg.reference import Digest, validate_name, validate_tag
 from aioreg.registry import Registry
@@ -294,13 +294,29 @@ class Management:
         config = self.registry.config.gc
         untagged = config.delete_untagged if untagged is None else untagged
         started = time.monotonic()
+        store = self.registry.store
         async with self._gc_lock:
-            self._restore_trash()
-            result = await self.index.collect_garbage(
-                config.grace_period, untagged, dry_run, self._trash_blob
-            )
-            self._empty_trash()
-            expired = 0 if dry_run else await self.registry.expire_uploads()
+            await recover_trash(self.index, store)  # what a killed sweep left, first
+            run = store.trash_run()
+            try:
+                result = await self.index.collect_garbage(
+                    config.grace_period,
+                    untagged,
+                    dry_run,
+                    lambda digest: store.trash(Digest.parse(digest), run),
+                )
+            except BaseException:
+                # The sweep rolled back: its files go back where they were.
+                await recover_trash(self.index, store)
+                raise
+            # The sweep has committed: cleaning up after it must not turn its answer into a 500.
+            expired = 0
+            try:
+                await asyncio.to_thread(store.empty_trash, run)
+                if not dry_run:
+                    expired = await self.registry.expire_uploads()
+            except Exception:
+                log.exception("gc: cleanup after the sweep failed; the next run retries it")
         report = GcReport(
             dry_run=dry_run,
             manifests=result.manifests,
@@ -322,37 +338,6 @@ class Management:
                 )
             )
         return report
-
-    @property
-    def _trash(self) -> Path:
-        return self.registry.store.root / "trash"
-
-    def _trash_blob(self, digest: str) -> None:
-        """Called inside the sweep's transaction: out of the served tree, not yet gone."""
-        self._trash.mkdir(exist_ok=True)
-        parsed = Digest.parse(digest)
-        with contextlib.suppress(FileNotFoundError):
-            self.registry.store.path(parsed).rename(
-                self._trash / f"{parsed.algorithm}-{parsed.hex}"
-            )
-
-    def _empty_trash(self) -> None:
-        if self._trash.exists():
-            for path in self._trash.iterdir():
-                path.unlink(missing_ok=True)
-
-    def _restore_trash(self) -> None:
-        """After a crash mid-sweep the transaction rolled back: put its files back."""
-        if not self._trash.exists():
-            return
-        for path in self._trash.iterdir():
-            algorithm, _, hex_ = path.name.partition("-")
-            final = self.registry.store.path(Digest(algorithm, hex_))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if not final.exists():
-                path.rename(final)
-            else:
-                path.unlink()
 
     # -- retention -------------------------------------------------------
 

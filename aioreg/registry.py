@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -27,7 +28,9 @@ from aioreg.errors import (
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
 from aioreg.index.db import QuotaCheck
 from aioreg.index.lifecycle import Event
+from aioreg.maintenance import recover_trash
 from aioreg.manifest import ParsedManifest, parse_manifest
+from aioreg.periodic import PeriodicJob
 from aioreg.reference import Digest, parse_reference, validate_name
 from aioreg.rules import (
     SIGNATURE_ARTIFACT_TYPES,
@@ -38,6 +41,7 @@ from aioreg.rules import (
 )
 from aioreg.storage import BlobStore, BlobWriter
 
+log = logging.getLogger("aioreg.lifecycle")
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 # Failures that end an upload session (besides a quota refusal and DELETE).
 SESSION_ENDING = frozenset({ErrorCode.DIGEST_INVALID, ErrorCode.SIZE_INVALID})
@@ -67,48 +71,64 @@ class Registry:
         self.store = BlobStore(root)
         self._writers: dict[str, BlobWriter] = {}
         self._upload_locks: dict[str, asyncio.Lock] = {}
-        self._janitor: asyncio.Task[None] | None = None
+        interval = min(max(config.storage.upload_session_ttl / 4, 1.0), 3600.0)
+        self._janitor = PeriodicJob("upload janitor", interval, self.expire_uploads)
 
     async def open(self) -> None:
         self.store.open()
         await self.index.open()
+        # Before serving: files a killed GC sweep left in trash/ go back (or, if swept, go).
+        trash = await recover_trash(self.index, self.store)
+        if trash.restored or trash.discarded:
+            log.warning(
+                "recovered an interrupted GC sweep: %d blobs restored, %d swept ones removed",
+                len(trash.restored),
+                len(trash.discarded),
+            )
         await self.expire_uploads()
-        self._janitor = asyncio.create_task(self._expire_uploads_forever())
+        self._janitor.start()
 
     async def close(self) -> None:
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
-            self._janitor = None
+        await self._janitor.stop()
         await self.index.close()
 
     async def expire_uploads(self, now: float | None = None) -> int:
-        """End sessions idle past the TTL and remove temp files no session owns."""
+        """End sessions idle past the TTL and remove temp files no session or writer owns.
+
+        A session a request is using is left alone; so is any file a writer
+        (in this process or another) holds, and any file younger than the GC
+        grace period (``BlobStore.remove_upload_file``).
+        """
         now = time.time() if now is None else now
         ttl = self.config.storage.upload_session_ttl
         expired = 0
         sessions = await self.index.uploads()
         for row in sessions:
             lock = self._upload_locks.get(row.id)
-            if row.updated_at < now - ttl and not (lock and lock.locked()):
-                await self.index.delete_upload(row.id)
-                self._writers.pop(row.id, None)
-                self._upload_locks.pop(row.id, None)
-                self.store.upload_path(row.id).unlink(missing_ok=True)
-                expired += 1
+            if row.updated_at >= now - ttl or (lock is not None and lock.locked()):
+                continue
+            writer = self._writers.pop(row.id, None)
+            if writer is None:
+                path = self.store.upload_path(row.id)
+                removed = await asyncio.to_thread(self.store.remove_upload_file, path, 0.0)
+                if not removed and await asyncio.to_thread(path.exists):
+                    continue  # a writer in another process holds it
+            self._upload_locks.pop(row.id, None)
+            # Row first: a request arriving now finds the session unknown, not half gone.
+            await self.index.delete_upload(row.id)
+            if writer is not None:
+                await writer.cancel()
+            expired += 1
         live = {row.id for row in sessions}
-        for path in self.store.uploads_dir.iterdir():
-            # A file younger than a minute may belong to a session being created right now.
-            if path.name not in live and path.stat().st_mtime < now - 60:
-                path.unlink(missing_ok=True)
+        grace = self.config.gc.grace_period
+        await asyncio.to_thread(self._remove_stray_uploads, live, grace, now)
         return expired
 
-    async def _expire_uploads_forever(self) -> None:
-        interval = min(max(self.config.storage.upload_session_ttl / 4, 1.0), 3600.0)
-        while True:
-            await asyncio.sleep(interval)
-            await self.expire_uploads()
+    def _remove_stray_uploads(self, live: set[str], grace: float, now: float) -> None:
+        # A session created after ``live`` was listed has a writer holding its file.
+        for path in self.store.upload_files():
+            if path.name not in live:
+                self.store.remove_upload_file(path, grace, now)
 
     # -- blobs -----------------------------------------------------------
 

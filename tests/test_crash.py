@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from aioreg.index import Index
 from aioreg.maintenance import check
@@ -214,7 +215,7 @@ async def verify(base: str, data_dir: Path, ledger: Ledger) -> None:
     index = Index(data_dir / "index.db")
     await index.open()
     try:
-        report = await check(index, store, repair=False)
+        report = await check(index, store, grace=GRACE, repair=False)
     finally:
         await index.close()
     missing = [a for a in report.actions if "file missing" in a]
@@ -252,8 +253,27 @@ async def resume_or_forget(http: aiohttp.ClientSession, upload: Upload, ledger: 
     ledger.acked_at[digest] = time.time()
 
 
+def crash_seed() -> int:
+    """The run's random seed, printed so a failure can be replayed with ``AIOREG_CRASH_SEED``."""
+    seed = int(os.environ.get("AIOREG_CRASH_SEED") or time.time_ns() % (1 << 63))
+    print(f"crash harness seed {seed} (replay: AIOREG_CRASH_SEED={seed})", flush=True)
+    return seed
+
+
+def test_crash_seed_is_printed_and_replays(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AIOREG_CRASH_SEED", raising=False)
+    seed = crash_seed()
+    assert f"AIOREG_CRASH_SEED={seed}" in capsys.readouterr().out
+    monkeypatch.setenv("AIOREG_CRASH_SEED", str(seed))
+    assert crash_seed() == seed
+    assert f"AIOREG_CRASH_SEED={seed}" in capsys.readouterr().out
+
+
 async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    rng = random.Random(int(os.environ.get("AIOREG_CRASH_SEED", str(time.time_ns()))))
+    seed = crash_seed()
+    rng = random.Random(seed)
     data_dir = tmp_path / "data"
     ledger = Ledger()
     servers: list[Server] = []
@@ -274,6 +294,6 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
             server.log_path.unlink(missing_ok=True)
     assert ledger.acknowledged > ROUNDS, "the workload never got going"
     print(
-        f"crash rounds survived: {ROUNDS}, acknowledged operations verified: "
+        f"seed {seed}: crash rounds survived: {ROUNDS}, acknowledged operations verified: "
         f"{ledger.acknowledged}, GC runs: {ledger.gc_runs} ({ledger.gc_blobs} blobs freed)"
     )

@@ -11,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
+from aioreg.index import Index
 from aioreg.management import RetentionPolicy
+from aioreg.periodic import PeriodicJob
 from tests.conftest import (
     EMPTY_JSON,
     OCI_CONFIG,
@@ -24,6 +28,7 @@ from tests.conftest import (
     artifact_manifest,
     digest_of,
     error_codes,
+    image_manifest,
 )
 from tests.test_management import api, push
 
@@ -309,3 +314,121 @@ async def test_scheduled_gc_runs_and_logs(make_registry: AppFactory, tmp_path: P
         await asyncio.sleep(0.1)
     events = await reg.app[MANAGEMENT_KEY].events(20)
     assert any(e.kind == "gc" and "1 blobs" in (e.detail or "") for e in events)
+
+
+def trash_like_a_killed_sweep(reg: Reg, digest: str, run: str = "") -> Path:
+    """What SIGKILL mid-sweep leaves: the file moved to the sweep's ``trash/<run>/`` (or, from
+    versions before per-run directories, ``trash/``), its index row rolled back."""
+    source = reg.data_dir / "blobs" / "sha256" / digest[7:9] / digest[7:]
+    target = reg.data_dir / "trash" / run / digest.replace(":", "-")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    return target
+
+
+async def agree_and_serve(reg: Reg, repo: str, digest: str, data: bytes) -> None:
+    """HEAD and GET give the same answer, and it is the blob's exact bytes."""
+    head = await reg.client.head(f"/v2/{repo}/blobs/{digest}")
+    resp = await reg.client.get(f"/v2/{repo}/blobs/{digest}")
+    assert (head.status, resp.status) == (200, 200), f"HEAD {head.status}, GET {resp.status}"
+    assert await resp.read() == data
+
+
+async def test_start_up_recovers_the_trash_of_a_killed_sweep(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "d"
+    reg = await make_registry(data_dir)
+    layer = os.urandom(20_000)
+    await push(reg, "app", "v1", [layer])
+    orphan = b"acknowledged, not yet referenced"
+    orphan_digest = await reg.push_blob("app", orphan)
+    swept = await reg.push_blob("app", b"swept for good before the kill")
+    await reg.client.close()
+    await reg.server.stop()
+    trash_like_a_killed_sweep(reg, digest_of(layer), run="0123456789abcdef0123456789abcdef")
+    trash_like_a_killed_sweep(reg, orphan_digest)
+    # A sweep that committed and died before emptying the trash: its row is gone.
+    committed = trash_like_a_killed_sweep(reg, swept)
+    index = Index(data_dir / "index.db")
+    await index.open()
+    await index._writer.execute("DELETE FROM repository_blobs WHERE digest = ?", (swept,))  # type: ignore[union-attr]
+    await index._writer.execute("DELETE FROM blobs WHERE digest = ?", (swept,))  # type: ignore[union-attr]
+    await index.close()
+
+    reg = await make_registry(data_dir)
+    await agree_and_serve(reg, "app", digest_of(layer), layer)
+    await agree_and_serve(reg, "app", orphan_digest, orphan)
+    assert (await reg.client.get("/v2/app/manifests/v1")).status == 200
+    config = b'{"os": "linux"}'
+    await reg.push_blob("app", config)
+    body = image_manifest(config, [orphan])
+    await reg.push_manifest("app", "v2", body)
+    assert await (await reg.client.get("/v2/app/manifests/v2")).read() == body
+    assert not committed.exists()
+    assert swept[7:] not in blob_files(reg), "a swept blob came back as an unindexed file"
+    assert (await reg.client.head(f"/v2/app/blobs/{swept}")).status == 404
+    assert list((data_dir / "trash").iterdir()) == [], "start-up left the trash unsettled"
+
+
+async def test_check_restores_a_crashed_sweeps_trash_instead_of_quarantining(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "d"
+    reg = await make_registry(data_dir)
+    blob = os.urandom(10_000)
+    digest = await reg.push_blob("app", blob)
+    trash_like_a_killed_sweep(reg, digest)  # a CLI ``aioreg gc`` was killed mid-sweep
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "aioreg", "check", "--data", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{digest}: restored from trash" in result.stdout, result.stdout
+    await agree_and_serve(reg, "app", digest, blob)
+
+
+async def test_gc_and_janitor_survive_an_upload_file_vanishing_mid_walk(
+    make_registry: AppFactory,
+) -> None:
+    """A name listed in ``uploads/`` that is gone by the time it is examined (here a dangling
+    symlink, the same race made permanent) must not fail GC after it committed, nor kill
+    the upload janitor."""
+    reg = await make_registry(storage={"upload_session_ttl": 2}, gc={"grace_period": 0})
+    (reg.data_dir / "uploads" / "vanished").symlink_to(reg.data_dir / "nowhere")
+    orphan = await reg.push_blob("app", b"collected")
+    report = await api(reg, "POST", "/gc")
+    assert report["blobs_removed"] == 1
+    assert (await reg.client.head(f"/v2/app/blobs/{orphan}")).status == 404
+    resp = await reg.client.post("/v2/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    deadline = time.monotonic() + 15
+    # The janitor runs every second; the idle session expires after 2.
+    while (await reg.client.get(location)).status != 404:
+        assert time.monotonic() < deadline, "the upload janitor stopped running"
+        await asyncio.sleep(0.1)
+
+
+async def test_periodic_job_logs_a_failed_run_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    runs: list[int] = []
+
+    async def flaky() -> int:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise OSError("first run fails")
+        return len(runs)
+
+    job = PeriodicJob("flaky", 0.01, flaky)
+    job.start()
+    deadline = time.monotonic() + 5
+    while len(runs) < 3:
+        assert time.monotonic() < deadline, "the job stopped after a failed run"
+        await asyncio.sleep(0.01)
+    await job.stop()
+    stopped_at = len(runs)
+    assert "flaky failed" in caplog.text and "first run fails" in caplog.text
+    await asyncio.sleep(0.05)
+    assert len(runs) == stopped_at, "the job ran after stop()"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import xxhash
 
 from aioreg.maintenance import check, scrub
@@ -21,6 +23,7 @@ from tests.conftest import (
     digest_of,
     error_codes,
 )
+from tests.process import Server, free_port, start
 
 
 def blob_path(reg: Reg, digest: str) -> Path:
@@ -119,11 +122,11 @@ async def test_check_repairs_what_is_safe(reg: Reg) -> None:
     )
     (reg.data_dir / "uploads" / session).unlink()
 
-    dry = await check(reg.registry.index, reg.registry.store, repair=False)
+    dry = await check(reg.registry.index, reg.registry.store, grace=0, repair=False)
     assert len(dry.actions) == 4, dry.actions
     assert orphan_path.exists() and stray_upload.exists()
 
-    report = await check(reg.registry.index, reg.registry.store)
+    report = await check(reg.registry.index, reg.registry.store, grace=0)
     text = "\n".join(report.actions)
     assert f"blob {lost}: file missing, quarantined" in text
     assert f"{orphan_path}: no index row, removed" in text
@@ -133,7 +136,7 @@ async def test_check_repairs_what_is_safe(reg: Reg) -> None:
     assert (await reg.client.get(resp.headers["Location"])).status == 404
     assert (await reg.client.head(f"/v2/app/blobs/{lost}")).status == 404
     assert (await reg.client.get(f"/v2/app/blobs/{kept}")).status == 200
-    assert (await check(reg.registry.index, reg.registry.store)).actions == []
+    assert (await check(reg.registry.index, reg.registry.store, grace=0)).actions == []
 
 
 async def test_cli_scrub_and_check(make_registry: AppFactory, tmp_path: Path) -> None:
@@ -162,3 +165,48 @@ async def test_cli_scrub_and_check(make_registry: AppFactory, tmp_path: Path) ->
     result = aioreg("check")
     assert result.returncode == 0
     assert "index and disk agree" in result.stdout
+
+
+async def test_check_next_to_a_serving_registry_loses_no_acknowledged_blob(
+    tmp_path: Path, servers: list[Server]
+) -> None:
+    """``aioreg check`` (its own process, no grace period) runs again and again beside a
+    real ``aioreg serve`` under push load; every blob answered 201 must pull back exact."""
+    data = tmp_path / "d"
+    port = free_port()
+    start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(data)])
+    acked: dict[str, bytes] = {}
+    checks_done = asyncio.Event()
+
+    async def pusher(http: aiohttp.ClientSession, worker: int) -> None:
+        n = 0
+        while not checks_done.is_set() and n < 5000:
+            blob = f"{worker}-{n}-".encode() + os.urandom(64)
+            digest = digest_of(blob)
+            resp = await http.post(f"/v2/load/blobs/uploads/?digest={digest}", data=blob)
+            assert resp.status == 201, await resp.text()
+            acked[digest] = blob
+            n += 1
+
+    async def checker() -> None:
+        try:
+            for _ in range(3):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "aioreg", "check", "--data", str(data),
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    env={**os.environ, "AIOREG_GC_GRACE_PERIOD": "0"},
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(proc.communicate(), 60)
+                assert proc.returncode == 0, out.decode()
+        finally:
+            checks_done.set()
+
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        await asyncio.gather(checker(), *(pusher(http, w) for w in range(3)))
+        assert len(acked) > 50, "the push load never got going"
+        lost = []
+        for digest, blob in acked.items():
+            resp = await http.get(f"/v2/load/blobs/{digest}")
+            if resp.status != 200 or await resp.read() != blob:
+                lost.append(digest)
+    assert lost == [], f"{len(lost)} of {len(acked)} acknowledged blobs lost"

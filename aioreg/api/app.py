@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -20,9 +19,8 @@ from aioreg.api.v2.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
 from aioreg.management import Management
+from aioreg.periodic import PeriodicJob
 from aioreg.registry import Registry
-
-log = logging.getLogger("aioreg.api")
 
 
 async def _api_version_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -96,15 +94,19 @@ def create_app(config: Config) -> web.Application:
         await registry.open()
         await auth.open()
         schedules = [
-            asyncio.create_task(_every(config.gc.interval, "gc", management.gc)),
-            asyncio.create_task(
-                _every(config.retention.interval, "retention", management.retention_apply)
+            PeriodicJob("scheduled gc", config.gc.interval, management.gc, log_result=True),
+            PeriodicJob(
+                "scheduled retention",
+                config.retention.interval,
+                management.retention_apply,
+                log_result=True,
             ),
         ]
+        for job in schedules:
+            job.start()
         yield
-        for task in schedules:
-            task.cancel()
-        await asyncio.gather(*schedules, return_exceptions=True)
+        for job in schedules:
+            await job.stop()
         await auth.close()
         await registry.close()
 
@@ -114,16 +116,3 @@ def create_app(config: Config) -> web.Application:
     add_routes(app)
     add_management_routes(app)
     return app
-
-
-async def _every(interval: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
-    """Run a lifecycle job on a schedule; a failed run is logged and the next one tries again."""
-    if interval <= 0:
-        return
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            result = await job()
-            log.info("scheduled %s: %s", what, result)
-        except Exception:
-            log.exception("scheduled %s failed", what)

@@ -34,6 +34,7 @@ from aioreg.config import AuthConfig
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
 from aioreg.index import Index
 from aioreg.index.accounts import AuditRow, TokenRow, UserRow
+from aioreg.periodic import PeriodicJob
 from aioreg.rules import effective_rules, namespace_of
 
 log = logging.getLogger("aioreg.auth")
@@ -162,7 +163,7 @@ class AuthService:
         self._checking: dict[bytes, asyncio.Future[Identity | None]] = {}
         self._audit: list[AuditRow] = []
         self._verified: dict[bytes, tuple[Identity, float]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = PeriodicJob("audit flush", AUDIT_FLUSH_SECONDS, self.flush_audit)
 
     @property
     def enabled(self) -> bool:
@@ -174,14 +175,11 @@ class AuthService:
         key = await asyncio.to_thread(load_or_create_key, self.data_dir / "auth")
         self.signer = TokenSigner(key, self.config.service)
         await self._bootstrap_admin()
-        self._flusher = asyncio.create_task(self._flush_forever())
+        self._flusher.start()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            await self.flush_audit()
+        await self._flusher.stop()
+        await self.flush_audit()
 
     async def _bootstrap_admin(self) -> None:
         if await self.index.user_count() > 0:
@@ -470,14 +468,6 @@ class AuthService:
     async def flush_audit(self) -> None:
         entries, self._audit = self._audit, []
         await self.index.add_audit(entries)
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(AUDIT_FLUSH_SECONDS)
-            try:
-                await self.flush_audit()
-            except Exception:  # the next round retries; never take the server down
-                log.exception("could not write audit entries")
 
     # -- a credential's scope, on every API --------------------------------
 

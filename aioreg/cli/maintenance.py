@@ -52,6 +52,8 @@ async def _scrub_async(config: Config, full: bool) -> int:
         print(f"corrupt, quarantined: {digest}")
     for digest in report.missing:
         print(f"missing, quarantined: {digest}")
+    for digest in report.restored:
+        print(f"missing, restored from an interrupted GC's trash: {digest}")
     print(
         f"checked {report.checked} blobs ({report.bytes} bytes): "
         f"{len(report.corrupt)} corrupt, {len(report.missing)} missing"
@@ -63,7 +65,7 @@ async def _check_async(config: Config, dry_run: bool) -> int:
     index, store = open_parts(config.data_path)
     await index.open()
     try:
-        report = await check(index, store, repair=not dry_run)
+        report = await check(index, store, grace=config.gc.grace_period, repair=not dry_run)
     finally:
         await index.close()
     for line in report.actions:

@@ -26,6 +26,7 @@ from aioreg.index.lifecycle import Event, LifecycleQueries
 from aioreg.index.migrations import MIGRATIONS, statements
 from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
 from aioreg.manifest import ParsedManifest
+from aioreg.periodic import PeriodicJob
 from aioreg.rules import namespace_of
 
 PRAGMAS = (
@@ -72,7 +73,7 @@ class Index(AccountQueries, LifecycleQueries):
             self._data_version,
             LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
         )
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = PeriodicJob("pull flush", PULL_FLUSH_SECONDS, self.flush_pulls)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -83,14 +84,10 @@ class Index(AccountQueries, LifecycleQueries):
         await self._migrate()
         self._reader = await self._connect()
         self._writer_version = await self._others_version(self._writer)
-        self._flusher = asyncio.create_task(self._flush_pulls_forever())
+        self._flusher.start()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await self._flusher.stop()
         if self._writer is not None:
             await self.flush_pulls()
         for conn in (self._reader, self._writer):
@@ -277,14 +274,6 @@ class Index(AccountQueries, LifecycleQueries):
         )
         assert row is not None
         return int(row[0]), int(row[1])
-
-    async def quarantine_blob(self, digest: str, now: float | None = None) -> None:
-        """Stop serving a blob; a later upload of the same digest heals it."""
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE blobs SET quarantined_at = ? WHERE digest = ?",
-                (time.time() if now is None else now, digest),
-            )
 
     async def known_blob_digests(self) -> set[str]:
         """Every blob row, quarantined or not: files without one are orphans."""
@@ -806,15 +795,6 @@ class Index(AccountQueries, LifecycleQueries):
                         "UPDATE tags SET last_pull_at = ? WHERE repository_id = ? AND name = ?",
                         (when, repo_id, tag),
                     )
-
-    async def _flush_pulls_forever(self) -> None:
-        while True:
-            await asyncio.sleep(PULL_FLUSH_SECONDS)
-            try:
-                await self.flush_pulls()
-            except aiosqlite.Error:
-                # Pull timestamps are best effort; the next flush retries newer ones.
-                continue
 
     async def pull_times(self, name: str) -> tuple[float | None, float | None]:
         """(last push, last pull) of a repository, for tests and the management API."""

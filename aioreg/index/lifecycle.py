@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+import aiosqlite
 import msgspec
 
 from aioreg.rules import namespace_of
@@ -65,6 +67,33 @@ class Usage:
 class GcResult:
     manifests: list[tuple[str, str]]  # (repository, digest) of untagged manifests removed
     blobs: list[tuple[str, int]]  # (digest, size) of blobs removed
+
+
+class BlobFiles:
+    """Blob rows read and changed inside the write transaction ``blob_files`` holds."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def rows(self, digests: Sequence[str]) -> dict[str, bool]:
+        """Each digest that has a row, mapped to whether it is servable (not quarantined)."""
+        found: dict[str, bool] = {}
+        for start in range(0, len(digests), 500):  # under SQLite's bound-parameter limit
+            batch = list(digests[start : start + 500])
+            marks = ",".join("?" * len(batch))
+            async with self._db.execute(
+                f"SELECT digest, quarantined_at IS NULL FROM blobs WHERE digest IN ({marks})",
+                batch,
+            ) as cursor:
+                found.update((r[0], bool(r[1])) for r in await cursor.fetchall())
+        return found
+
+    async def quarantine(self, digest: str, now: float | None = None) -> None:
+        """Stop serving a blob; a later upload of the same digest heals it."""
+        await self._db.execute(
+            "UPDATE blobs SET quarantined_at = ? WHERE digest = ?",
+            (time.time() if now is None else now, digest),
+        )
 
 
 NAMESPACE_REPOS = "(r.name = ? OR r.name LIKE ? ESCAPE '\\')"
@@ -347,6 +376,17 @@ class LifecycleQueries:
         return {r[0]: msgspec.json.decode(r[1]) for r in rows}
 
     # -- garbage collection ----------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def blob_files(self) -> AsyncIterator[BlobFiles]:
+        """Hold the index's write lock while blob files are moved or removed.
+
+        It is the lock a GC sweep removes files under and an upload places its
+        file under (see ``link_blob``), across processes (SQLite's write lock):
+        rows read inside agree with the files on disk until the block ends.
+        """
+        async with self._transaction() as db:  # type: ignore[attr-defined]
+            yield BlobFiles(db)
 
     async def collect_garbage(
         self,

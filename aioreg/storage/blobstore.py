@@ -3,17 +3,35 @@
 A blob is stored once, whatever number of repositories link it. Files reach
 their final name only complete and fsynced (see ``BlobWriter.commit``), so a
 file under a final name always holds exactly its digest's bytes.
+
+Upload temp files live in ``uploads/``. The writer that owns one holds a shared
+advisory lock (``flock``) on it for as long as the upload lives in its process;
+``remove_upload_file`` is the one rule every remover (janitor, GC, ``check``,
+in any process) follows: never a file someone holds, never a young one.
+
+GC moves swept blobs to ``trash/<run>/`` inside its index transaction and
+empties that run's directory after the commit; whatever a crash leaves there
+is settled by ``aioreg.maintenance.recover_trash``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import stat
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from aioreg.errors import RegistryError
 from aioreg.reference import Digest
+
+# However short the grace period, an upload file this young may not be locked by its
+# writer yet (it is created, then locked): no remover touches it.
+UPLOAD_CLAIM_SECONDS = 10.0
 
 
 class BlobStore:
@@ -21,6 +39,7 @@ class BlobStore:
         self.root = root
         self.blobs_dir = root / "blobs"
         self.uploads_dir = root / "uploads"
+        self.trash_dir = root / "trash"
 
     def open(self) -> None:
         # The data dir also holds the index (password hashes) and the signing key.
@@ -43,6 +62,130 @@ class BlobStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.replace(self.path(digest), target)
+
+    def is_young(self, path: Path, grace: float, now: float | None = None) -> bool:
+        """Changed (written, or linked under this name) less than ``grace`` seconds ago.
+
+        ctime counts because a hard link keeps the temp file's mtime: a blob
+        placed a moment ago can carry the mtime of its upload's last write.
+        """
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return False
+        return _age(st, now) < grace
+
+    # -- upload temp files -------------------------------------------------
+
+    def upload_files(self) -> list[Path]:
+        """Every name in ``uploads/`` (blocking; a listed file may be gone when examined)."""
+        return sorted(self.uploads_dir.iterdir())
+
+    def own_upload(self, path: Path, fd: int | None = None) -> int:
+        """Take the lock that marks ``path`` as owned by a live writer; returns the fd holding it.
+
+        The lock is shared: several writers (a second server resuming the same
+        session) may hold it at once, and any one of them keeps removers off.
+        It waits only while a remover holds its exclusive lock to examine the
+        file (never long). If the remover took the file meanwhile, the name no
+        longer leads to the locked file and the upload is gone: FileNotFoundError.
+        """
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(errno.ENOENT, "upload file was removed", str(path))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def remove_upload_file(
+        self, path: Path, grace: float, now: float | None = None, *, remove: bool = True
+    ) -> bool:
+        """Remove an upload temp file unless a writer owns it or it was written less than
+        ``grace`` (and never less than ``UPLOAD_CLAIM_SECONDS``) ago.
+
+        The one rule for every remover. True if this call removed the file (or,
+        with ``remove=False``, would have); False if it is owned, young, not a
+        regular file, or already gone.
+        """
+        try:
+            st = path.lstat()
+            # mtime: an upload file is as old as its last write. The floor covers the
+            # instant between a writer creating its file and locking it.
+            age = (time.time() if now is None else now) - st.st_mtime
+            if not stat.S_ISREG(st.st_mode) or age < max(grace, UPLOAD_CLAIM_SECONDS):
+                return False
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # gone meanwhile, or not ours to open
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a writer holds it: the upload is alive
+            if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                return False
+            if remove:
+                path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+
+    # -- trash -----------------------------------------------------------
+
+    def trash_run(self) -> Path:
+        """A directory name for one sweep's files, so emptying it touches no other sweep's.
+
+        It is created by the sweep's first ``trash``, under the index's write
+        lock, so ``recover_trash`` (which prunes empty run directories under the
+        same lock) never removes it between creation and use.
+        """
+        return self.trash_dir / uuid.uuid4().hex
+
+    def trash(self, digest: Digest, run: Path) -> None:
+        """Move a blob out of the served tree into a sweep's trash (blocking)."""
+        run.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path(digest), run / f"{digest.algorithm}-{digest.hex}")
+
+    def trashed(self) -> list[tuple[Path, Digest]]:
+        """Every blob file in the trash, of any sweep (and of the flat layout of old versions)."""
+        if not self.trash_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.trash_dir.rglob("*")):
+            algorithm, _, hex_ = path.name.partition("-")
+            try:
+                digest = Digest.parse(f"{algorithm}:{hex_}")
+            except RegistryError:
+                continue
+            if path.is_file():
+                found.append((path, digest))
+        return found
+
+    def restore(self, trashed: Path, digest: Digest) -> None:
+        """Put a trashed file back under its final name (an existing copy there wins)."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.link(trashed, final)
+        _fsync_dir(final.parent)
+        trashed.unlink(missing_ok=True)
+
+    def empty_trash(self, run: Path | None = None) -> None:
+        """Delete one sweep's trash, or with no run prune every empty run directory."""
+        with contextlib.suppress(FileNotFoundError):  # pruned meanwhile: nothing left to do
+            for path in run.iterdir() if run is not None else ():
+                path.unlink(missing_ok=True)
+        runs = [run] if run is not None else list(self.trash_dir.glob("*"))
+        for directory in runs:
+            with contextlib.suppress(OSError):  # not empty, not a directory, or gone
+                directory.rmdir()
 
     def walk(self) -> Iterator[tuple[Path, Digest | None]]:
         """Every file under ``blobs/`` with the digest its name claims (None if not a digest)."""
@@ -84,6 +227,10 @@ def _make_durable_dirs(directory: Path) -> None:
     with contextlib.suppress(FileExistsError):  # a concurrent upload made it first
         directory.mkdir(mode=0o700)
     _fsync_dir(directory.parent)
+
+
+def _age(st: os.stat_result, now: float | None) -> float:
+    return (time.time() if now is None else now) - max(st.st_mtime, st.st_ctime)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -40,6 +40,8 @@ class BlobWriter:
         self._executor = executor
         self._sha256: Any = hashlib.sha256()
         self._xxh3: Any = xxhash.xxh3_128()
+        # Held from create/resume to release/cancel: removers skip a file whose lock is taken.
+        self._owner_fd: int | None = None
 
     # -- opening ---------------------------------------------------------
 
@@ -49,7 +51,7 @@ class BlobWriter:
     ) -> BlobWriter:
         writer = cls(store, upload_id, executor)
         fd = os.open(writer.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.close(fd)
+        writer._owner_fd = store.own_upload(writer.path, fd)
         return writer
 
     @classmethod
@@ -63,7 +65,12 @@ class BlobWriter:
         """Rebuild a writer after a restart: drop unacknowledged bytes, rehash the rest."""
         writer = cls(store, upload_id, executor)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(executor, writer._rehash, committed_bytes)
+        writer._owner_fd = await loop.run_in_executor(executor, store.own_upload, writer.path)
+        try:
+            await loop.run_in_executor(executor, writer._rehash, committed_bytes)
+        except BaseException:
+            writer._disown()
+            raise
         return writer
 
     def _rehash(self, committed_bytes: int) -> None:
@@ -196,7 +203,19 @@ class BlobWriter:
 
     async def _remove_temp(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, _unlink, self.path)
+        try:
+            await loop.run_in_executor(self._executor, _unlink, self.path)
+        finally:
+            self._disown()
+
+    def _disown(self) -> None:
+        fd, self._owner_fd = getattr(self, "_owner_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # A writer dropped without release or cancel (its session expired) lets go of its file.
+        self._disown()
 
 
 def _load_sync_file_range() -> Any:
