@@ -125,7 +125,7 @@ async def test_shutdown_while_another_process_holds_the_lock_keeps_pull_records(
         assert resp.status == 200
         index = reg.registry.index
         await _poll(lambda: index._write_lock.locked(), "pull bookkeeping to wait for the lock")
-        flusher = index._flusher
+        flusher = index._flusher._task
         assert flusher is not None
         stopping = asyncio.ensure_future(reg.server.stop())
         await _poll(lambda: flusher.cancelling() or flusher.done(), "shutdown to cancel it")
