@@ -18,6 +18,7 @@ upload_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("upload_i
 
 # What a client may send as X-Request-Id: anything else is replaced by our own.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
 
 
@@ -26,6 +27,11 @@ def new_request_id(offered: str | None) -> str:
     if offered is not None and REQUEST_ID_RE.fullmatch(offered):
         return offered
     return uuid.uuid4().hex
+
+
+def sane_upload_id(value: str | None) -> str | None:
+    """An upload id from a URL, when it has the shape of one (never arbitrary client text)."""
+    return value if value is not None and UPLOAD_ID_RE.fullmatch(value) else None
 
 
 def context_suffix() -> str:

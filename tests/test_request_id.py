@@ -50,3 +50,22 @@ def await_output(server: Server, text: str, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+async def test_upload_log_lines_carry_the_upload_id(servers: list[Server], tmp_path: Path) -> None:
+    port = free_port()
+    server = start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")])
+    data = os.urandom(5000)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        resp = await http.post("/v2/app/blobs/uploads/", headers={"X-Request-Id": "start-1"})
+        upload_id = resp.headers["Docker-Upload-UUID"]
+        resp = await http.put(
+            f"{resp.headers['Location']}?digest={digest_of(data)}",
+            data=data,
+            headers={"X-Request-Id": "finish-1"},
+        )
+        assert resp.status == 201
+    assert await_output(server, f"[req=start-1 upload={upload_id}]: upload started in app")
+    assert await_output(
+        server, f"[req=finish-1 upload={upload_id}]: upload finished: {digest_of(data)}"
+    )

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -134,7 +135,12 @@ async def test_sigterm_drains_in_flight_upload(servers: list[Server], tmp_path: 
 
         task = asyncio.create_task(upload())
         await sent_first.wait()
-        await asyncio.sleep(0.3)  # the server is now inside the PATCH handler
+        # The server is inside the PATCH handler once the session's file has bytes.
+        upload_file = tmp_path / "d" / "uploads" / location.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 20
+        while not (upload_file.exists() and upload_file.stat().st_size > 0):
+            assert time.monotonic() < deadline, "the PATCH never reached the server's disk"
+            await asyncio.sleep(0.02)
         server.proc.send_signal(signal.SIGTERM)
         assert await task == 202
     assert await asyncio.to_thread(server.stop) == 0

@@ -16,9 +16,13 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     rid = logcontext.new_request_id(request.headers.get(REQUEST_ID_HEADER))
     request[REQUEST_ID] = rid
     token = logcontext.request_id.set(rid)
+    upload = logcontext.upload_id.set(
+        logcontext.sane_upload_id(request.match_info.get("upload_id"))
+    )
     try:
         return await handler(request)
     finally:
+        logcontext.upload_id.reset(upload)
         logcontext.request_id.reset(token)
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from aiohttp import web
 
+from aioreg import logcontext
 from aioreg.api.auth import IDENTITY, MOUNT_ALLOWED
 from aioreg.api.errors import registry_error_response
 from aioreg.api.http import body_stream, has_body, registry
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RangeError, RegistryError
+
+log = logging.getLogger("aioreg.uploads")
 
 # No offset has more digits than a 64-bit integer; longer numbers are malformed, not converted.
 CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
@@ -90,6 +94,8 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
         row = await reg.upload_blob(name, query["digest"], body_stream(request))
         return _created(name, row.digest)
     upload_id = await reg.start_upload(name, _client(request))
+    logcontext.upload_id.set(upload_id)
+    log.info("upload started in %s", name)
     response = _progress(name, upload_id, 0, 202)
     response.headers["OCI-Chunk-Min-Length"] = str(reg.config.storage.chunk_min_length)
     return response
@@ -109,6 +115,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         )
     except RangeError as exc:
         return _out_of_order(name, upload_id, exc)
+    log.debug("upload at %d bytes", offset)
     return _progress(name, upload_id, offset, 202)
 
 
@@ -126,10 +133,12 @@ async def finish_upload(request: web.Request) -> web.StreamResponse:
         )
     except RangeError as exc:
         return _out_of_order(name, upload_id, exc)
+    log.info("upload finished: %s (%d bytes) in %s", row.digest, row.size, name)
     return _created(name, row.digest)
 
 
 async def cancel_upload(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
     await registry(request).cancel_upload(name, upload_id)
+    log.info("upload cancelled")
     return web.Response(status=204)
