@@ -41,14 +41,14 @@ async def test_last_push_and_pull_times(reg: Reg) -> None:
     before = time.time()
     digest, _ = await reg.push_image("team/app", "v1")
     index = reg.registry.index
-    pushed, pulled = await index.pull_times("team/app")
+    pushed, pulled = await index.activity.pull_times("team/app")
     assert pushed is not None and pushed >= before
     assert pulled is None
     # HEAD is not a pull; GET is.
     assert (await reg.client.head("/v2/team/app/manifests/v1")).status == 200
-    assert (await index.pull_times("team/app"))[1] is None
+    assert (await index.activity.pull_times("team/app"))[1] is None
     assert (await reg.client.get("/v2/team/app/manifests/v1")).status == 200
-    _, pulled = await index.pull_times("team/app")
+    _, pulled = await index.activity.pull_times("team/app")
     assert pulled is not None and pulled >= pushed
     db = sqlite3.connect(reg.data_dir / "index.db")
     try:
