@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import sqlite3
 import time
 
+from aioreg.index.migrations import MIGRATIONS, statements
 from tests.conftest import AppFactory, Reg, digest_of
 
 
@@ -20,6 +22,19 @@ async def test_wal_mode_and_schema_version(reg: Reg) -> None:
         assert {"repositories", "tags", "manifests", "blobs", "uploads"} <= tables
     finally:
         db.close()
+
+
+def test_migrations_are_numbered_sql_files() -> None:
+    """One ``NNNN_name.sql`` per schema version, and a trigger body's ``;`` does not split it."""
+    files = sorted(
+        entry.name
+        for entry in importlib.resources.files("aioreg.index.migrations").iterdir()
+        if entry.name.endswith(".sql")
+    )
+    assert [int(name[:4]) for name in files] == list(range(1, len(MIGRATIONS) + 1))
+    triggers = [s for script in MIGRATIONS for s in statements(script) if "CREATE TRIGGER" in s]
+    assert len(triggers) == 3
+    assert all(t.endswith("END;") and t.count(";") > 1 for t in triggers)
 
 
 async def test_migrations_run_once(make_registry: AppFactory, tmp_path) -> None:
