@@ -54,11 +54,11 @@ async def recover_trash(index: Index, store: BlobStore) -> TrashReport:
     report = TrashReport()
     trashed = await asyncio.to_thread(store.trashed)
     for batch in _batches(trashed):
-        async with index.blob_files() as files:
+        async with index.blobs.files() as files:
             rows = await files.rows([str(digest) for _, digest in batch])
             await asyncio.to_thread(_settle_trash, store, batch, rows, report)
     if await asyncio.to_thread(store.trash_dir.is_dir):
-        async with index.blob_files():  # pruning run directories is safe only between sweeps
+        async with index.blobs.files():  # pruning run directories is safe only between sweeps
             await asyncio.to_thread(store.empty_trash)
     return report
 
@@ -89,7 +89,7 @@ async def _settle_missing(
     restored: list[str] = []
     quarantined: list[str] = []
     for batch in _batches(digests):
-        async with index.blob_files() as files:
+        async with index.blobs.files() as files:
             rows = await files.rows(batch)
             wanted = {d for d in batch if rows.get(d)}
             found, gone = await asyncio.to_thread(_untrash, store, wanted)
@@ -143,7 +143,7 @@ def _verify(path: Path, blob: BlobRow, full: bool) -> tuple[bool, int]:
 
 async def _quarantine_corrupt(index: Index, store: BlobStore, digest: Digest, inode: int) -> bool:
     """Move a corrupt file to ``quarantine/`` and mark its row, unless either changed meanwhile."""
-    async with index.blob_files() as files:
+    async with index.blobs.files() as files:
         if not (await files.rows([str(digest)])).get(str(digest)):
             return False  # swept or quarantined meanwhile
 
@@ -178,7 +178,7 @@ async def scrub(
     report = ScrubReport()
     loop = asyncio.get_running_loop()
     missing: list[str] = []
-    async for blob in index.servable_blobs():
+    async for blob in index.blobs.servable():
         digest = Digest.parse(blob.digest)
         path = store.path(digest)
         try:
@@ -226,7 +226,7 @@ async def check(
         ]
         report.actions += [f"trash {d}: swept blob, removed" for d in trash.discarded]
     else:
-        known = await index.known_blob_digests()
+        known = await index.blobs.known_digests()
         for path, digest in await asyncio.to_thread(store.trashed):
             fate = "restored" if str(digest) in known else "removed"
             report.actions.append(f"{path}: left by a sweep, would be {fate}")
@@ -240,7 +240,7 @@ async def _check_blobs(
 ) -> None:
     page: list[str] = []
     missing: list[str] = []
-    async for blob in index.servable_blobs():
+    async for blob in index.blobs.servable():
         page.append(blob.digest)
         if len(page) >= LOCKED_BATCH:
             missing += await asyncio.to_thread(_without_file, store, page)
@@ -253,7 +253,7 @@ async def _check_blobs(
     else:
         report.actions += [f"blob {d}: file missing, would be quarantined" for d in missing]
 
-    known = await index.known_blob_digests()
+    known = await index.blobs.known_digests()
     orphans: list[tuple[Path, Digest]] = []
     for path, digest in await asyncio.to_thread(lambda: list(store.walk())):
         if digest is None:
@@ -265,7 +265,7 @@ async def _check_blobs(
         return
     for batch in _batches(orphans):
         # Re-read under the write lock: a blob is placed and indexed in one transaction.
-        async with index.blob_files() as files:
+        async with index.blobs.files() as files:
             rows = await files.rows([str(digest) for _, digest in batch])
             removed = await asyncio.to_thread(_remove_orphans, store, batch, rows, grace)
         report.actions += [f"{path}: no index row, removed" for path in removed]
@@ -290,7 +290,7 @@ async def _check_uploads(
     index: Index, store: BlobStore, grace: float, repair: bool, report: CheckReport
 ) -> None:
     verb = "" if repair else "would be "
-    sessions = {row.id: row for row in await index.uploads()}
+    sessions = {row.id: row for row in await index.uploads.all()}
 
     def strays() -> list[Path]:
         # A session created after the listing above has a writer holding its file.
@@ -308,7 +308,7 @@ async def _check_uploads(
         size = await asyncio.to_thread(_size, path)
         if size is not None and size >= listed.committed_bytes:
             continue
-        row = await index.upload(upload_id)
+        row = await index.uploads.get(upload_id)
         if row is None or (size is not None and size >= row.committed_bytes):
             continue  # the session ended or moved on meanwhile
         if size is not None and not await asyncio.to_thread(
@@ -320,7 +320,7 @@ async def _check_uploads(
             f"upload {upload_id}: file {found}, index says {row.committed_bytes}; {verb}dropped"
         )
         if repair:
-            await index.delete_upload(upload_id)
+            await index.uploads.delete(upload_id)
 
 
 def _size(path: Path) -> int | None:

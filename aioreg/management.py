@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import msgspec
 
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.index.lifecycle import ArtifactRow, Event, RepositorySummary, Usage
+from aioreg.index import ArtifactRow, Event, RepositorySummary, Usage
 from aioreg.maintenance import recover_trash
 from aioreg.manifest import INDEX_TYPES, ImageIndex, ImageManifest
 from aioreg.reference import Digest, validate_name, validate_tag
-from aioreg.registry import Registry
+from aioreg.registry import Registry, quota_refusal
 
 log = logging.getLogger("aioreg.lifecycle")
 DAY = 86400.0
@@ -108,11 +108,11 @@ class Management:
     # -- listings --------------------------------------------------------
 
     async def namespaces(self) -> list[str]:
-        return await self.index.namespace_names()
+        return await self.index.repositories.namespace_names()
 
     async def repository_names(self, namespace: str) -> list[str]:
         """Names of a namespace's repositories, sorted."""
-        return await self.index.repositories_in(namespace)
+        return await self.index.repositories.in_namespace(namespace)
 
     async def repositories(
         self, namespace: str | None, sort: str = "name", descending: bool = False
@@ -127,23 +127,23 @@ class Management:
             raise RegistryError(
                 ErrorCode.BAD_REQUEST, f"sort must be one of {', '.join(sorted(keys))}"
             )
-        await self.index.flush_pulls()  # last-pull times are batched; show current ones
-        summaries = await self.index.repository_summaries(namespace)
+        await self.index.activity.flush()  # last-pull times are batched; show current ones
+        summaries = await self.index.listings.repository_summaries(namespace)
         return sorted(summaries, key=keys[sort], reverse=descending)
 
     async def _summary(self, name: str) -> RepositorySummary:
         validate_name(name)
-        await self.index.flush_pulls()
-        for summary in await self.index.repository_summaries(name.split("/", 1)[0]):
+        await self.index.activity.flush()
+        for summary in await self.index.listings.repository_summaries(name.split("/", 1)[0]):
             if summary.name == name:
                 return summary
         raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
 
     async def repository(self, name: str) -> RepositoryDetail:
         summary = await self._summary(name)
-        artifacts = await self.index.artifacts(name)
+        artifacts = await self.index.listings.artifacts(name)
         by_digest = {a.digest: a for a in artifacts}
-        tags = await self.index.tag_infos(name)
+        tags = await self.index.listings.tag_infos(name)
         tags_of: dict[str, list[str]] = {}
         for tag in tags:
             tags_of.setdefault(tag.digest, []).append(tag.name)
@@ -194,7 +194,7 @@ class Management:
 
     async def layers(self, name: str, digest: str) -> list[LayerDetail]:
         validate_name(name)
-        artifact = await self.index.artifact(name, str(Digest.parse(digest)))
+        artifact = await self.index.listings.artifact(name, str(Digest.parse(digest)))
         if artifact is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"{digest} is not in {name}")
         if artifact.media_type in INDEX_TYPES:
@@ -203,19 +203,19 @@ class Management:
         return [LayerDetail(layer.digest, layer.mediaType, layer.size) for layer in image.layers]
 
     async def events(self, limit: int, repository: str | None = None) -> list[Event]:
-        await self.index.flush_pulls()
-        return await self.index.events(limit, repository)
+        await self.index.activity.flush()
+        return await self.index.activity.events(limit, repository)
 
     async def search(
         self, query: str, limit: int = 100
     ) -> list[tuple[str, str | None, str | None]]:
         if not query:
             raise RegistryError(ErrorCode.BAD_REQUEST, "search needs a query (?q=)")
-        return await self.index.search(query, limit)
+        return await self.index.listings.search(query, limit)
 
     async def usage(self, namespace: str | None = None) -> tuple[list[Usage], list[Usage], Usage]:
         """(per namespace, per repository, total); for one namespace the total is its own."""
-        namespaces, repositories, whole = await self.index.usage(namespace)
+        namespaces, repositories, whole = await self.index.usage.report(namespace)
         if namespace is None:
             return namespaces, repositories, whole
         own = next((u for u in namespaces if u.name == namespace), Usage(namespace, 0, 0))
@@ -225,30 +225,36 @@ class Management:
 
     async def delete_repository(self, name: str, actor: str | None = None) -> None:
         validate_name(name)
-        await self._refuse_if_immutable(name, [t.name for t in await self.index.tag_infos(name)])
-        if not await self.index.delete_repository(name):
+        await self._refuse_if_immutable(
+            name, [t.name for t in await self.index.listings.tag_infos(name)]
+        )
+        if not await self.index.repositories.delete(name):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
-        self.index.note_event(Event(time.time(), "delete", name, None, None, actor, "repository"))
+        self.index.activity.note_event(
+            Event(time.time(), "delete", name, None, None, actor, "repository")
+        )
 
     async def delete_artifact(self, name: str, digest: str, actor: str | None = None) -> list[str]:
         """Remove one artifact and the tags pointing at it; returns those tags."""
         validate_name(name)
         parsed = str(Digest.parse(digest))
-        tags = await self.index.tags_of(name, parsed)
+        tags = await self.index.manifests.tags_of(name, parsed)
         await self.registry.delete_manifest(name, parsed, actor)
         return tags
 
     async def delete_namespace(self, namespace: str, actor: str | None = None) -> list[str]:
         """All of a namespace or nothing: every repository is checked before any goes."""
-        repositories = await self.index.repositories_in(namespace)
+        repositories = await self.index.repositories.in_namespace(namespace)
         for name in repositories:
             await self._refuse_if_immutable(
-                name, [t.name for t in await self.index.tag_infos(name)]
+                name, [t.name for t in await self.index.listings.tag_infos(name)]
             )
-        await self.index.delete_namespace(namespace, repositories)
+        await self.index.repositories.delete_namespace(namespace, repositories)
         now = time.time()
         for name in repositories:
-            self.index.note_event(Event(now, "delete", name, None, None, actor, "repository"))
+            self.index.activity.note_event(
+                Event(now, "delete", name, None, None, actor, "repository")
+            )
         return repositories
 
     async def _refuse_if_immutable(self, name: str, tags: list[str]) -> None:
@@ -269,20 +275,24 @@ class Management:
         if tag is not None:
             validate_tag(tag)
             rules = await self.registry.rules(target)
-            existing = await self.index.manifest_by_tag(target, tag)
+            existing = await self.index.manifests.by_tag(target, tag)
             protect = not rules.allow_tag_overwrite or rules.tag_is_immutable(tag)
             if protect and existing is not None and existing.digest != row.digest:
                 raise RegistryError(ErrorCode.DENIED, f"tag {target}:{tag} may not be overwritten")
-        quota = await self.registry.quota_check(target)
-        # An index's children come first, so an index is never copied without them.
-        if row.media_type in INDEX_TYPES:
-            for child in msgspec.json.decode(row.body, type=ImageIndex).manifests:
-                await self.index.copy_manifest(
-                    source, child.digest, target, None, time.time(), quota
-                )
-        if not await self.index.copy_manifest(source, row.digest, target, tag, time.time(), quota):
+        quota = await self.registry.quota_limit(target)
+        with quota_refusal():
+            # An index's children come first, so an index is never copied without them.
+            if row.media_type in INDEX_TYPES:
+                for child in msgspec.json.decode(row.body, type=ImageIndex).manifests:
+                    await self.index.manifests.copy(
+                        source, child.digest, target, None, time.time(), quota
+                    )
+            copied = await self.index.manifests.copy(
+                source, row.digest, target, tag, time.time(), quota
+            )
+        if not copied:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"{reference} is not in {source}")
-        self.index.note_event(
+        self.index.activity.note_event(
             Event(time.time(), "push", target, tag, row.digest, actor, f"copied from {source}")
         )
         return row.digest
@@ -290,7 +300,7 @@ class Management:
     # -- garbage collection ----------------------------------------------
 
     async def gc(self, *, dry_run: bool = False, untagged: bool | None = None) -> GcReport:
-        """Mark and sweep while pushes and pulls go on; see ``Index.collect_garbage``."""
+        """Mark and sweep while pushes and pulls go on; see ``GcQueries.collect``."""
         config = self.registry.config.gc
         untagged = config.delete_untagged if untagged is None else untagged
         started = time.monotonic()
@@ -299,7 +309,7 @@ class Management:
             await recover_trash(self.index, store)  # what a killed sweep left, first
             run = store.trash_run()
             try:
-                result = await self.index.collect_garbage(
+                result = await self.index.gc.collect(
                     config.grace_period,
                     untagged,
                     dry_run,
@@ -326,7 +336,7 @@ class Management:
             seconds=time.monotonic() - started,
         )
         if not dry_run and (report.blobs or report.manifests):
-            self.index.note_event(
+            self.index.activity.note_event(
                 Event(
                     time.time(),
                     "gc",
@@ -350,12 +360,12 @@ class Management:
                     raise RegistryError(
                         ErrorCode.BAD_REQUEST, f"bad regex {pattern[:200]!r}: {exc}"
                     ) from None
-        await self.index.set_retention_policy(
+        await self.index.retention.set_policy(
             target, None if policy is None else msgspec.to_builtins(policy)
         )
 
     async def retention_policies(self) -> dict[str, RetentionPolicy]:
-        raw = await self.index.retention_policies()
+        raw = await self.index.retention.policies()
         return {target: msgspec.convert(p, RetentionPolicy) for target, p in raw.items()}
 
     async def retention_preview(self, now: float | None = None) -> list[Removal]:
@@ -363,7 +373,7 @@ class Management:
         now = time.time() if now is None else now
         policies = await self.retention_policies()
         removals: list[Removal] = []
-        for summary in await self.index.repository_summaries(None):
+        for summary in await self.index.listings.repository_summaries(None):
             name = summary.name
             policy = policies.get(name) or policies.get(name.split("/", 1)[0])
             if policy is None:
@@ -371,7 +381,7 @@ class Management:
             immutable = await self.registry.rules(name)
             candidates = [
                 t
-                for t in await self.index.tag_infos(name)
+                for t in await self.index.listings.tag_infos(name)
                 if _considered(t.name, policy) and not immutable.tag_is_immutable(t.name)
             ]
             candidates.sort(key=lambda t: (t.pushed_at, t.name), reverse=True)
@@ -402,7 +412,7 @@ class Management:
                     removal.repository, removal.tag, actor, digest=removal.digest
                 )
                 removed.append(removal)
-                self.index.note_event(
+                self.index.activity.note_event(
                     Event(
                         time.time(),
                         "retention",
@@ -413,13 +423,13 @@ class Management:
                         removal.reason,
                     )
                 )
-        await self.index.flush_pulls()
+        await self.index.activity.flush()
         return removed
 
     async def set_quota(self, namespace: str, quota_bytes: int | None) -> None:
         if quota_bytes is not None and quota_bytes < 0:
             raise RegistryError(ErrorCode.BAD_REQUEST, "a quota is a number of bytes >= 0")
-        if not await self.index.set_quota(namespace, quota_bytes):
+        if not await self.index.usage.set_quota(namespace, quota_bytes):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"no namespace {namespace}")
 
 

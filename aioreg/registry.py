@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +25,19 @@ from aioreg.errors import (
     TooLargeError,
     TooManyRequestsError,
 )
-from aioreg.index import BlobRow, Index, ManifestRow, Referrer
-from aioreg.index.db import QuotaCheck
-from aioreg.index.lifecycle import Event
+from aioreg.index import (
+    BlobRow,
+    BlobStillReferenced,
+    Event,
+    Index,
+    ManifestRow,
+    MissingReferences,
+    QuotaWouldExceed,
+    Referrer,
+    SizeMismatch,
+    TagMoveRefused,
+    UploadCapReached,
+)
 from aioreg.maintenance import recover_trash
 from aioreg.manifest import ParsedManifest, parse_manifest
 from aioreg.periodic import PeriodicJob
@@ -102,7 +112,7 @@ class Registry:
         now = time.time() if now is None else now
         ttl = self.config.storage.upload_session_ttl
         expired = 0
-        sessions = await self.index.uploads()
+        sessions = await self.index.uploads.all()
         for row in sessions:
             lock = self._upload_locks.get(row.id)
             if row.updated_at >= now - ttl or (lock is not None and lock.locked()):
@@ -115,7 +125,7 @@ class Registry:
                     continue  # a writer in another process holds it
             self._upload_locks.pop(row.id, None)
             # Row first: a request arriving now finds the session unknown, not half gone.
-            await self.index.delete_upload(row.id)
+            await self.index.uploads.delete(row.id)
             if writer is not None:
                 await writer.cancel()
             expired += 1
@@ -135,7 +145,7 @@ class Registry:
     async def blob(self, name: str, digest: str) -> StoredBlob:
         validate_name(name)
         parsed = Digest.parse(digest)
-        row = await self.index.repository_blob(name, str(parsed))
+        row = await self.index.blobs.in_repository(name, str(parsed))
         if row is None:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
         return StoredBlob(row.digest, row.size, self.store.path(parsed))
@@ -144,17 +154,19 @@ class Registry:
         validate_name(name)
         parsed = Digest.parse(digest)
 
-        def refuse(manifests: list[str]) -> None:
+        try:
+            unlinked = await self.index.blobs.unlink(name, str(parsed), refuse_if_referenced=True)
+        except BlobStillReferenced as refused:
             # Unlinking would leave these manifests unpullable; delete them first.
+            manifests = refused.manifests
             raise RegistryError(
                 ErrorCode.UNSUPPORTED,
                 f"blob {digest} is referenced by manifest {manifests[0]} in {name}"
                 + (f" and {len(manifests) - 1} more" if len(manifests) > 1 else "")
                 + "; delete the manifests first",
                 {"manifests": manifests},
-            )
-
-        if not await self.index.unlink_blob(name, str(parsed), refuse):
+            ) from refused
+        if not unlinked:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
 
     async def mount_blob(self, name: str, digest: str, source: str | None) -> BlobRow | None:
@@ -163,29 +175,31 @@ class Registry:
         With no ``source`` any stored copy will do, as the spec allows: the bytes
         are content-addressed, so a matching digest is the same blob. Whether it
         is still stored is decided inside the linking transaction (see
-        ``Index.mount_blob``), and the namespace's quota applies as to an upload.
+        ``BlobQueries.mount``), and the namespace's quota applies as to an upload.
         """
         validate_name(name)
         parsed = Digest.parse(digest)
         if source is not None:
             validate_name(source)
-        return await self.index.mount_blob(
-            name,
-            str(parsed),
-            source,
-            lambda: self.store.exists(parsed),
-            await self.quota_check(name),
-        )
+        limit = await self.quota_limit(name)
+        with quota_refusal():
+            return await self.index.blobs.mount(
+                name, str(parsed), source, lambda: self.store.exists(parsed), limit
+            )
 
-    async def quota_check(self, name: str) -> QuotaCheck | None:
-        """``name``'s namespace quota as a check of (used, adding); None when it has none.
+    async def quota_limit(self, name: str) -> int | None:
+        """``name``'s namespace quota in bytes; None when it has none.
 
         Every path that links blobs into a namespace (upload, mount, copy) hands
-        this to the index, which runs it on the namespace's usage inside the
-        linking transaction.
+        it to the index, which checks the namespace's usage against it inside the
+        linking transaction (see ``quota_refusal``).
         """
+        return await self.index.usage.quota(namespace_of(name))
+
+    async def quota_check(self, name: str) -> Callable[[int, int], None] | None:
+        """``name``'s namespace quota as a check of (used, adding); None when it has none."""
         namespace = namespace_of(name)
-        limit = await self.index.quota(namespace)
+        limit = await self.quota_limit(name)
         if limit is None:
             return None
 
@@ -208,8 +222,10 @@ class Registry:
         if check is None:
             return body
         namespace = namespace_of(name)
-        used = await self.index.namespace_usage(namespace)
-        counted = 0 if digest is None else await self.index.counted_size(namespace, str(digest))
+        used = await self.index.usage.namespace(namespace)
+        counted = (
+            0 if digest is None else await self.index.usage.counted_size(namespace, str(digest))
+        )
         return _checked(body, offset, lambda size: check(used, max(size - counted, 0)))
 
     # -- upload sessions -------------------------------------------------
@@ -219,28 +235,32 @@ class Registry:
         validate_name(name)
         limits = self.config.limits
 
-        def admit(total: int, mine: int) -> None:
-            if limits.max_upload_sessions and total >= limits.max_upload_sessions:
-                raise TooManyRequestsError(
-                    f"{total} upload sessions are open, the most this registry keeps; "
-                    "finish or cancel some",
-                    SESSION_RETRY_SECONDS,
-                )
-            if limits.max_upload_sessions_per_client and mine >= (
-                limits.max_upload_sessions_per_client
-            ):
-                raise TooManyRequestsError(
-                    f"{mine} upload sessions of {client} are open, the most one client may "
-                    "keep; finish or cancel some",
-                    SESSION_RETRY_SECONDS,
-                )
-
         upload_id = uuid.uuid4().hex
-        await self.index.create_upload(upload_id, name, time.time(), client, admit)
+        try:
+            await self.index.uploads.create(
+                upload_id,
+                name,
+                time.time(),
+                client,
+                max_open=limits.max_upload_sessions,
+                max_open_per_client=limits.max_upload_sessions_per_client,
+            )
+        except UploadCapReached as cap:
+            if cap.per_client:
+                raise TooManyRequestsError(
+                    f"{cap.open_sessions} upload sessions of {client} are open, the most one "
+                    "client may keep; finish or cancel some",
+                    SESSION_RETRY_SECONDS,
+                ) from cap
+            raise TooManyRequestsError(
+                f"{cap.open_sessions} upload sessions are open, the most this registry keeps; "
+                "finish or cancel some",
+                SESSION_RETRY_SECONDS,
+            ) from cap
         try:
             self._writers[upload_id] = BlobWriter.create(self.store, upload_id)
         except BaseException:
-            await self.index.delete_upload(upload_id)
+            await self.index.uploads.delete(upload_id)
             raise
         return upload_id
 
@@ -268,13 +288,15 @@ class Registry:
         (its temp file is still there); after it, the blob is fully recorded.
         """
         digest = Digest.parse(row.digest)
-        await self.index.link_blob(
-            name,
-            row,
-            ended_upload=upload_id,
-            place=lambda: writer.place(digest),
-            quota=await self.quota_check(name),
-        )
+        limit = await self.quota_limit(name)
+        with quota_refusal():
+            await self.index.blobs.link(
+                name,
+                row,
+                ended_upload=upload_id,
+                place_file=lambda: writer.place(digest),
+                quota_limit=limit,
+            )
         if upload_id is not None:
             self._writers.pop(upload_id, None)
             self._upload_locks.pop(upload_id, None)
@@ -290,7 +312,7 @@ class Registry:
         async with self._upload(name, upload_id) as writer, self._request(upload_id, writer):
             body = await self._within_quota(name, body, writer.offset)
             offset = await writer.write(body, start, self.config.storage.write_buffer_bytes)
-            await self.index.set_upload_offset(upload_id, offset, time.time())
+            await self.index.uploads.set_offset(upload_id, offset, time.time())
             return offset
 
     async def finish_upload(
@@ -346,7 +368,7 @@ class Registry:
         await writer.cancel()
         self._writers.pop(upload_id, None)
         self._upload_locks.pop(upload_id, None)
-        await self.index.delete_upload(upload_id)
+        await self.index.uploads.delete(upload_id)
 
     @contextlib.asynccontextmanager
     async def _upload(self, name: str, upload_id: str) -> AsyncIterator[BlobWriter]:
@@ -357,7 +379,7 @@ class Registry:
         )
         if not UPLOAD_ID_RE.fullmatch(upload_id):
             raise unknown
-        row = await self.index.upload(upload_id)
+        row = await self.index.uploads.get(upload_id)
         if row is None or row.repository != name:
             raise unknown
         async with self._upload_locks.setdefault(upload_id, asyncio.Lock()):
@@ -375,13 +397,13 @@ class Registry:
         writer = self._writers.get(upload_id)
         if writer is None:
             # Read under the session's lock: the offset the last request acknowledged.
-            row = await self.index.upload(upload_id)
+            row = await self.index.uploads.get(upload_id)
             if row is None:
                 raise unknown
             try:
                 writer = await BlobWriter.resume(self.store, upload_id, row.committed_bytes)
             except FileNotFoundError:
-                await self.index.delete_upload(upload_id)
+                await self.index.uploads.delete(upload_id)
                 raise unknown from None
             self._writers[upload_id] = writer
         return writer
@@ -415,24 +437,49 @@ class Registry:
             rules = await self.rules(name)
             protect = not rules.allow_tag_overwrite or rules.tag_is_immutable(tag)
         now = time.time()
-        await self.index.put_manifest(name, manifest, body, tag, now, protect_existing_tag=protect)
+        try:
+            await self.index.manifests.put(
+                name, manifest, body, tag, now, protect_existing_tag=protect
+            )
+        except TagMoveRefused as refused:
+            current = refused.current_digest
+            raise RegistryError(
+                ErrorCode.DENIED,
+                f"tag {name}:{tag} already points at {current} and may not be overwritten",
+                {"tag": tag, "current": current},
+            ) from refused
+        except SizeMismatch as wrong:
+            what = "blob" if wrong.kind == "blob" else "child manifest"
+            raise RegistryError(
+                ErrorCode.MANIFEST_INVALID,
+                f"the descriptor of {wrong.digest} says {wrong.declared} bytes; the stored "
+                f"{what} in {name} has {wrong.stored}",
+                {"digest": wrong.digest, "declared": wrong.declared, "stored": wrong.stored},
+            ) from wrong
+        except MissingReferences as missing:
+            what = "blob" if missing.kind == "blob" else "child manifest"
+            raise RegistryError(
+                ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                f"manifest references {missing.digests[0]}, which is not a {what} in {name}",
+                {"missing": missing.digests},
+            ) from missing
         digest = str(manifest.digest)
-        self.index.note_event(Event(now, "push", name, tag, digest, actor))
+        self.index.activity.note_event(Event(now, "push", name, tag, digest, actor))
         return manifest
 
     async def rules(self, name: str) -> PushRules:
         """The push rules in force for a repository (namespace rules, repository overrides)."""
-        namespace = await self.index.namespace(namespace_of(name))
-        _, overrides = await self.index.repository_settings(name)
+        namespace = await self.index.accounts.namespace(namespace_of(name))
+        _, overrides = await self.index.accounts.repository_settings(name)
         return effective_rules(namespace.rules if namespace else {}, overrides)
 
     async def _require_signature(self, name: str, tag: str, row: ManifestRow) -> None:
         if TRUST_EXEMPT_TAG_RE.fullmatch(tag) or not (await self.rules(name)).require_content_trust:
             return
-        for referrer in await self.index.referrers(row.repository_id, row.digest, None):
+        for referrer in await self.index.manifests.referrers(row.repository_id, row.digest, None):
             if referrer.artifact_type in SIGNATURE_ARTIFACT_TYPES:
                 return
-        if await self.index.manifest_by_tag(name, signature_tag(row.digest)) is not None:
+        if await self.index.manifests.by_tag(name, signature_tag(row.digest)) is not None:
             return
         raise RegistryError(
             ErrorCode.DENIED,
@@ -452,11 +499,11 @@ class Registry:
             ref = None
         tag = ref if isinstance(ref, str) else None
         if isinstance(ref, Digest):
-            row = await self.index.manifest_by_digest(name, str(ref))
+            row = await self.index.manifests.by_digest(name, str(ref))
         else:
-            row = None if tag is None else await self.index.manifest_by_tag(name, tag)
+            row = None if tag is None else await self.index.manifests.by_tag(name, tag)
         if row is None:
-            if await self.index.repository_id(name) is None:
+            if await self.index.repositories.id(name) is None:
                 raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference[:200]} is not in {name}"
@@ -464,8 +511,8 @@ class Registry:
         if tag is not None:
             await self._require_signature(name, tag, row)
         if pull:
-            self.index.note_pull(row, tag)
-            self.index.note_event(Event(time.time(), "pull", name, tag, row.digest, actor))
+            self.index.activity.note_pull(row, tag)
+            self.index.activity.note_event(Event(time.time(), "pull", name, tag, row.digest, actor))
         return row
 
     async def delete_manifest(
@@ -477,12 +524,12 @@ class Registry:
         rules = await self.rules(name)
         if isinstance(ref, Digest):
             if rules.immutable_tags:
-                for tag in await self.index.tags_of(name, str(ref)):
+                for tag in await self.index.manifests.tags_of(name, str(ref)):
                     self._refuse_immutable(rules, name, tag)
-            deleted = await self.index.delete_manifest(name, str(ref))
+            deleted = await self.index.manifests.delete(name, str(ref))
         else:
             self._refuse_immutable(rules, name, ref)
-            deleted = await self.index.delete_tag(name, ref, digest)
+            deleted = await self.index.manifests.delete_tag(name, ref, digest)
         if not deleted:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
@@ -490,7 +537,7 @@ class Registry:
         kind, tag, digest = (
             ("delete", None, str(ref)) if isinstance(ref, Digest) else ("untag", ref, None)
         )
-        self.index.note_event(Event(time.time(), kind, name, tag, digest, actor))
+        self.index.activity.note_event(Event(time.time(), kind, name, tag, digest, actor))
 
     @staticmethod
     def _refuse_immutable(rules: PushRules, name: str, tag: str) -> None:
@@ -503,25 +550,34 @@ class Registry:
 
     async def _repository_id(self, name: str) -> int:
         validate_name(name)
-        repo_id = await self.index.repository_id(name)
+        repo_id = await self.index.repositories.id(name)
         if repo_id is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
         return repo_id
 
     async def tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         repo_id = await self._repository_id(name)
-        return await self.index.tags(repo_id, last, limit)
+        return await self.index.manifests.tags(repo_id, last, limit)
 
     async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:
-        return await self.index.catalog(last, limit)
+        return await self.index.repositories.catalog(last, limit)
 
     async def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[Referrer]:
         validate_name(name)
         subject = Digest.parse(digest)
-        repo_id = await self.index.repository_id(name)
+        repo_id = await self.index.repositories.id(name)
         if repo_id is None:
             return []
-        return await self.index.referrers(repo_id, str(subject), artifact_type)
+        return await self.index.manifests.referrers(repo_id, str(subject), artifact_type)
+
+
+@contextlib.contextmanager
+def quota_refusal() -> Iterator[None]:
+    """The index's ``QuotaWouldExceed`` as the error a client gets, for every linking path."""
+    try:
+        yield
+    except QuotaWouldExceed as over:
+        raise QuotaExceededError(over.namespace, over.limit, over.used, over.adding) from over
 
 
 async def _checked(

@@ -75,7 +75,7 @@ async def assert_refused_everything_registry_wide(reg: Reg, creds: dict[str, str
         assert error_codes(body) == ["DENIED"]
     status, _ = await call(reg, "GET", "/repositories/team/app", ADMIN)
     assert status == 200
-    assert (await reg.registry.index.retention_policies()) == {}
+    assert (await reg.registry.index.retention.policies()) == {}
 
 
 async def test_scoped_personal_access_tokens_cannot_delete_nor_administer(areg: Reg) -> None:

@@ -169,7 +169,7 @@ async def test_push_to_someone_elses_namespace_and_own_namespace(auth_reg: Reg) 
     assert status == 403
     status, text = await push_image(auth_reg, "bob/app", "v1", basic("bob", "bob-pw"))
     assert status == 201, text
-    namespace = await auth_reg.registry.index.namespace("bob")
+    namespace = await auth_reg.registry.index.accounts.namespace("bob")
     assert namespace is not None and namespace.owner == "bob"
     status, _ = await push_image(auth_reg, "bob/app", "v2", basic("alice", "alice-pw"))
     assert status == 403
@@ -312,7 +312,7 @@ async def test_content_trust_requires_a_signature_referrer(auth_reg: Reg) -> Non
     resp = await auth_reg.client.get("/v2/team/app/manifests/v1", headers=creds)
     digest_resp = await auth_reg.client.head("/v2/team/app/manifests/v1", headers=creds)
     assert digest_resp.status == 403
-    image = await auth_reg.registry.index.manifest_by_tag("team/app", "v1")
+    image = await auth_reg.registry.index.manifests.by_tag("team/app", "v1")
     assert image is not None
     await auth_reg.client.post(
         f"/v2/team/app/blobs/uploads/?digest={digest_of(EMPTY_JSON)}",
@@ -367,7 +367,7 @@ async def test_push_and_delete_decisions_are_audited(auth_reg: Reg) -> None:
     assert resp.status == 403
     service = auth_reg.app[__import__("aioreg.api.auth", fromlist=["AUTH_KEY"]).AUTH_KEY]
     await service.flush_audit()
-    log = await auth_reg.registry.index.audit_log(100)
+    log = await auth_reg.registry.index.accounts.audit_log(100)
     assert any(e.actor == "alice" and e.action == "push" and e.allowed for e in log)
     assert any(
         e.actor == "bob" and e.action == "push" and not e.allowed and e.client == "127.0.0.1"

@@ -89,7 +89,7 @@ async def test_reads_answer_while_another_process_holds_the_write_lock(
         # A write (a new upload session) now waits for the lock inside the server.
         upload = asyncio.ensure_future(reg.client.post("/v2/app/blobs/uploads/", headers=headers))
         index = reg.registry.index
-        await _poll(lambda: index._write_lock.locked(), "the server's writer to queue")
+        await _poll(lambda: index.db._write_lock.locked(), "the server's writer to queue")
         # Reads across several cache checks, pulls included (which queue pull bookkeeping).
         started = time.monotonic()
         rounds = 0
@@ -124,7 +124,7 @@ async def test_shutdown_while_another_process_holds_the_lock_keeps_pull_records(
         resp = await reg.client.get("/v2/app/manifests/v1")
         assert resp.status == 200
         index = reg.registry.index
-        await _poll(lambda: index._write_lock.locked(), "pull bookkeeping to wait for the lock")
+        await _poll(lambda: index.db._write_lock.locked(), "pull bookkeeping to wait for the lock")
         flusher = index._flusher._task
         assert flusher is not None
         stopping = asyncio.ensure_future(reg.server.stop())
@@ -142,8 +142,8 @@ async def test_shutdown_while_another_process_holds_the_lock_keeps_pull_records(
 
 async def test_index_commits_with_synchronous_full(reg: Reg) -> None:
     index = reg.registry.index
-    assert index._writer is not None
-    async with index._writer.execute("PRAGMA synchronous") as cursor:
+    assert index.db._writer is not None
+    async with index.db._writer.execute("PRAGMA synchronous") as cursor:
         row = await cursor.fetchone()
     assert row is not None and row[0] == 2  # FULL: a commit is on disk when it returns
 
@@ -152,7 +152,7 @@ async def test_a_failed_commit_is_rolled_back_and_the_next_write_works(reg: Reg)
     """A COMMIT refused by SQLite (a deferred foreign key check) leaves no open transaction."""
     index = reg.registry.index
     with pytest.raises(sqlite3.IntegrityError):
-        async with index._transaction() as db:
+        async with index.db.transaction() as db:
             await db.execute("PRAGMA defer_foreign_keys = ON")
             await db.execute("INSERT INTO repositories(name, created_at) VALUES ('half/done', 0)")
             # No blob row: the deferred check fails at COMMIT, not here.
@@ -161,7 +161,7 @@ async def test_a_failed_commit_is_rolled_back_and_the_next_write_works(reg: Reg)
                 "SELECT id, 'sha256:' || hex(zeroblob(32)), 0 FROM repositories "
                 "WHERE name = 'half/done'"
             )
-    assert index._writer is not None and not index._writer.in_transaction
+    assert index.db._writer is not None and not index.db._writer.in_transaction
     await reg.push_image("after", "v1")  # the next write works
     resp = await reg.client.get("/v2/after/manifests/v1")
     assert resp.status == 200

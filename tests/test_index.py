@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import sqlite3
 import time
 
+from aioreg.index.migrations import MIGRATIONS, statements
 from tests.conftest import AppFactory, Reg, digest_of
 
 
@@ -20,6 +22,19 @@ async def test_wal_mode_and_schema_version(reg: Reg) -> None:
         assert {"repositories", "tags", "manifests", "blobs", "uploads"} <= tables
     finally:
         db.close()
+
+
+def test_migrations_are_numbered_sql_files() -> None:
+    """One ``NNNN_name.sql`` per schema version, and a trigger body's ``;`` does not split it."""
+    files = sorted(
+        entry.name
+        for entry in importlib.resources.files("aioreg.index.migrations").iterdir()
+        if entry.name.endswith(".sql")
+    )
+    assert [int(name[:4]) for name in files] == list(range(1, len(MIGRATIONS) + 1))
+    triggers = [s for script in MIGRATIONS for s in statements(script) if "CREATE TRIGGER" in s]
+    assert len(triggers) == 3
+    assert all(t.endswith("END;") and t.count(";") > 1 for t in triggers)
 
 
 async def test_migrations_run_once(make_registry: AppFactory, tmp_path) -> None:
@@ -41,14 +56,14 @@ async def test_last_push_and_pull_times(reg: Reg) -> None:
     before = time.time()
     digest, _ = await reg.push_image("team/app", "v1")
     index = reg.registry.index
-    pushed, pulled = await index.pull_times("team/app")
+    pushed, pulled = await index.activity.pull_times("team/app")
     assert pushed is not None and pushed >= before
     assert pulled is None
     # HEAD is not a pull; GET is.
     assert (await reg.client.head("/v2/team/app/manifests/v1")).status == 200
-    assert (await index.pull_times("team/app"))[1] is None
+    assert (await index.activity.pull_times("team/app"))[1] is None
     assert (await reg.client.get("/v2/team/app/manifests/v1")).status == 200
-    _, pulled = await index.pull_times("team/app")
+    _, pulled = await index.activity.pull_times("team/app")
     assert pulled is not None and pulled >= pushed
     db = sqlite3.connect(reg.data_dir / "index.db")
     try:

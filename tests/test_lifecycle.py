@@ -243,7 +243,7 @@ async def test_quota_refuses_a_push_and_leaves_nothing(make_registry: AppFactory
     )
     assert list((reg.data_dir / "uploads").iterdir()) == []
     assert digest_of(big)[7:] not in blob_files(reg)
-    assert await reg.registry.index.blob(digest_of(big)) is None
+    assert await reg.registry.index.blobs.get(digest_of(big)) is None
     # Chunked: refused as the bytes arrive, the session ends, nothing stays.
     resp = await reg.client.post("/v2/small/app/blobs/uploads/")
     location = resp.headers["Location"]
@@ -352,8 +352,8 @@ async def test_start_up_recovers_the_trash_of_a_killed_sweep(
     committed = trash_like_a_killed_sweep(reg, swept)
     index = Index(data_dir / "index.db")
     await index.open()
-    await index._writer.execute("DELETE FROM repository_blobs WHERE digest = ?", (swept,))  # type: ignore[union-attr]
-    await index._writer.execute("DELETE FROM blobs WHERE digest = ?", (swept,))  # type: ignore[union-attr]
+    await index.db._writer.execute("DELETE FROM repository_blobs WHERE digest = ?", (swept,))  # type: ignore[union-attr]
+    await index.db._writer.execute("DELETE FROM blobs WHERE digest = ?", (swept,))  # type: ignore[union-attr]
     await index.close()
 
     reg = await make_registry(data_dir)

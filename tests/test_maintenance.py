@@ -64,7 +64,7 @@ async def test_full_scrub_detects_what_fast_scrub_cannot_see(reg: Reg) -> None:
     # Rewrite the recorded xxh3 as if the bytes had been stored wrong from the start.
     path = blob_path(reg, digest)
     path.write_bytes(b"tampered bytes")
-    await reg.registry.index._writer.execute(  # type: ignore[union-attr]
+    await reg.registry.index.db._writer.execute(  # type: ignore[union-attr]
         "UPDATE blobs SET xxh3_128 = ? WHERE digest = ?",
         (xxhash.xxh3_128(b"tampered bytes").hexdigest(), digest),
     )

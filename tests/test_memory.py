@@ -154,7 +154,7 @@ async def test_pull_bookkeeping_does_not_empty_the_cache(reg: Reg) -> None:
     index = reg.registry.index
     cache = index.cache
     cached = cache._entries[("tag", "app", "v1")]
-    await index.flush_pulls()  # commits the pull's time and event
+    await index.activity.flush()  # commits the pull's time and event
     flushed = time.monotonic()
     deadline = flushed + 10
     while cache._checked_at <= flushed:  # until a read has checked the index's version

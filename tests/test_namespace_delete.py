@@ -23,10 +23,10 @@ async def test_namespace_delete_refused_whole_when_one_tag_is_immutable(reg: Reg
         tags = await reg.client.get(f"/v2/{name}/tags/list")
         assert tags.status == 200, name
     assert (await reg.client.get("/v2/team/a-first/manifests/v1")).status == 200
-    assert await reg.registry.index.namespace("team") is not None
+    assert await reg.registry.index.accounts.namespace("team") is not None
 
     await accounts.configure("team", "team/b-locked", None, {"immutable_tags": []})
     deleted = await api(reg, "DELETE", "/namespaces/team")
     assert deleted["deleted"] == ["team/a-first", "team/b-locked", "team/c-last"]
     assert (await reg.client.get("/v2/team/c-last/tags/list")).status == 404
-    assert await reg.registry.index.namespace("team") is None
+    assert await reg.registry.index.accounts.namespace("team") is None

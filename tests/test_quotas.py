@@ -44,7 +44,7 @@ async def test_mounts_count_against_the_quota(reg: Reg) -> None:
     assert resp.status == 201
     resp = await reg.client.post(f"/v2/small/other/blobs/uploads/?mount={digest}&from=big/app")
     assert resp.status == 201
-    assert await reg.registry.index.namespace_usage("small") == 5000
+    assert await reg.registry.index.usage.namespace("small") == 5000
 
 
 async def test_server_side_copy_counts_against_the_quota(reg: Reg) -> None:
@@ -56,7 +56,7 @@ async def test_server_side_copy_counts_against_the_quota(reg: Reg) -> None:
     )
     await _refused(resp)
     assert (await reg.client.get("/v2/small/app/manifests/v1")).status == 404
-    assert await reg.registry.index.namespace_usage("small") == 0
+    assert await reg.registry.index.usage.namespace("small") == 0
     await _quota(reg, "small", None)
     resp = await reg.client.post(
         "/api/v1/repositories/small/app/-/copy",
@@ -130,7 +130,7 @@ async def test_usage_counter_follows_every_link_and_unlink(make_registry: AppFac
 
     async def agrees() -> None:
         for namespace in ("team", "other"):
-            counted = await reg.registry.index.namespace_usage(namespace)
+            counted = await reg.registry.index.usage.namespace(namespace)
             assert counted == _scanned_usage(reg, namespace), namespace
 
     shared = os.urandom(3000)
@@ -156,7 +156,7 @@ async def test_usage_counter_follows_every_link_and_unlink(make_registry: AppFac
     await api(reg, "DELETE", "/repositories/other/x")
     await api(reg, "POST", "/gc")
     await agrees()
-    assert await reg.registry.index.namespace_usage("nobody") == 0
+    assert await reg.registry.index.usage.namespace("nobody") == 0
 
 
 async def test_an_upgraded_index_counts_the_links_it_already_has(
@@ -186,8 +186,8 @@ async def test_an_upgraded_index_counts_the_links_it_already_has(
         )
         db.execute("INSERT INTO namespaces(name, created_at, quota_bytes) VALUES ('team', 0, 200)")
     reg = await make_registry(data)
-    assert await reg.registry.index.namespace_usage("team") == 150
-    assert await reg.registry.index.namespace_usage("other") == 100
+    assert await reg.registry.index.usage.namespace("team") == 150
+    assert await reg.registry.index.usage.namespace("other") == 100
     big = os.urandom(51)
     resp = await reg.client.post(f"/v2/team/c/blobs/uploads/?digest={digest_of(big)}", data=big)
     await _refused(resp)

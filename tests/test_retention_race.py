@@ -143,7 +143,7 @@ async def test_events_and_audit_keep_a_bounded_history(tmp_path: Path) -> None:
                 assert resp.status == 201, await resp.text()
                 resp = await reg.client.post("/v2/lib/app/blobs/uploads/")  # denied: audited
                 assert resp.status == 401
-            await index.flush_pulls()
+            await index.activity.flush()
             await auth.flush_audit()
 
         config = b'{"os": "linux"}'

@@ -201,8 +201,8 @@ async def test_digest_mismatch_removes_temp_file_and_indexes_nothing(reg: Reg) -
     assert error_codes(await resp.json()) == ["DIGEST_INVALID"]
     assert _upload_files(reg) == []
     assert not any(p.is_file() for p in (reg.data_dir / "blobs").rglob("*"))
-    assert await reg.registry.index.blob(wrong) is None
-    assert await reg.registry.index.blob(digest_of(data)) is None
+    assert await reg.registry.index.blobs.get(wrong) is None
+    assert await reg.registry.index.blobs.get(digest_of(data)) is None
     # Chunked: the mismatch ends the session too.
     location = await _start(reg, "app")
     await reg.client.patch(location, data=data, headers={"Content-Range": f"0-{len(data) - 1}"})
@@ -320,13 +320,13 @@ async def test_idle_sessions_expire_and_orphan_temp_files_go(reg: Reg) -> None:
     orphan = reg.data_dir / "uploads" / "orphan-from-a-crash"
     orphan.write_bytes(b"junk")
     os.utime(orphan, (0, 0))
-    row = await reg.registry.index.upload(location.rsplit("/", 1)[1])
+    row = await reg.registry.index.uploads.get(location.rsplit("/", 1)[1])
     assert row is not None
     ttl = reg.registry.config.storage.upload_session_ttl
     # Pretend the clock moved past the first session's TTL but not the second's.
-    fresh_row = await reg.registry.index.upload(fresh.rsplit("/", 1)[1])
+    fresh_row = await reg.registry.index.uploads.get(fresh.rsplit("/", 1)[1])
     assert fresh_row is not None
-    await reg.registry.index.set_upload_offset(fresh_row.id, 0, row.updated_at + ttl)
+    await reg.registry.index.uploads.set_offset(fresh_row.id, 0, row.updated_at + ttl)
     assert await reg.registry.expire_uploads(now=row.updated_at + ttl + 1) == 1
     assert (await reg.client.get(location)).status == 404
     assert (await reg.client.get(fresh)).status == 204
@@ -415,7 +415,7 @@ async def test_mount_racing_gc_links_only_a_blob_still_stored(make_registry: App
         else:
             assert resp.status == 202, await resp.text()
             assert (await reg.client.head(f"/v2/dst/blobs/{digest}")).status == 404
-        for known in await reg.registry.index.known_blob_digests():
+        for known in await reg.registry.index.blobs.known_digests():
             assert reg.registry.store.exists(Digest.parse(known)), f"{known} is indexed, not stored"
 
 

@@ -71,12 +71,12 @@ class Accounts:
         """Create a user; returns the generated password when none was given (not for robots)."""
         if not name or set(name) - USER_NAME_CHARS or name[0] in "._-":
             raise _fail(f"user name {name!r} must be lower-case letters, digits, '.', '_' or '-'")
-        if await self.index.user(name) is not None:
+        if await self.index.accounts.user(name) is not None:
             raise _fail(f"user {name} exists already")
         generated = None
         if password is None and not robot:
             password = generated = generate_password()
-        await self.index.add_user(
+        await self.index.accounts.add_user(
             name,
             None if password is None else hash_password(password),
             admin=admin,
@@ -86,22 +86,22 @@ class Accounts:
         return generated
 
     async def set_password(self, name: str, password: str) -> None:
-        if not await self.index.set_password(name, hash_password(password)):
+        if not await self.index.accounts.set_password(name, hash_password(password)):
             raise _fail(f"no user {name}")
 
     async def remove_user(self, name: str) -> None:
-        if not await self.index.remove_user(name):
+        if not await self.index.accounts.remove_user(name):
             raise _fail(f"no user {name}")
 
     async def create_token(
         self, user: str, name: str, scopes: list[TokenScope], expires_in: float | None
     ) -> NewToken:
-        row = await self.index.user(user)
+        row = await self.index.accounts.user(user)
         if row is None:
             raise _fail(f"no user {user}")
         token_id, secret, value = new_personal_token()
         now = time.time()
-        await self.index.add_token(
+        await self.index.accounts.add_token(
             token_id,
             row.id,
             name,
@@ -115,17 +115,17 @@ class Accounts:
     async def scope_gaps(self, user: str, scopes: list[TokenScope]) -> list[ScopeGap]:
         """Where scopes exceed the user's roles: a token never does more than its user,
         so those actions would be denied until the user gets the role."""
-        row = await self.index.user(user)
+        row = await self.index.accounts.user(user)
         if row is None or row.is_admin:
             return []
         gaps = []
         for scope in scopes:
             if scope.namespace in ("*", row.name):  # "*": as far as the roles go; own namespace
                 continue
-            namespace = await self.index.namespace(scope.namespace)
+            namespace = await self.index.accounts.namespace(scope.namespace)
             has: set[str] = set()
             if namespace is not None:
-                role = await self.index.role(scope.namespace, row.id)
+                role = await self.index.accounts.role(scope.namespace, row.id)
                 has |= ROLES[role] if role else set()
                 if namespace.visibility == "public":
                     has.add("pull")
@@ -137,7 +137,7 @@ class Accounts:
         return gaps
 
     async def revoke_token(self, token_id: str) -> None:
-        if not await self.index.revoke_token(token_id, time.time()):
+        if not await self.index.accounts.revoke_token(token_id, time.time()):
             raise _fail(f"no active token {token_id}")
 
     async def create_namespace(
@@ -149,21 +149,21 @@ class Accounts:
             raise _fail("visibility must be public or private")
         owner_id = None
         if owner is not None:
-            row = await self.index.user(owner)
+            row = await self.index.accounts.user(owner)
             if row is None:
                 raise _fail(f"no user {owner}")
             owner_id = row.id
-        if await self.index.namespace(name) is not None:
+        if await self.index.accounts.namespace(name) is not None:
             raise _fail(f"namespace {name} exists already")
-        await self.index.add_namespace(name, owner_id, visibility, time.time())
+        await self.index.accounts.add_namespace(name, owner_id, visibility, time.time())
 
     async def set_member(self, namespace: str, user: str, role: str | None) -> None:
         if role is not None and role not in ROLES:
             raise _fail(f"role must be one of {', '.join(ROLES)}")
-        row = await self.index.user(user)
+        row = await self.index.accounts.user(user)
         if row is None:
             raise _fail(f"no user {user}")
-        if not await self.index.set_member(namespace, row.id, role):
+        if not await self.index.accounts.set_member(namespace, row.id, role):
             raise _fail(f"no namespace {namespace}" if role else f"{user} is not in {namespace}")
 
     async def configure(
@@ -177,14 +177,14 @@ class Accounts:
         if visibility is not None and visibility not in VISIBILITIES:
             raise _fail("visibility must be public or private")
         if repository is None:
-            current = await self.index.namespace(namespace)
+            current = await self.index.accounts.namespace(namespace)
             if current is None:
                 raise _fail(f"no namespace {namespace}")
             merged = {**current.rules, **rules}
             msgspec.convert(merged, PushRules)  # validate before storing
-            await self.index.update_namespace(namespace, visibility, merged)
+            await self.index.accounts.update_namespace(namespace, visibility, merged)
         else:
-            _, current_rules = await self.index.repository_settings(repository)
+            _, current_rules = await self.index.accounts.repository_settings(repository)
             merged = {**current_rules, **rules}
             msgspec.convert(merged, PushRules)
-            await self.index.set_repository_settings(repository, visibility, merged)
+            await self.index.accounts.set_repository_settings(repository, visibility, merged)

@@ -32,8 +32,7 @@ from aioreg.auth.tokens import (
 )
 from aioreg.config import AuthConfig
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
-from aioreg.index import Index
-from aioreg.index.accounts import AuditRow, TokenRow, UserRow
+from aioreg.index import AuditRow, Index, TokenRow, UserRow
 from aioreg.periodic import PeriodicJob
 from aioreg.rules import effective_rules, namespace_of
 
@@ -182,7 +181,7 @@ class AuthService:
         await self.flush_audit()
 
     async def _bootstrap_admin(self) -> None:
-        if await self.index.user_count() > 0:
+        if await self.index.accounts.user_count() > 0:
             return
         password = self.config.admin_password or None
         generated = await self.accounts.add_user(self.config.admin_user, password, admin=True)
@@ -256,30 +255,30 @@ class AuthService:
         """The account behind a remembered login still has the same credentials."""
         if identity.user_id is None:
             return False
-        user = await self.index.account(identity.user_id)
+        user = await self.index.accounts.account(identity.user_id)
         return user is not None and user.generation == identity.generation
 
     async def _check_credentials(self, username: str, secret: str) -> Identity | None:
         pat = split_personal_token(secret)
         if pat is not None:
             return await self._token_identity(*pat)
-        user = await self.index.user(username)
+        user = await self.index.accounts.user(username)
         ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, secret)
         if user is None or not ok:
             return None
         return Identity(user.name, user.id, user.is_admin, "password", generation=user.generation)
 
     async def _token_identity(self, token_id: str, secret: str) -> Identity | None:
-        row = await self.index.token(token_id)
+        row = await self.index.accounts.token(token_id)
         if row is None or not secret_matches(row.secret_hash, secret):
             return None
         now = time.time()
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
             return None
-        user = await self.index.user_by_id(row.user_id)
+        user = await self.index.accounts.user_by_id(row.user_id)
         if user is None:
             return None
-        await self.index.touch_token(token_id, now)
+        await self.index.activity.touch_token(token_id, now)
         return Identity(
             user.name,
             user.id,
@@ -295,7 +294,7 @@ class AuthService:
         account = token_account(claims)
         if account is None:
             raise AuthError(f"this {what} is not bound to an account; log in again")
-        user = await self.index.account(account[0])
+        user = await self.index.accounts.account(account[0])
         if user is None or user.name != claims["sub"] or user.generation != account[1]:
             raise AuthError(
                 f"this {what} is no longer valid: its user was removed or changed password"
@@ -338,7 +337,7 @@ class AuthService:
         method, scopes = str(claims.get("amr", "password")), None
         token_id = claims.get("tid") or None
         if token_id:
-            row = await self.index.token(token_id)
+            row = await self.index.accounts.token(token_id)
             if row is None or row.revoked_at is not None:
                 raise AuthError("the access token behind this refresh token was revoked")
             if row.expires_at is not None and row.expires_at <= time.time():
@@ -354,7 +353,7 @@ class AuthService:
         """A bearer identity with its user's current standing (for permission checks)."""
         if identity.anonymous or identity.user_id is not None:
             return identity
-        user: UserRow | None = await self.index.user(identity.name or "")
+        user: UserRow | None = await self.index.accounts.user(identity.name or "")
         if user is None:
             return ANONYMOUS
         return Identity(user.name, user.id, user.is_admin, identity.method)
@@ -363,15 +362,15 @@ class AuthService:
         """Actions the identity may take on a repository, and why not the others."""
         identity = await self._full_identity(identity)
         namespace_name = namespace_of(repository)
-        namespace = await self.index.namespace(namespace_name)
-        repo_visibility, repo_rules = await self.index.repository_settings(repository)
+        namespace = await self.index.accounts.namespace(namespace_name)
+        repo_visibility, repo_rules = await self.index.accounts.repository_settings(repository)
         visibility = repo_visibility or (
             namespace.visibility if namespace else self.config.default_visibility
         )
         rules = effective_rules(namespace.rules if namespace else {}, repo_rules)
         role = None
         if identity.user_id is not None and namespace is not None:
-            role = await self.index.role(namespace_name, identity.user_id)
+            role = await self.index.accounts.role(namespace_name, identity.user_id)
         actions: set[str] = set()
         why = ""
         if visibility == "public":
@@ -433,12 +432,12 @@ class AuthService:
     async def ensure_namespace(self, identity: Identity, repository: str) -> None:
         """First push into a personal namespace, or by an admin, creates the namespace."""
         namespace = namespace_of(repository)
-        if await self.index.namespace(namespace) is not None:
+        if await self.index.accounts.namespace(namespace) is not None:
             return
         identity = await self._full_identity(identity)
         owner = identity.user_id if namespace == identity.name else None
         with contextlib.suppress(Exception):
-            await self.index.add_namespace(
+            await self.index.accounts.add_namespace(
                 namespace, owner, self.config.default_visibility, time.time()
             )
 
@@ -467,7 +466,7 @@ class AuthService:
 
     async def flush_audit(self) -> None:
         entries, self._audit = self._audit, []
-        await self.index.add_audit(entries)
+        await self.index.accounts.add_audit(entries)
 
     # -- a credential's scope, on every API --------------------------------
 
@@ -532,7 +531,7 @@ class AuthService:
             or holder.name == namespace
             or (
                 holder.user_id is not None
-                and await self.index.role(namespace, holder.user_id) is not None
+                and await self.index.accounts.role(namespace, holder.user_id) is not None
             )
         )
         if not member or self.registry_wide(identity):

@@ -125,7 +125,7 @@ async def _user(accounts: Accounts, args: argparse.Namespace) -> None:
         print(f"password changed for {args.name}")
     else:
         print(f"{'NAME':24} {'KIND':8}")
-        for user in await accounts.index.users():
+        for user in await accounts.index.accounts.users():
             kind = "robot" if user.is_robot else "admin" if user.is_admin else "user"
             print(f"{user.name:24} {kind:8}")
 
@@ -152,12 +152,12 @@ async def _token(accounts: Accounts, args: argparse.Namespace) -> None:
     else:
         user_id = None
         if args.user:
-            row = await accounts.index.user(args.user)
+            row = await accounts.index.accounts.user(args.user)
             if row is None:
                 raise _denied(f"no user {args.user}")
             user_id = row.id
         print(f"{'ID':18} {'NAME':16} {'SCOPES':30} {'EXPIRES':17} {'STATE':8}")
-        for token in await accounts.index.tokens(user_id):
+        for token in await accounts.index.accounts.tokens(user_id):
             shown = " ".join(
                 f"{s['namespace']}:{','.join(cast(list[str], s['actions']))}" for s in token.scopes
             )
@@ -172,7 +172,7 @@ async def _namespace(accounts: Accounts, args: argparse.Namespace) -> None:
         await accounts.create_namespace(args.name, args.owner, args.visibility)
         print(f"created namespace {args.name} ({args.visibility})")
     elif args.action == "rm":
-        if not await accounts.index.remove_namespace(args.name):
+        if not await accounts.index.accounts.remove_namespace(args.name):
             raise _denied(f"no namespace {args.name}")
         print(f"removed namespace {args.name} (its repositories stay)")
     elif args.action == "member":
@@ -196,13 +196,13 @@ async def _namespace(accounts: Accounts, args: argparse.Namespace) -> None:
         print(f"updated {args.repository or args.name}")
     else:
         print(f"{'NAME':24} {'OWNER':16} {'VISIBILITY':10} RULES")
-        for ns in await accounts.index.namespaces():
+        for ns in await accounts.index.accounts.namespaces():
             print(f"{ns.name:24} {ns.owner or '-':16} {ns.visibility:10} {ns.rules or ''}")
 
 
 async def _audit(accounts: Accounts, args: argparse.Namespace) -> None:
     print(f"{'WHEN':17} {'WHO':16} {'ACTION':7} {'RESULT':7} {'FROM':15} RESOURCE")
-    for entry in await accounts.index.audit_log(args.limit):
+    for entry in await accounts.index.accounts.audit_log(args.limit):
         result = "allowed" if entry.allowed else "denied"
         print(
             f"{format_time(entry.at):17} {entry.actor:16} {entry.action:7} {result:7} "

@@ -42,7 +42,7 @@ async def _scrub_async(config: Config, full: bool) -> int:
     index, store = open_parts(config.data_path)
     await index.open()
     try:
-        count, total = await index.blob_totals()
+        count, total = await index.blobs.totals()
         progress = Progress("scrub" + (" (sha256)" if full else " (xxh3)"), count, total)
         report = await scrub(index, store, full=full, on_blob=progress.advance)
         progress.done()

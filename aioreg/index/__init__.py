@@ -1,6 +1,58 @@
-"""The SQLite index: what repositories, tags, manifests and blob links exist."""
+"""The index: what repositories, tags, manifests, blob links and accounts exist.
 
-from aioreg.index.db import Index
-from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
+``Index`` (``aioreg.index.sqlite``) is the SQLite implementation of
+``IndexProtocol`` (``aioreg.index.protocols``); what its transactions refuse is
+raised as the typed facts in ``aioreg.index.errors``.
+"""
 
-__all__ = ["BlobRow", "Index", "ManifestRow", "Referrer", "UploadRow"]
+from aioreg.index.errors import (
+    BlobStillReferenced,
+    IndexRefusal,
+    MissingReferences,
+    QuotaWouldExceed,
+    SizeMismatch,
+    TagMoveRefused,
+    UploadCapReached,
+)
+from aioreg.index.rows import (
+    ArtifactRow,
+    AuditRow,
+    BlobRow,
+    Event,
+    GcResult,
+    ManifestRow,
+    NamespaceRow,
+    Referrer,
+    RepositorySummary,
+    TagInfo,
+    TokenRow,
+    UploadRow,
+    Usage,
+    UserRow,
+)
+from aioreg.index.sqlite import Index
+
+__all__ = [
+    "ArtifactRow",
+    "AuditRow",
+    "BlobRow",
+    "BlobStillReferenced",
+    "Event",
+    "GcResult",
+    "Index",
+    "IndexRefusal",
+    "ManifestRow",
+    "MissingReferences",
+    "NamespaceRow",
+    "QuotaWouldExceed",
+    "Referrer",
+    "RepositorySummary",
+    "SizeMismatch",
+    "TagInfo",
+    "TagMoveRefused",
+    "TokenRow",
+    "UploadCapReached",
+    "UploadRow",
+    "Usage",
+    "UserRow",
+]

@@ -1,58 +1,12 @@
-"""Index queries for access control: users, tokens, namespaces, members, settings, audit."""
+"""Access control rows: users, tokens, namespaces, members, repository settings, audit."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import aiosqlite
 import msgspec
 
-
-@dataclass(frozen=True, slots=True)
-class UserRow:
-    id: int
-    name: str
-    password_hash: str | None
-    is_admin: bool
-    is_robot: bool
-    # Changes whenever the credentials do (random at creation, +1 per password change), so
-    # tokens bound to (id, generation) die with a password change, a deletion, or a
-    # re-created account that reuses the id.
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRow:
-    id: str
-    user_id: int
-    name: str
-    secret_hash: str
-    scopes: list[dict[str, object]]
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-    last_used_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class NamespaceRow:
-    id: int
-    name: str
-    owner: str | None
-    visibility: str
-    rules: dict[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    at: float
-    actor: str
-    action: str
-    resource: str
-    client: str | None
-    allowed: bool
-    reason: str | None
-
+from aioreg.index.database import Database
+from aioreg.index.rows import AuditRow, NamespaceRow, TokenRow, UserRow
 
 # A fresh account's credential generation: random, so a re-created user (which may get
 # the deleted one's id) does not match the old one's tokens.
@@ -64,7 +18,8 @@ def _json(value: bytes | None) -> dict[str, object]:
 
 
 class AccountQueries:
-    """Mixed into ``Index``, whose ``_transaction``, ``_one`` and ``_all`` it uses."""
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     # -- users -----------------------------------------------------------
 
@@ -77,27 +32,30 @@ class AccountQueries:
         return UserRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), int(row[5]))
 
     async def user(self, name: str) -> UserRow | None:
-        return self._user(await self._one(f"{self._USER} WHERE name = ?", (name,)))
+        return self._user(await self._db.one(f"{self._USER} WHERE name = ?", (name,)))
 
     async def user_by_id(self, user_id: int) -> UserRow | None:
-        return self._user(await self._one(f"{self._USER} WHERE id = ?", (user_id,)))
+        return self._user(await self._db.one(f"{self._USER} WHERE id = ?", (user_id,)))
 
     async def account(self, user_id: int) -> UserRow | None:
         """``user_by_id`` through the read cache: checked on every bearer token use."""
-        return await self.cache.get(("account", user_id), lambda: self.user_by_id(user_id))
+        row: UserRow | None = await self._db.cache.get(
+            ("account", user_id), lambda: self.user_by_id(user_id)
+        )
+        return row
 
     async def users(self) -> list[UserRow]:
-        rows = await self._all(f"{self._USER} ORDER BY name")
+        rows = await self._db.all(f"{self._USER} ORDER BY name")
         return [u for u in map(self._user, rows) if u is not None]
 
     async def user_count(self) -> int:
-        row = await self._one("SELECT count(*) FROM users WHERE is_robot = 0")
+        row = await self._db.one("SELECT count(*) FROM users WHERE is_robot = 0")
         return 0 if row is None else int(row[0])
 
     async def add_user(
         self, name: str, password_hash: str | None, *, admin: bool, robot: bool, now: float
     ) -> None:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "INSERT INTO users(name, password_hash, is_admin, is_robot, created_at, "
                 f"generation) VALUES (?, ?, ?, ?, ?, {RANDOM_GENERATION})",
@@ -105,7 +63,7 @@ class AccountQueries:
             )
 
     async def set_password(self, name: str, password_hash: str) -> bool:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute(
                 "UPDATE users SET password_hash = ?, generation = generation + 1 WHERE name = ?",
                 (password_hash, name),
@@ -113,7 +71,7 @@ class AccountQueries:
             return cursor.rowcount > 0
 
     async def remove_user(self, name: str) -> bool:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute("DELETE FROM users WHERE name = ?", (name,))
             return cursor.rowcount > 0
 
@@ -138,7 +96,7 @@ class AccountQueries:
         expires_at: float | None,
         now: float,
     ) -> None:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "INSERT INTO tokens(id, user_id, name, secret_hash, scopes, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -154,30 +112,25 @@ class AccountQueries:
             )
 
     async def token(self, token_id: str) -> TokenRow | None:
-        row = await self._one(f"{self._TOKEN} WHERE id = ?", (token_id,))
+        row = await self._db.one(f"{self._TOKEN} WHERE id = ?", (token_id,))
         return None if row is None else self._token(row)
 
     async def tokens(self, user_id: int | None = None) -> list[TokenRow]:
         if user_id is None:
-            rows = await self._all(f"{self._TOKEN} ORDER BY created_at")
+            rows = await self._db.all(f"{self._TOKEN} ORDER BY created_at")
         else:
-            rows = await self._all(
+            rows = await self._db.all(
                 f"{self._TOKEN} WHERE user_id = ? ORDER BY created_at", (user_id,)
             )
         return [self._token(r) for r in rows]
 
     async def revoke_token(self, token_id: str, now: float) -> bool:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (now, token_id),
             )
             return cursor.rowcount > 0
-
-    async def touch_token(self, token_id: str, now: float) -> None:
-        """Batched with pull times (``Index.flush_pulls``): a pull with a token must not
-        wait for the write lock."""
-        self._token_uses[token_id] = now
 
     # -- namespaces ------------------------------------------------------
 
@@ -191,19 +144,24 @@ class AccountQueries:
         return NamespaceRow(row[0], row[1], row[2], row[3], _json(row[4]))
 
     async def namespace(self, name: str) -> NamespaceRow | None:
-        return await self.cache.get(("namespace", name), lambda: self._namespace_row(name))
+        row: NamespaceRow | None = await self._db.cache.get(
+            ("namespace", name), lambda: self._namespace_row(name)
+        )
+        return row
 
     async def _namespace_row(self, name: str) -> NamespaceRow | None:
-        row = await self._one(f"{self._NAMESPACE} WHERE n.name = ?", (name,))
+        row = await self._db.one(f"{self._NAMESPACE} WHERE n.name = ?", (name,))
         return None if row is None else self._namespace(row)
 
     async def namespaces(self) -> list[NamespaceRow]:
-        return [self._namespace(r) for r in await self._all(f"{self._NAMESPACE} ORDER BY n.name")]
+        return [
+            self._namespace(r) for r in await self._db.all(f"{self._NAMESPACE} ORDER BY n.name")
+        ]
 
     async def add_namespace(
         self, name: str, owner_id: int | None, visibility: str, now: float
     ) -> None:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "INSERT INTO namespaces(name, owner_id, visibility, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(name) DO NOTHING",
@@ -217,14 +175,14 @@ class AccountQueries:
                 )
 
     async def remove_namespace(self, name: str) -> bool:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
             return cursor.rowcount > 0
 
     async def update_namespace(
         self, name: str, visibility: str | None, rules: dict[str, object] | None
     ) -> bool:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute(
                 "UPDATE namespaces SET visibility = coalesce(?, visibility), "
                 "rules = coalesce(?, rules) WHERE name = ?",
@@ -233,7 +191,7 @@ class AccountQueries:
             return cursor.rowcount > 0
 
     async def set_member(self, namespace: str, user_id: int, role: str | None) -> bool:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             if role is None:
                 cursor = await db.execute(
                     "DELETE FROM namespace_members WHERE user_id = ? AND namespace_id = "
@@ -249,7 +207,7 @@ class AccountQueries:
             return cursor.rowcount > 0
 
     async def role(self, namespace: str, user_id: int) -> str | None:
-        row = await self._one(
+        row = await self._db.one(
             "SELECT m.role FROM namespace_members m JOIN namespaces n ON n.id = m.namespace_id "
             "WHERE n.name = ? AND m.user_id = ?",
             (namespace, user_id),
@@ -257,7 +215,7 @@ class AccountQueries:
         return None if row is None else str(row[0])
 
     async def members(self, namespace: str) -> list[tuple[str, str]]:
-        rows = await self._all(
+        rows = await self._db.all(
             "SELECT u.name, m.role FROM namespace_members m JOIN namespaces n ON n.id = m.namespace_id "
             "JOIN users u ON u.id = m.user_id WHERE n.name = ? ORDER BY u.name",
             (namespace,),
@@ -267,10 +225,13 @@ class AccountQueries:
     # -- per-repository overrides ----------------------------------------
 
     async def repository_settings(self, name: str) -> tuple[str | None, dict[str, object]]:
-        return await self.cache.get(("settings", name), lambda: self._repository_settings(name))
+        settings: tuple[str | None, dict[str, object]] = await self._db.cache.get(
+            ("settings", name), lambda: self._repository_settings(name)
+        )
+        return settings
 
     async def _repository_settings(self, name: str) -> tuple[str | None, dict[str, object]]:
-        row = await self._one(
+        row = await self._db.one(
             "SELECT visibility, rules FROM repository_settings WHERE name = ?", (name,)
         )
         return (None, {}) if row is None else (row[0], _json(row[1]))
@@ -278,7 +239,7 @@ class AccountQueries:
     async def set_repository_settings(
         self, name: str, visibility: str | None, rules: dict[str, object] | None
     ) -> None:
-        async with self._transaction() as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "INSERT INTO repository_settings(name, visibility, rules) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET visibility = coalesce(excluded.visibility, "
@@ -291,7 +252,7 @@ class AccountQueries:
     async def add_audit(self, entries: list[AuditRow]) -> None:
         if not entries:
             return
-        async with self._transaction(invalidates=False) as db:
+        async with self._db.transaction(invalidates=False) as db:
             await db.executemany(
                 "INSERT INTO audit(at, actor, action, resource, client, allowed, reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -300,10 +261,10 @@ class AccountQueries:
                     for e in entries
                 ],
             )
-            await self._prune_history(db, "audit")
+            await self._db.prune_history(db, "audit")
 
     async def audit_log(self, limit: int = 100) -> list[AuditRow]:
-        rows = await self._all(
+        rows = await self._db.all(
             "SELECT at, actor, action, resource, client, allowed, reason FROM audit "
             "ORDER BY id DESC LIMIT ?",
             (limit,),

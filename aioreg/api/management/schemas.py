@@ -16,9 +16,9 @@ import msgspec
 from aioreg.management import RetentionPolicy as DomainPolicy
 
 if TYPE_CHECKING:
-    from aioreg.index.lifecycle import Event as EventRow
-    from aioreg.index.lifecycle import RepositorySummary as SummaryRow
-    from aioreg.index.lifecycle import Usage as UsageRow
+    from aioreg.index import Event as EventRow
+    from aioreg.index import RepositorySummary as SummaryRow
+    from aioreg.index import Usage as UsageRow
     from aioreg.management import ArtifactDetail as DomainArtifact
     from aioreg.management import GcReport, Removal
     from aioreg.management import LayerDetail as DomainLayer

@@ -1,0 +1,131 @@
+"""Bookkeeping of what happens: pull times, token uses and activity events.
+
+Batched in memory and written by ``flush`` (which ``Index`` runs every
+``PULL_FLUSH_SECONDS``): a pull must not cost a write transaction.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aioreg.index.database import Database
+from aioreg.index.rows import Event, ManifestRow
+
+MAX_PENDING_EVENTS = 100000  # kept across failed flushes; the oldest go beyond it
+
+
+class ActivityQueries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pending_pulls: dict[tuple[int, int, str | None], float] = {}
+        self._pending_events: list[Event] = []
+        self._pending_pull_events: set[tuple[str, str | None, str | None, str | None]] = set()
+        self._token_uses: dict[str, float] = {}  # token id -> last used, see touch_token
+
+    def note_pull(self, manifest: ManifestRow, tag: str | None) -> None:
+        self._pending_pulls[(manifest.repository_id, manifest.id, tag)] = time.time()
+
+    def note_event(self, event: Event) -> None:
+        """Activity is batched like pulls: recording it must not cost a transaction each.
+
+        Pulls of the same reference by the same actor within one flush interval
+        are one event (the first), so a hot tag cannot flood the activity log.
+        """
+        if event.kind == "pull":
+            key = (event.repository, event.reference, event.digest, event.actor)
+            if key in self._pending_pull_events:
+                return
+            self._pending_pull_events.add(key)
+        self._pending_events.append(event)
+
+    async def touch_token(self, token_id: str, now: float) -> None:
+        """Batched with pull times: a pull with a token must not wait for the write lock."""
+        self._token_uses[token_id] = now
+
+    async def flush(self) -> None:
+        """Write the batched bookkeeping. What a failed or cancelled flush (a shutdown while
+        another process holds the lock) was writing stays pending for the next one."""
+        if self._pending_events:
+            events, self._pending_events = self._pending_events, []
+            self._pending_pull_events = set()
+            try:
+                await self.add_events(events)
+            except BaseException:
+                self._pending_events = (events + self._pending_events)[-MAX_PENDING_EVENTS:]
+                raise
+        if not self._pending_pulls and not self._token_uses:
+            return
+        pending, self._pending_pulls = self._pending_pulls, {}
+        token_uses, self._token_uses = self._token_uses, {}
+        try:
+            await self._write_pulls(pending, token_uses)
+        except BaseException:
+            for key, when in pending.items():
+                self._pending_pulls[key] = max(when, self._pending_pulls.get(key, when))
+            for token_id, when in token_uses.items():
+                self._token_uses[token_id] = max(when, self._token_uses.get(token_id, when))
+            raise
+
+    async def _write_pulls(
+        self,
+        pending: dict[tuple[int, int, str | None], float],
+        token_uses: dict[str, float],
+    ) -> None:
+        async with self._db.transaction(invalidates=False) as db:
+            await db.executemany(
+                "UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                [(when, token_id) for token_id, when in token_uses.items()],
+            )
+            for (repo_id, manifest_id, tag), when in pending.items():
+                await db.execute(
+                    "UPDATE repositories SET last_pull_at = max(coalesce(last_pull_at, 0), ?) "
+                    "WHERE id = ?",
+                    (when, repo_id),
+                )
+                await db.execute(
+                    "UPDATE manifests SET last_pull_at = ? WHERE id = ?", (when, manifest_id)
+                )
+                if tag is not None:
+                    await db.execute(
+                        "UPDATE tags SET last_pull_at = ? WHERE repository_id = ? AND name = ?",
+                        (when, repo_id, tag),
+                    )
+
+    async def pull_times(self, name: str) -> tuple[float | None, float | None]:
+        """(last push, last pull) of a repository, for tests and the management API."""
+        await self.flush()
+        row = await self._db.one(
+            "SELECT last_push_at, last_pull_at FROM repositories WHERE name = ?", (name,)
+        )
+        return (None, None) if row is None else (row[0], row[1])
+
+    async def add_events(self, events: list[Event]) -> None:
+        if not events:
+            return
+        async with self._db.transaction(invalidates=False) as db:
+            await db.executemany(
+                "INSERT INTO events(at, kind, repository, reference, digest, actor, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.at, e.kind, e.repository, e.reference, e.digest, e.actor, e.detail)
+                    for e in events
+                ],
+            )
+            await self._db.prune_history(db, "events")
+
+    async def events(
+        self, limit: int, repository: str | None = None, kinds: list[str] | None = None
+    ) -> list[Event]:
+        sql = "SELECT at, kind, repository, reference, digest, actor, detail FROM events"
+        where: list[str] = []
+        params: list[object] = []
+        if repository is not None:
+            where.append("repository = ?")
+            params.append(repository)
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = await self._db.all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [Event(*r) for r in rows]

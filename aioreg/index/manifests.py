@@ -1,0 +1,275 @@
+"""Manifests, the blobs and child manifests they reference, and the tags pointing at them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiosqlite
+import msgspec
+
+from aioreg.index.database import Database, delete_in_repository, ensure_repository
+from aioreg.index.errors import Kind, MissingReferences, SizeMismatch, TagMoveRefused
+from aioreg.index.rows import ManifestRow, Referrer
+from aioreg.index.usage import within_quota
+from aioreg.manifest import ParsedManifest
+
+SERVABLE_LINKED_BLOBS = (
+    "repository_blobs JOIN blobs USING (digest) WHERE blobs.quarantined_at IS NULL AND"
+)
+_MANIFEST_COLUMNS = "m.id, m.repository_id, m.digest, m.media_type, m.size, m.body, m.subject"
+_UPSERT_TAG = """INSERT INTO tags(repository_id, name, manifest_id, pushed_at)
+   VALUES (?, ?, ?, ?) ON CONFLICT(repository_id, name) DO UPDATE
+   SET manifest_id = excluded.manifest_id, pushed_at = excluded.pushed_at"""
+
+
+class ManifestQueries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def put(
+        self,
+        name: str,
+        manifest: ParsedManifest,
+        body: bytes,
+        tag: str | None,
+        now: float,
+        *,
+        protect_existing_tag: bool = False,
+    ) -> None:
+        """Store a manifest and its references, moving ``tag`` to it, in one transaction.
+
+        Every referenced blob must be linked to the repository and every child
+        manifest stored in it (else ``MissingReferences``), at the size its
+        descriptor declares (else ``SizeMismatch``); the check runs inside the
+        write transaction so a concurrent delete cannot slip between check and
+        insert. With ``protect_existing_tag`` a tag already pointing at another
+        digest raises ``TagMoveRefused``; the same digest again is fine.
+        """
+        digest = str(manifest.digest)
+        async with self._db.transaction() as db:
+            repo_id = await ensure_repository(db, name, now)
+            if tag is not None and protect_existing_tag:
+                async with db.execute(
+                    "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+                    "WHERE t.repository_id = ? AND t.name = ?",
+                    (repo_id, tag),
+                ) as cursor:
+                    existing = await cursor.fetchone()
+                if existing is not None and existing[0] != digest:
+                    raise TagMoveRefused(tag, str(existing[0]))
+            blobs = sorted({str(d) for d in manifest.blobs})
+            await _require(db, SERVABLE_LINKED_BLOBS, repo_id, blobs, "blob", manifest.sizes)
+            children = sorted({str(d) for d in manifest.children})
+            await _require(db, "manifests WHERE", repo_id, children, "manifest", manifest.sizes)
+            cursor = await db.execute(
+                """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
+                       subject, annotations, body, pushed_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(repository_id, digest) DO UPDATE SET pushed_at = excluded.pushed_at
+                   RETURNING id""",
+                (
+                    repo_id,
+                    digest,
+                    manifest.media_type,
+                    manifest.size,
+                    manifest.artifact_type,
+                    None if manifest.subject is None else str(manifest.subject),
+                    msgspec.json.encode(manifest.annotations) if manifest.annotations else None,
+                    body,
+                    now,
+                ),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            manifest_id = int(row[0])
+            await db.executemany(
+                "INSERT OR IGNORE INTO manifest_blobs(manifest_id, digest) VALUES (?, ?)",
+                [(manifest_id, d) for d in blobs],
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO manifest_children(manifest_id, child_digest) VALUES (?, ?)",
+                [(manifest_id, d) for d in children],
+            )
+            if tag is not None:
+                await db.execute(_UPSERT_TAG, (repo_id, tag, manifest_id, now))
+            await db.execute(
+                "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
+            )
+
+    async def copy(
+        self,
+        source: str,
+        digest: str,
+        target: str,
+        tag: str | None,
+        now: float,
+        quota_limit: int | None = None,
+    ) -> bool:
+        """Make ``target`` hold the manifest (and its blob links) ``source`` has; no bytes move.
+
+        Past ``quota_limit`` for ``target``'s namespace it raises ``QuotaWouldExceed``
+        and nothing is copied. False when ``source`` has no such manifest.
+        """
+        async with self._db.transaction() as db:
+            async with db.execute(
+                "SELECT m.id, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, "
+                "m.body FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+                "WHERE r.name = ? AND m.digest = ?",
+                (source, digest),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return False
+            repo_id = await ensure_repository(db, target, now)
+            cursor = await db.execute(
+                """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
+                       subject, annotations, body, pushed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(repository_id, digest) DO UPDATE SET pushed_at = pushed_at
+                   RETURNING id""",
+                (repo_id, digest, row[1], row[2], row[3], row[4], row[5], row[6], now),
+            )
+            inserted = await cursor.fetchone()
+            assert inserted is not None
+            new_id = int(inserted[0])
+            await db.execute(
+                "INSERT OR IGNORE INTO manifest_blobs(manifest_id, digest) "
+                "SELECT ?, digest FROM manifest_blobs WHERE manifest_id = ?",
+                (new_id, row[0]),
+            )
+            await db.execute(
+                "INSERT OR IGNORE INTO manifest_children(manifest_id, child_digest) "
+                "SELECT ?, child_digest FROM manifest_children WHERE manifest_id = ?",
+                (new_id, row[0]),
+            )
+            async with within_quota(db, target, quota_limit):
+                await db.execute(
+                    "INSERT INTO repository_blobs(repository_id, digest, linked_at) "
+                    "SELECT ?, digest, ? FROM manifest_blobs WHERE manifest_id = ? "
+                    "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
+                    (repo_id, now, row[0]),
+                )
+            if tag is not None:
+                await db.execute(_UPSERT_TAG, (repo_id, tag, new_id, now))
+            await db.execute(
+                "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
+            )
+            return True
+
+    async def by_digest(self, name: str, digest: str) -> ManifestRow | None:
+        row: ManifestRow | None = await self._db.cache.get(
+            ("manifest", name, digest), lambda: self._by_digest(name, digest)
+        )
+        return row
+
+    async def _by_digest(self, name: str, digest: str) -> ManifestRow | None:
+        row = await self._db.one(
+            f"""SELECT {_MANIFEST_COLUMNS} FROM manifests m
+                JOIN repositories r ON r.id = m.repository_id
+                WHERE r.name = ? AND m.digest = ?""",
+            (name, digest),
+        )
+        return None if row is None else ManifestRow(*row)
+
+    async def by_tag(self, name: str, tag: str) -> ManifestRow | None:
+        row: ManifestRow | None = await self._db.cache.get(
+            ("tag", name, tag), lambda: self._by_tag(name, tag)
+        )
+        return row
+
+    async def _by_tag(self, name: str, tag: str) -> ManifestRow | None:
+        row = await self._db.one(
+            f"""SELECT {_MANIFEST_COLUMNS} FROM tags t
+                JOIN repositories r ON r.id = t.repository_id
+                JOIN manifests m ON m.id = t.manifest_id
+                WHERE r.name = ? AND t.name = ?""",
+            (name, tag),
+        )
+        return None if row is None else ManifestRow(*row)
+
+    async def tags_of(self, name: str, digest: str) -> list[str]:
+        rows = await self._db.all(
+            "SELECT t.name FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+            "JOIN repositories r ON r.id = t.repository_id WHERE r.name = ? AND m.digest = ?",
+            (name, digest),
+        )
+        return [r[0] for r in rows]
+
+    async def tags(self, repo_id: int, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """Tag names after ``last`` in byte order; the flag says whether more follow."""
+        return await self._db.page(
+            "SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name LIMIT ?",
+            (repo_id,),
+            last,
+            limit,
+        )
+
+    async def delete(self, name: str, digest: str) -> bool:
+        """Remove a manifest and every tag pointing at it."""
+        async with self._db.transaction() as db:
+            return await delete_in_repository(db, "manifests", "digest", name, digest)
+
+    async def delete_tag(self, name: str, tag: str, digest: str | None = None) -> bool:
+        """Remove a tag; with ``digest``, only while it still points at that manifest."""
+        async with self._db.transaction() as db:
+            if digest is None:
+                return await delete_in_repository(db, "tags", "name", name, tag)
+            cursor = await db.execute(
+                "DELETE FROM tags WHERE name = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?) AND manifest_id = "
+                "(SELECT id FROM manifests m WHERE m.repository_id = tags.repository_id "
+                "AND m.digest = ?)",
+                (tag, name, digest),
+            )
+            return cursor.rowcount > 0
+
+    async def referrers(
+        self, repo_id: int, subject: str, artifact_type: str | None
+    ) -> list[Referrer]:
+        sql = (
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
+            "WHERE repository_id = ? AND subject = ?"
+        )
+        params: list[object] = [repo_id, subject]
+        if artifact_type is not None:
+            sql += " AND artifact_type = ?"
+            params.append(artifact_type)
+        rows = await self._db.all(sql + " ORDER BY pushed_at, digest", params)
+        return [
+            Referrer(
+                digest=r[0],
+                media_type=r[1],
+                size=r[2],
+                artifact_type=r[3],
+                annotations=None if r[4] is None else msgspec.json.decode(r[4]),
+            )
+            for r in rows
+        ]
+
+
+async def _require(
+    db: aiosqlite.Connection,
+    source: str,
+    repo_id: int,
+    digests: list[str],
+    kind: Kind,
+    sizes: Mapping[str, int],
+) -> None:
+    """Raise ``SizeMismatch`` when a digest's row in ``source`` (for the repo) has another
+    size than ``sizes`` declares, ``MissingReferences`` unless every digest has a row.
+
+    ``source`` is a FROM clause ending in WHERE or AND.
+    """
+    found: dict[str, int] = {}
+    # Stay under SQLite's bound-parameter limit for very wide manifests.
+    for start in range(0, len(digests), 500):
+        batch = digests[start : start + 500]
+        marks = ",".join("?" * len(batch))
+        sql = f"SELECT digest, size FROM {source} repository_id = ? AND digest IN ({marks})"
+        async with db.execute(sql, (repo_id, *batch)) as cursor:
+            found.update((r[0], r[1]) for r in await cursor.fetchall())
+    for digest, size in found.items():
+        if digest in sizes and sizes[digest] != size:
+            raise SizeMismatch(kind, digest, sizes[digest], size)
+    missing = [d for d in digests if d not in found]
+    if missing:
+        raise MissingReferences(kind, missing)

@@ -1,0 +1,55 @@
+"""Repository rows: ids, the catalog, and whole-repository (or namespace) deletes."""
+
+from __future__ import annotations
+
+from aioreg.index.database import Database
+from aioreg.index.usage import NAMESPACE_REPOS, namespace_params
+
+
+class RepositoryQueries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def id(self, name: str) -> int | None:
+        """The repository's id (through the read cache); None until something is pushed."""
+        repo_id: int | None = await self._db.cache.get(("repo", name), lambda: self._id(name))
+        return repo_id
+
+    async def _id(self, name: str) -> int | None:
+        row = await self._db.one("SELECT id FROM repositories WHERE name = ?", (name,))
+        return None if row is None else int(row[0])
+
+    async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """Repository names after ``last`` in byte order; the flag says whether more follow."""
+        return await self._db.page(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", (), last, limit
+        )
+
+    async def in_namespace(self, namespace: str) -> list[str]:
+        rows = await self._db.all(
+            f"SELECT r.name FROM repositories r WHERE {NAMESPACE_REPOS} ORDER BY r.name",
+            namespace_params(namespace),
+        )
+        return [r[0] for r in rows]
+
+    async def namespace_names(self) -> list[str]:
+        """Namespaces with a row or with repositories, in order."""
+        rows = await self._db.all(
+            "SELECT name FROM namespaces UNION SELECT CASE WHEN instr(name, '/') > 0 "
+            "THEN substr(name, 1, instr(name, '/') - 1) ELSE name END FROM repositories "
+            "ORDER BY 1"
+        )
+        return [r[0] for r in rows]
+
+    async def delete(self, name: str) -> bool:
+        async with self._db.transaction() as db:
+            cursor = await db.execute("DELETE FROM repositories WHERE name = ?", (name,))
+            return cursor.rowcount > 0
+
+    async def delete_namespace(self, namespace: str, repositories: list[str]) -> None:
+        """Remove these repositories and the namespace's settings in one transaction."""
+        async with self._db.transaction() as db:
+            await db.executemany(
+                "DELETE FROM repositories WHERE name = ?", [(name,) for name in repositories]
+            )
+            await db.execute("DELETE FROM namespaces WHERE name = ?", (namespace,))
