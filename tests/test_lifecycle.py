@@ -15,9 +15,9 @@ import pytest
 
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
+from aioreg.domain.management import RetentionPolicy
+from aioreg.domain.periodic import PeriodicJob
 from aioreg.index import Index
-from aioreg.management import RetentionPolicy
-from aioreg.periodic import PeriodicJob
 from tests.conftest import (
     EMPTY_JSON,
     OCI_CONFIG,

@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import xxhash
 
-from aioreg.maintenance import check, scrub
-from aioreg.reference import Digest
+from aioreg.domain.maintenance import check, scrub
+from aioreg.domain.reference import Digest
 from tests.conftest import (
     OCI_CONFIG,
     OCI_LAYER,

@@ -16,7 +16,7 @@ from aioreg.api.auth import AUTH_KEY
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.api.server import RegistryServer
 from aioreg.config import load_config
-from aioreg.management import Removal, RetentionPolicy
+from aioreg.domain.management import Removal, RetentionPolicy
 from tests.conftest import (
     OCI_CONFIG,
     OCI_LAYER,

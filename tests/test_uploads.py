@@ -17,7 +17,7 @@ import pytest
 from aioreg.api.app import IN_FLIGHT_KEY
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
-from aioreg.reference import Digest
+from aioreg.domain.reference import Digest
 from tests.conftest import AppFactory, Reg, digest_of, error_codes
 
 

@@ -31,11 +31,11 @@ from aioreg.auth.tokens import (
     token_account,
 )
 from aioreg.config import AuthConfig
+from aioreg.domain.periodic import PeriodicJob
+from aioreg.domain.rules import effective_rules, namespace_of
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
 from aioreg.index import Index
 from aioreg.index.accounts import AuditRow, TokenRow, UserRow
-from aioreg.periodic import PeriodicJob
-from aioreg.rules import effective_rules, namespace_of
 
 log = logging.getLogger("aioreg.auth")
 AUDIT_FLUSH_SECONDS = 1.0

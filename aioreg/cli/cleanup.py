@@ -9,7 +9,7 @@ import msgspec
 
 from aioreg.cli.command import Subparsers, bind, on_management
 from aioreg.cli.output import Progress, format_size
-from aioreg.management import Management, RetentionPolicy
+from aioreg.domain.management import Management, RetentionPolicy
 
 
 def add_parsers(commands: Subparsers) -> None:

@@ -8,7 +8,7 @@ import asyncio
 from aioreg.cli.command import Subparsers, bind
 from aioreg.cli.output import Progress
 from aioreg.config import Config
-from aioreg.maintenance import check, open_parts, scrub
+from aioreg.domain.maintenance import check, open_parts, scrub
 
 
 def add_parsers(commands: Subparsers) -> None:

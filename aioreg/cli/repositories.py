@@ -6,7 +6,7 @@ import argparse
 
 from aioreg.cli.command import Subparsers, bind, on_management
 from aioreg.cli.output import format_size, format_time, parse_size
-from aioreg.management import Management
+from aioreg.domain.management import Management
 
 
 def add_parsers(commands: Subparsers) -> None:

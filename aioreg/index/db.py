@@ -19,15 +19,15 @@ import aiosqlite
 import msgspec
 
 from aioreg.config import EventsConfig, LimitsConfig
+from aioreg.domain.manifest import ParsedManifest
+from aioreg.domain.periodic import PeriodicJob
+from aioreg.domain.rules import namespace_of
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.cache import ReadCache
 from aioreg.index.lifecycle import Event, LifecycleQueries
 from aioreg.index.migrations import MIGRATIONS, statements
 from aioreg.index.rows import BlobRow, ManifestRow, Referrer, UploadRow
-from aioreg.manifest import ParsedManifest
-from aioreg.periodic import PeriodicJob
-from aioreg.rules import namespace_of
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiosqlite
 import msgspec
 
-from aioreg.rules import namespace_of
+from aioreg.domain.rules import namespace_of
 
 
 @dataclass(frozen=True, slots=True)

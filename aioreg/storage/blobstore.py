@@ -11,7 +11,7 @@ in any process) follows: never a file someone holds, never a young one.
 
 GC moves swept blobs to ``trash/<run>/`` inside its index transaction and
 empties that run's directory after the commit; whatever a crash leaves there
-is settled by ``aioreg.maintenance.recover_trash``.
+is settled by ``aioreg.domain.maintenance.recover_trash``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from aioreg.domain.reference import Digest
 from aioreg.errors import RegistryError
-from aioreg.reference import Digest
 
 # However short the grace period, an upload file this young may not be locked by its
 # writer yet (it is created, then locked): no remover touches it.

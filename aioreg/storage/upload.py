@@ -21,9 +21,9 @@ from typing import Any
 
 import xxhash
 
+from aioreg.domain.reference import Digest
 from aioreg.errors import ErrorCode, RangeError, RegistryError
 from aioreg.index.rows import BlobRow
-from aioreg.reference import Digest
 from aioreg.storage.blobstore import BlobStore
 
 READ_BLOCK = 1 << 20

@@ -41,8 +41,8 @@ from aioreg.api.management.schemas import (
     UsageReport,
 )
 from aioreg.auth.service import AuthError, Identity
+from aioreg.domain.management import Management
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.management import Management
 
 MANAGEMENT_KEY = web.AppKey("management", Management)
 Body = TypeVar("Body")

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
-from aioreg.management import RetentionPolicy as DomainPolicy
+from aioreg.domain.management import RetentionPolicy as DomainPolicy
 
 if TYPE_CHECKING:
+    from aioreg.domain.management import ArtifactDetail as DomainArtifact
+    from aioreg.domain.management import GcReport, Removal
+    from aioreg.domain.management import LayerDetail as DomainLayer
+    from aioreg.domain.management import RepositoryDetail as DomainRepository
+    from aioreg.domain.management import TagDetail as DomainTag
     from aioreg.index.lifecycle import Event as EventRow
     from aioreg.index.lifecycle import RepositorySummary as SummaryRow
     from aioreg.index.lifecycle import Usage as UsageRow
-    from aioreg.management import ArtifactDetail as DomainArtifact
-    from aioreg.management import GcReport, Removal
-    from aioreg.management import LayerDetail as DomainLayer
-    from aioreg.management import RepositoryDetail as DomainRepository
-    from aioreg.management import TagDetail as DomainTag
 
 
 # -- repositories -------------------------------------------------------------------

@@ -18,6 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aioreg.config import Config
+from aioreg.domain.maintenance import recover_trash
+from aioreg.domain.manifest import ParsedManifest, parse_manifest
+from aioreg.domain.periodic import PeriodicJob
+from aioreg.domain.reference import Digest, parse_reference, validate_name
+from aioreg.domain.rules import (
+    SIGNATURE_ARTIFACT_TYPES,
+    PushRules,
+    effective_rules,
+    namespace_of,
+    signature_tag,
+)
 from aioreg.errors import (
     ErrorCode,
     QuotaExceededError,
@@ -28,17 +39,6 @@ from aioreg.errors import (
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
 from aioreg.index.db import QuotaCheck
 from aioreg.index.lifecycle import Event
-from aioreg.maintenance import recover_trash
-from aioreg.manifest import ParsedManifest, parse_manifest
-from aioreg.periodic import PeriodicJob
-from aioreg.reference import Digest, parse_reference, validate_name
-from aioreg.rules import (
-    SIGNATURE_ARTIFACT_TYPES,
-    PushRules,
-    effective_rules,
-    namespace_of,
-    signature_tag,
-)
 from aioreg.storage import BlobStore, BlobWriter
 
 log = logging.getLogger("aioreg.lifecycle")

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from aioreg.domain.maintenance import recover_trash
+from aioreg.domain.manifest import INDEX_TYPES, ImageIndex, ImageManifest
+from aioreg.domain.reference import Digest, validate_name, validate_tag
+from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index.lifecycle import ArtifactRow, Event, RepositorySummary, Usage
-from aioreg.maintenance import recover_trash
-from aioreg.manifest import INDEX_TYPES, ImageIndex, ImageManifest
-from aioreg.reference import Digest, validate_name, validate_tag
-from aioreg.registry import Registry
 
 log = logging.getLogger("aioreg.lifecycle")
 DAY = 86400.0

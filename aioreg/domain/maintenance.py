@@ -22,8 +22,8 @@ from typing import TypeVar
 
 import xxhash
 
+from aioreg.domain.reference import Digest
 from aioreg.index import BlobRow, Index
-from aioreg.reference import Digest
 from aioreg.storage import BlobStore
 
 READ_BLOCK = 4 << 20
