@@ -327,7 +327,7 @@ async def test_idle_sessions_expire_and_orphan_temp_files_go(reg: Reg) -> None:
     fresh_row = await reg.registry.index.upload(fresh.rsplit("/", 1)[1])
     assert fresh_row is not None
     await reg.registry.index.set_upload_offset(fresh_row.id, 0, row.updated_at + ttl)
-    assert await reg.registry.expire_uploads(now=row.updated_at + ttl + 1) == 1
+    assert await reg.registry.uploads.expire(now=row.updated_at + ttl + 1) == 1
     assert (await reg.client.get(location)).status == 404
     assert (await reg.client.get(fresh)).status == 204
     assert _upload_files(reg) == [fresh_row.id]

@@ -273,7 +273,7 @@ class Management:
             protect = not rules.allow_tag_overwrite or rules.tag_is_immutable(tag)
             if protect and existing is not None and existing.digest != row.digest:
                 raise RegistryError(ErrorCode.DENIED, f"tag {target}:{tag} may not be overwritten")
-        quota = await self.registry.quota_check(target)
+        quota = await self.registry.quotas.check(target)
         # An index's children come first, so an index is never copied without them.
         if row.media_type in INDEX_TYPES:
             for child in msgspec.json.decode(row.body, type=ImageIndex).manifests:
@@ -314,7 +314,7 @@ class Management:
             try:
                 await asyncio.to_thread(store.empty_trash, run)
                 if not dry_run:
-                    expired = await self.registry.expire_uploads()
+                    expired = await self.registry.uploads.expire()
             except Exception:
                 log.exception("gc: cleanup after the sweep failed; the next run retries it")
         report = GcReport(

@@ -1,26 +1,22 @@
 """The registry's domain layer: what each distribution-spec operation means.
 
 Handlers in ``aioreg.api`` translate HTTP to these calls; this layer joins the
-index (what exists) with the blob store (the bytes) and owns every path out of
-an upload session.
+index (what exists) with the blob store (the bytes). Upload sessions are
+``UploadSessions`` (``self.uploads``), quotas ``Quotas`` (``self.quotas``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aioreg.config import Config
 from aioreg.domain.maintenance import recover_trash
 from aioreg.domain.manifest import ParsedManifest, parse_manifest
-from aioreg.domain.periodic import PeriodicJob
+from aioreg.domain.quotas import Quotas
 from aioreg.domain.reference import Digest, parse_reference, validate_name
 from aioreg.domain.rules import (
     SIGNATURE_ARTIFACT_TYPES,
@@ -29,24 +25,13 @@ from aioreg.domain.rules import (
     namespace_of,
     signature_tag,
 )
-from aioreg.errors import (
-    ErrorCode,
-    QuotaExceededError,
-    RegistryError,
-    TooLargeError,
-    TooManyRequestsError,
-)
+from aioreg.domain.uploads import UploadSessions
+from aioreg.errors import ErrorCode, RegistryError, TooLargeError
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
-from aioreg.index.db import QuotaCheck
 from aioreg.index.lifecycle import Event
-from aioreg.storage import BlobStore, BlobWriter
+from aioreg.storage import BlobStore
 
-log = logging.getLogger("aioreg.lifecycle")
-UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
-# Failures that end an upload session (besides a quota refusal and DELETE).
-SESSION_ENDING = frozenset({ErrorCode.DIGEST_INVALID, ErrorCode.SIZE_INVALID})
-# What a client refused a new session is told to wait: sessions end as pushes finish.
-SESSION_RETRY_SECONDS = 30.0
+log = logging.getLogger("aioreg.registry")
 # cosign's own tags (signatures, attestations, SBOMs) are pulled to verify, never gated.
 TRUST_EXEMPT_TAG_RE = re.compile(r"sha(256|512)-[0-9a-f]+\.(sig|att|sbom)")
 
@@ -69,10 +54,8 @@ class Registry:
             history=config.events,
         )
         self.store = BlobStore(root)
-        self._writers: dict[str, BlobWriter] = {}
-        self._upload_locks: dict[str, asyncio.Lock] = {}
-        interval = min(max(config.storage.upload_session_ttl / 4, 1.0), 3600.0)
-        self._janitor = PeriodicJob("upload janitor", interval, self.expire_uploads)
+        self.quotas = Quotas(self.index)
+        self.uploads = UploadSessions(config, self.index, self.store, self.quotas)
 
     async def open(self) -> None:
         self.store.open()
@@ -85,50 +68,11 @@ class Registry:
                 len(trash.restored),
                 len(trash.discarded),
             )
-        await self.expire_uploads()
-        self._janitor.start()
+        await self.uploads.open()
 
     async def close(self) -> None:
-        await self._janitor.stop()
+        await self.uploads.close()
         await self.index.close()
-
-    async def expire_uploads(self, now: float | None = None) -> int:
-        """End sessions idle past the TTL and remove temp files no session or writer owns.
-
-        A session a request is using is left alone; so is any file a writer
-        (in this process or another) holds, and any file younger than the GC
-        grace period (``BlobStore.remove_upload_file``).
-        """
-        now = time.time() if now is None else now
-        ttl = self.config.storage.upload_session_ttl
-        expired = 0
-        sessions = await self.index.uploads()
-        for row in sessions:
-            lock = self._upload_locks.get(row.id)
-            if row.updated_at >= now - ttl or (lock is not None and lock.locked()):
-                continue
-            writer = self._writers.pop(row.id, None)
-            if writer is None:
-                path = self.store.upload_path(row.id)
-                removed = await asyncio.to_thread(self.store.remove_upload_file, path, 0.0)
-                if not removed and await asyncio.to_thread(path.exists):
-                    continue  # a writer in another process holds it
-            self._upload_locks.pop(row.id, None)
-            # Row first: a request arriving now finds the session unknown, not half gone.
-            await self.index.delete_upload(row.id)
-            if writer is not None:
-                await writer.cancel()
-            expired += 1
-        live = {row.id for row in sessions}
-        grace = self.config.gc.grace_period
-        await asyncio.to_thread(self._remove_stray_uploads, live, grace, now)
-        return expired
-
-    def _remove_stray_uploads(self, live: set[str], grace: float, now: float) -> None:
-        # A session created after ``live`` was listed has a writer holding its file.
-        for path in self.store.upload_files():
-            if path.name not in live:
-                self.store.remove_upload_file(path, grace, now)
 
     # -- blobs -----------------------------------------------------------
 
@@ -174,217 +118,8 @@ class Registry:
             str(parsed),
             source,
             lambda: self.store.exists(parsed),
-            await self.quota_check(name),
+            await self.quotas.check(name),
         )
-
-    async def quota_check(self, name: str) -> QuotaCheck | None:
-        """``name``'s namespace quota as a check of (used, adding); None when it has none.
-
-        Every path that links blobs into a namespace (upload, mount, copy) hands
-        this to the index, which runs it on the namespace's usage inside the
-        linking transaction.
-        """
-        namespace = namespace_of(name)
-        limit = await self.index.quota(namespace)
-        if limit is None:
-            return None
-
-        def check(used: int, adding: int) -> None:
-            if used + adding > limit:
-                raise QuotaExceededError(namespace, limit, used, adding)
-
-        return check
-
-    async def _within_quota(
-        self, name: str, body: AsyncIterator[bytes], offset: int, digest: Digest | None = None
-    ) -> AsyncIterator[bytes]:
-        """The body, refused as soon as the upload (at ``offset``) would pass the quota.
-
-        Bytes are bounded while they arrive, not only when the blob is linked, so
-        a session cannot fill the disk far past its namespace's quota. A blob
-        (``digest``) the namespace already counts adds nothing up to its size.
-        """
-        check = await self.quota_check(name)
-        if check is None:
-            return body
-        namespace = namespace_of(name)
-        used = await self.index.namespace_usage(namespace)
-        counted = 0 if digest is None else await self.index.counted_size(namespace, str(digest))
-        return _checked(body, offset, lambda size: check(used, max(size - counted, 0)))
-
-    # -- upload sessions -------------------------------------------------
-
-    async def start_upload(self, name: str, client: str | None = None) -> str:
-        """Open a session, within the caps on sessions open at once (all, and ``client``'s)."""
-        validate_name(name)
-        limits = self.config.limits
-
-        def admit(total: int, mine: int) -> None:
-            if limits.max_upload_sessions and total >= limits.max_upload_sessions:
-                raise TooManyRequestsError(
-                    f"{total} upload sessions are open, the most this registry keeps; "
-                    "finish or cancel some",
-                    SESSION_RETRY_SECONDS,
-                )
-            if limits.max_upload_sessions_per_client and mine >= (
-                limits.max_upload_sessions_per_client
-            ):
-                raise TooManyRequestsError(
-                    f"{mine} upload sessions of {client} are open, the most one client may "
-                    "keep; finish or cancel some",
-                    SESSION_RETRY_SECONDS,
-                )
-
-        upload_id = uuid.uuid4().hex
-        await self.index.create_upload(upload_id, name, time.time(), client, admit)
-        try:
-            self._writers[upload_id] = BlobWriter.create(self.store, upload_id)
-        except BaseException:
-            await self.index.delete_upload(upload_id)
-            raise
-        return upload_id
-
-    async def upload_blob(self, name: str, digest: str, body: AsyncIterator[bytes]) -> BlobRow:
-        """A whole blob in one request (``POST ?digest=``): no session row, just a temp file."""
-        validate_name(name)
-        expected = Digest.parse(digest)
-        writer = BlobWriter.create(self.store, uuid.uuid4().hex)
-        try:
-            body = await self._within_quota(name, body, 0, expected)
-            await writer.write(body, None, self.config.storage.write_buffer_bytes)
-            row = await writer.commit(expected)
-            await self._publish(name, row, writer, None)
-        except BaseException:
-            await writer.cancel()
-            raise
-        return row
-
-    async def _publish(
-        self, name: str, row: BlobRow, writer: BlobWriter, upload_id: str | None
-    ) -> None:
-        """Index a placed blob and end its session in one transaction, then drop the temp file.
-
-        Until that transaction commits, a crash leaves the session resumable
-        (its temp file is still there); after it, the blob is fully recorded.
-        """
-        digest = Digest.parse(row.digest)
-        await self.index.link_blob(
-            name,
-            row,
-            ended_upload=upload_id,
-            place=lambda: writer.place(digest),
-            quota=await self.quota_check(name),
-        )
-        if upload_id is not None:
-            self._writers.pop(upload_id, None)
-            self._upload_locks.pop(upload_id, None)
-        await writer.release()
-
-    async def upload_offset(self, name: str, upload_id: str) -> int:
-        async with self._upload(name, upload_id) as writer:
-            return writer.offset
-
-    async def append_upload(
-        self, name: str, upload_id: str, body: AsyncIterator[bytes], start: int | None
-    ) -> int:
-        async with self._upload(name, upload_id) as writer, self._request(upload_id, writer):
-            body = await self._within_quota(name, body, writer.offset)
-            offset = await writer.write(body, start, self.config.storage.write_buffer_bytes)
-            await self.index.set_upload_offset(upload_id, offset, time.time())
-            return offset
-
-    async def finish_upload(
-        self,
-        name: str,
-        upload_id: str,
-        digest: str,
-        body: AsyncIterator[bytes] | None,
-        start: int | None,
-    ) -> BlobRow:
-        """Take the last bytes (if any), verify, store and link."""
-        expected = Digest.parse(digest)
-        async with self._upload(name, upload_id) as writer, self._request(upload_id, writer):
-            if body is not None:
-                body = await self._within_quota(name, body, writer.offset, expected)
-                await writer.write(body, start, self.config.storage.write_buffer_bytes)
-            row = await writer.commit(expected)
-            await self._publish(name, row, writer, upload_id)
-            return row
-
-    async def cancel_upload(self, name: str, upload_id: str) -> None:
-        async with self._upload(name, upload_id) as writer:
-            await self._end_upload(upload_id, writer)
-
-    @contextlib.asynccontextmanager
-    async def _request(self, upload_id: str, writer: BlobWriter) -> AsyncIterator[None]:
-        """One request's work on a session, and what its failure does to the session.
-
-        A digest or size mismatch or a quota refusal ends the session (as DELETE
-        does); any other failure (the client going away mid-body, a stalled body,
-        a full disk, a busy index) rolls it back to the last acknowledged byte.
-        """
-        acknowledged = writer.offset
-        try:
-            yield
-        except RegistryError as exc:
-            if isinstance(exc, QuotaExceededError) or exc.code in SESSION_ENDING:
-                await self._end_upload(upload_id, writer)
-            else:
-                self._roll_back(upload_id, writer, acknowledged)
-            raise
-        except BaseException:
-            self._roll_back(upload_id, writer, acknowledged)
-            raise
-
-    def _roll_back(self, upload_id: str, writer: BlobWriter, acknowledged: int) -> None:
-        # ``write`` undoes its own bytes; past it (the bytes verified, an index write
-        # failed), the next request resumes the session from the index's offset.
-        if writer.offset != acknowledged:
-            self._writers.pop(upload_id, None)
-
-    async def _end_upload(self, upload_id: str, writer: BlobWriter) -> None:
-        await writer.cancel()
-        self._writers.pop(upload_id, None)
-        self._upload_locks.pop(upload_id, None)
-        await self.index.delete_upload(upload_id)
-
-    @contextlib.asynccontextmanager
-    async def _upload(self, name: str, upload_id: str) -> AsyncIterator[BlobWriter]:
-        """The session's writer, with requests on one session taking turns."""
-        validate_name(name)
-        unknown = RegistryError(
-            ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id[:64]!r} is unknown in {name}"
-        )
-        if not UPLOAD_ID_RE.fullmatch(upload_id):
-            raise unknown
-        row = await self.index.upload(upload_id)
-        if row is None or row.repository != name:
-            raise unknown
-        async with self._upload_locks.setdefault(upload_id, asyncio.Lock()):
-            if upload_id not in self._upload_locks:
-                raise unknown  # Ended while this request waited its turn.
-            writer = await self._writer_for(upload_id, unknown)
-            try:
-                yield writer
-            except FileNotFoundError:
-                # The session's file went away under it (expired meanwhile).
-                self._writers.pop(upload_id, None)
-                raise unknown from None
-
-    async def _writer_for(self, upload_id: str, unknown: RegistryError) -> BlobWriter:
-        writer = self._writers.get(upload_id)
-        if writer is None:
-            # Read under the session's lock: the offset the last request acknowledged.
-            row = await self.index.upload(upload_id)
-            if row is None:
-                raise unknown
-            try:
-                writer = await BlobWriter.resume(self.store, upload_id, row.committed_bytes)
-            except FileNotFoundError:
-                await self.index.delete_upload(upload_id)
-                raise unknown from None
-            self._writers[upload_id] = writer
-        return writer
 
     # -- manifests -------------------------------------------------------
 
@@ -522,14 +257,3 @@ class Registry:
         if repo_id is None:
             return []
         return await self.index.referrers(repo_id, str(subject), artifact_type)
-
-
-async def _checked(
-    body: AsyncIterator[bytes], offset: int, check: Callable[[int], None]
-) -> AsyncIterator[bytes]:
-    """``body`` with ``check(size)`` run on the upload's size before each chunk is let through."""
-    size = offset
-    async for chunk in body:
-        size += len(chunk)
-        check(size)
-        yield chunk
