@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from aioreg.domain.maintenance import check
+from aioreg.domain.check import check
 from aioreg.index import Index
 from aioreg.storage import BlobStore
 from tests.conftest import OCI_MANIFEST, digest_of, image_manifest

@@ -401,7 +401,7 @@ async def test_mount_racing_gc_links_only_a_blob_still_stored(make_registry: App
     async def sweep_after(turns: int) -> None:
         for _ in range(turns):  # lets the mount get further before the sweep starts
             await asyncio.sleep(0)
-        await management.gc()
+        await management.gc.run()
 
     for i in range(40):
         data = f"raced blob {i}".encode() * 40

@@ -94,11 +94,11 @@ def create_app(config: Config) -> web.Application:
         await registry.open()
         await auth.open()
         schedules = [
-            PeriodicJob("scheduled gc", config.gc.interval, management.gc, log_result=True),
+            PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
             PeriodicJob(
                 "scheduled retention",
                 config.retention.interval,
-                management.retention_apply,
+                management.retention.apply,
                 log_result=True,
             ),
         ]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aioreg.config import Config
-from aioreg.domain.maintenance import recover_trash
 from aioreg.domain.manifest import ParsedManifest, parse_manifest
 from aioreg.domain.quotas import Quotas
 from aioreg.domain.reference import Digest, parse_reference, validate_name
@@ -25,6 +24,7 @@ from aioreg.domain.rules import (
     namespace_of,
     signature_tag,
 )
+from aioreg.domain.trash import recover_trash
 from aioreg.domain.uploads import UploadSessions
 from aioreg.errors import ErrorCode, RegistryError, TooLargeError
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer

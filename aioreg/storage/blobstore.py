@@ -11,7 +11,7 @@ in any process) follows: never a file someone holds, never a young one.
 
 GC moves swept blobs to ``trash/<run>/`` inside its index transaction and
 empties that run's directory after the commit; whatever a crash leaves there
-is settled by ``aioreg.domain.maintenance.recover_trash``.
+is settled by ``aioreg.domain.trash.recover_trash``.
 """
 
 from __future__ import annotations

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
-from aioreg.domain.management import RetentionPolicy as DomainPolicy
+from aioreg.domain.retention import RetentionPolicy as DomainPolicy
 
 if TYPE_CHECKING:
-    from aioreg.domain.management import ArtifactDetail as DomainArtifact
-    from aioreg.domain.management import GcReport, Removal
-    from aioreg.domain.management import LayerDetail as DomainLayer
-    from aioreg.domain.management import RepositoryDetail as DomainRepository
-    from aioreg.domain.management import TagDetail as DomainTag
+    from aioreg.domain.gc import GcReport
+    from aioreg.domain.listings import ArtifactDetail as DomainArtifact
+    from aioreg.domain.listings import LayerDetail as DomainLayer
+    from aioreg.domain.listings import RepositoryDetail as DomainRepository
+    from aioreg.domain.listings import TagDetail as DomainTag
+    from aioreg.domain.retention import Removal
     from aioreg.index.lifecycle import Event as EventRow
     from aioreg.index.lifecycle import RepositorySummary as SummaryRow
     from aioreg.index.lifecycle import Usage as UsageRow
