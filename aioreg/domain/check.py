@@ -22,7 +22,7 @@ from pathlib import Path
 from aioreg.domain.reference import Digest
 from aioreg.domain.trash import LOCKED_BATCH, batches, recover_trash, settle_missing
 from aioreg.index import Index
-from aioreg.storage import BlobStore
+from aioreg.storage import BlobStorage, BlobStore
 
 
 @dataclass
@@ -32,7 +32,7 @@ class CheckReport:
 
 
 async def check(
-    index: Index, store: BlobStore, *, grace: float, repair: bool = True
+    index: Index, store: BlobStorage, *, grace: float, repair: bool = True
 ) -> CheckReport:
     """Compare index and disk; with ``repair``, fix what loses no acknowledged data.
 
@@ -62,7 +62,7 @@ async def check(
 
 
 async def _check_blobs(
-    index: Index, store: BlobStore, grace: float, repair: bool, report: CheckReport
+    index: Index, store: BlobStorage, grace: float, repair: bool, report: CheckReport
 ) -> None:
     page: list[str] = []
     missing: list[str] = []
@@ -98,7 +98,7 @@ async def _check_blobs(
 
 
 def _remove_orphans(
-    store: BlobStore, batch: Sequence[tuple[Path, Digest]], rows: dict[str, bool], grace: float
+    store: BlobStorage, batch: Sequence[tuple[Path, Digest]], rows: dict[str, bool], grace: float
 ) -> list[Path]:
     removed = []
     for path, digest in batch:
@@ -108,12 +108,12 @@ def _remove_orphans(
     return removed
 
 
-def _without_file(store: BlobStore, digests: list[str]) -> list[str]:
+def _without_file(store: BlobStorage, digests: list[str]) -> list[str]:
     return [d for d in digests if not store.exists(Digest.parse(d))]
 
 
 async def _check_uploads(
-    index: Index, store: BlobStore, grace: float, repair: bool, report: CheckReport
+    index: Index, store: BlobStorage, grace: float, repair: bool, report: CheckReport
 ) -> None:
     verb = "" if repair else "would be "
     sessions = {row.id: row for row in await index.uploads()}

@@ -29,7 +29,7 @@ from aioreg.domain.uploads import UploadSessions
 from aioreg.errors import ErrorCode, RegistryError, TooLargeError
 from aioreg.index import BlobRow, Index, ManifestRow, Referrer
 from aioreg.index.lifecycle import Event
-from aioreg.storage import BlobStore
+from aioreg.storage import BlobStorage, BlobStore
 
 log = logging.getLogger("aioreg.registry")
 # cosign's own tags (signatures, attestations, SBOMs) are pulled to verify, never gated.
@@ -53,7 +53,7 @@ class Registry:
             read_cache_bytes=config.limits.read_cache_bytes,
             history=config.events,
         )
-        self.store = BlobStore(root)
+        self.store: BlobStorage = BlobStore(root)
         self.quotas = Quotas(self.index)
         self.uploads = UploadSessions(config, self.index, self.store, self.quotas)
 
@@ -222,10 +222,11 @@ class Registry:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"
             )
-        kind, tag, digest = (
-            ("delete", None, str(ref)) if isinstance(ref, Digest) else ("untag", ref, None)
-        )
-        self.index.note_event(Event(time.time(), kind, name, tag, digest, actor))
+        if isinstance(ref, Digest):
+            event = Event(time.time(), "delete", name, None, str(ref), actor)
+        else:
+            event = Event(time.time(), "untag", name, ref, None, actor)
+        self.index.note_event(event)
 
     @staticmethod
     def _refuse_immutable(rules: PushRules, name: str, tag: str) -> None:

@@ -13,15 +13,22 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import xxhash
 
 from aioreg.domain.reference import Digest
 from aioreg.domain.trash import settle_missing
 from aioreg.index import BlobRow, Index
-from aioreg.storage import BlobStore
+from aioreg.storage import BlobStorage
 
 READ_BLOCK = 4 << 20
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 @dataclass
@@ -36,6 +43,7 @@ class ScrubReport:
 def _verify(path: Path, blob: BlobRow, full: bool) -> tuple[bool, int]:
     """Whether the file holds exactly the blob's bytes, and which file (inode) was read."""
     digest = Digest.parse(blob.digest)
+    hasher: _Hasher
     if full or blob.xxh3_128 is None:
         hasher = hashlib.new(digest.algorithm)
         expected = digest.hex
@@ -51,7 +59,7 @@ def _verify(path: Path, blob: BlobRow, full: bool) -> tuple[bool, int]:
     return size == blob.size and hasher.hexdigest() == expected, inode
 
 
-async def _quarantine_corrupt(index: Index, store: BlobStore, digest: Digest, inode: int) -> bool:
+async def _quarantine_corrupt(index: Index, store: BlobStorage, digest: Digest, inode: int) -> bool:
     """Move a corrupt file to ``quarantine/`` and mark its row, unless either changed meanwhile."""
     async with index.blob_files() as files:
         if not (await files.rows([str(digest)])).get(str(digest)):
@@ -74,7 +82,7 @@ async def _quarantine_corrupt(index: Index, store: BlobStore, digest: Digest, in
 
 async def scrub(
     index: Index,
-    store: BlobStore,
+    store: BlobStorage,
     *,
     full: bool = False,
     on_blob: Callable[[int], None] | None = None,

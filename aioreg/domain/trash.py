@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from aioreg.domain.reference import Digest
 from aioreg.index import Index
-from aioreg.storage import BlobStore
+from aioreg.storage import BlobStorage
 
 LOCKED_BATCH = 200  # files settled per write transaction: pushes wait at most one batch
 T = TypeVar("T")
@@ -35,7 +35,7 @@ class TrashReport:
     discarded: list[str] = field(default_factory=list)  # rows gone: the sweep had committed
 
 
-async def recover_trash(index: Index, store: BlobStore) -> TrashReport:
+async def recover_trash(index: Index, store: BlobStorage) -> TrashReport:
     """Settle every file a GC sweep left in ``trash/`` (it was killed, or is just finishing).
 
     Under the write lock no sweep is mid-transaction, so a trashed file whose
@@ -48,14 +48,14 @@ async def recover_trash(index: Index, store: BlobStore) -> TrashReport:
         async with index.blob_files() as files:
             rows = await files.rows([str(digest) for _, digest in batch])
             await asyncio.to_thread(_settle_trash, store, batch, rows, report)
-    if await asyncio.to_thread(store.trash_dir.is_dir):
+    if await asyncio.to_thread(store.has_trash):
         async with index.blob_files():  # pruning run directories is safe only between sweeps
             await asyncio.to_thread(store.empty_trash)
     return report
 
 
 def _settle_trash(
-    store: BlobStore,
+    store: BlobStorage,
     batch: Sequence[tuple[Path, Digest]],
     rows: dict[str, bool],
     report: TrashReport,
@@ -70,7 +70,7 @@ def _settle_trash(
 
 
 async def settle_missing(
-    index: Index, store: BlobStore, digests: Sequence[str]
+    index: Index, store: BlobStorage, digests: Sequence[str]
 ) -> tuple[list[str], list[str]]:
     """Servable blobs found without a file: restore them from the trash, else quarantine.
 
@@ -91,7 +91,7 @@ async def settle_missing(
     return restored, quarantined
 
 
-def _untrash(store: BlobStore, digests: set[str]) -> tuple[list[str], list[str]]:
+def _untrash(store: BlobStorage, digests: set[str]) -> tuple[list[str], list[str]]:
     """Of blobs whose rows are servable: those found in the trash (put back), those not."""
     gone = {d for d in digests if not store.exists(Digest.parse(d))}
     found = []

@@ -1,7 +1,7 @@
 """Upload sessions: every way into and out of one, in one place.
 
 A session is a row in the index (repository, acknowledged offset, last use)
-plus a ``BlobWriter`` on its temp file. Its lifecycle verbs:
+plus an ``UploadWriter`` on its temp file. Its lifecycle verbs:
 
 - ``start``: open a session (within the caps on open sessions);
 - ``append``: take a chunk; the offset advances only once the bytes are written;
@@ -35,7 +35,7 @@ from aioreg.errors import (
     TooManyRequestsError,
 )
 from aioreg.index import BlobRow, Index
-from aioreg.storage import BlobStore, BlobWriter, WrittenBlob
+from aioreg.storage import BlobStorage, UploadWriter, WrittenBlob
 from aioreg.storage.errors import StorageError
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -46,12 +46,12 @@ SESSION_RETRY_SECONDS = 30.0
 
 
 class UploadSessions:
-    def __init__(self, config: Config, index: Index, store: BlobStore, quotas: Quotas) -> None:
+    def __init__(self, config: Config, index: Index, store: BlobStorage, quotas: Quotas) -> None:
         self.config = config
         self.index = index
         self.store = store
         self.quotas = quotas
-        self._writers: dict[str, BlobWriter] = {}
+        self._writers: dict[str, UploadWriter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         interval = min(max(config.storage.upload_session_ttl / 4, 1.0), 3600.0)
         self._janitor = PeriodicJob("upload janitor", interval, self.expire)
@@ -90,7 +90,7 @@ class UploadSessions:
         upload_id = uuid.uuid4().hex
         await self.index.create_upload(upload_id, name, time.time(), client, admit)
         try:
-            self._writers[upload_id] = BlobWriter.create(self.store, upload_id)
+            self._writers[upload_id] = self.store.create_writer(upload_id)
         except BaseException:
             await self.index.delete_upload(upload_id)
             raise
@@ -167,7 +167,7 @@ class UploadSessions:
         """A whole blob in one request (``POST ?digest=``): no session row, just a temp file."""
         validate_name(name)
         expected = Digest.parse(digest)
-        writer = BlobWriter.create(self.store, uuid.uuid4().hex)
+        writer = self.store.create_writer(uuid.uuid4().hex)
         try:
             with storage_errors():
                 body = await self.quotas.bounded(name, body, 0, expected)
@@ -182,7 +182,7 @@ class UploadSessions:
     # -- how a request ends ------------------------------------------------
 
     async def _publish(
-        self, name: str, blob: WrittenBlob, writer: BlobWriter, upload_id: str | None
+        self, name: str, blob: WrittenBlob, writer: UploadWriter, upload_id: str | None
     ) -> None:
         """Index a placed blob and end its session in one transaction, then drop the temp file.
 
@@ -204,7 +204,7 @@ class UploadSessions:
         await writer.release()
 
     @contextlib.asynccontextmanager
-    async def _request(self, upload_id: str, writer: BlobWriter) -> AsyncIterator[None]:
+    async def _request(self, upload_id: str, writer: UploadWriter) -> AsyncIterator[None]:
         """One request's work on a session, and what its failure does to the session.
 
         A digest or size mismatch or a quota refusal ends the session (as DELETE
@@ -228,13 +228,13 @@ class UploadSessions:
             self._roll_back(upload_id, writer, acknowledged)
             raise
 
-    def _roll_back(self, upload_id: str, writer: BlobWriter, acknowledged: int) -> None:
+    def _roll_back(self, upload_id: str, writer: UploadWriter, acknowledged: int) -> None:
         # ``write`` undoes its own bytes; past it (the bytes verified, an index write
         # failed), the next request resumes the session from the index's offset.
         if writer.offset != acknowledged:
             self._writers.pop(upload_id, None)
 
-    async def _end(self, upload_id: str, writer: BlobWriter) -> None:
+    async def _end(self, upload_id: str, writer: UploadWriter) -> None:
         await writer.cancel()
         self._writers.pop(upload_id, None)
         self._locks.pop(upload_id, None)
@@ -243,7 +243,7 @@ class UploadSessions:
     # -- finding a session ---------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _session(self, name: str, upload_id: str) -> AsyncIterator[BlobWriter]:
+    async def _session(self, name: str, upload_id: str) -> AsyncIterator[UploadWriter]:
         """The session's writer, with requests on one session taking turns."""
         validate_name(name)
         unknown = RegistryError(
@@ -265,7 +265,7 @@ class UploadSessions:
                 self._writers.pop(upload_id, None)
                 raise unknown from None
 
-    async def _writer_for(self, upload_id: str, unknown: RegistryError) -> BlobWriter:
+    async def _writer_for(self, upload_id: str, unknown: RegistryError) -> UploadWriter:
         writer = self._writers.get(upload_id)
         if writer is None:
             # Read under the session's lock: the offset the last request acknowledged.
@@ -274,7 +274,7 @@ class UploadSessions:
                 raise unknown
             try:
                 with storage_errors():
-                    writer = await BlobWriter.resume(self.store, upload_id, row.committed_bytes)
+                    writer = await self.store.resume_writer(upload_id, row.committed_bytes)
             except FileNotFoundError:
                 await self.index.delete_upload(upload_id)
                 raise unknown from None

@@ -18,18 +18,20 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from aioreg.domain.reference import Digest
-from aioreg.storage.blobstore import BlobStore
 from aioreg.storage.errors import (
     BlobInvalidDigest,
     BlobInvalidLength,
     UploadLost,
     UploadOffsetMismatch,
 )
+
+if TYPE_CHECKING:
+    from aioreg.storage.blobstore import BlobStore
 
 READ_BLOCK = 1 << 20
 
