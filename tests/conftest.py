@@ -18,7 +18,7 @@ from aiohttp import web
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.server import RegistryServer
 from aioreg.config import Config, load_config
-from aioreg.registry import Registry
+from aioreg.domain.registry import Registry
 from tests.process import Server
 
 

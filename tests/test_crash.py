@@ -29,8 +29,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from aioreg.domain.check import check
 from aioreg.index import Index
-from aioreg.maintenance import check
 from aioreg.storage import BlobStore
 from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
 from tests.process import Server, free_port, start

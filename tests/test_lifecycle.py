@@ -15,9 +15,9 @@ import pytest
 
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
+from aioreg.domain.periodic import PeriodicJob
+from aioreg.domain.retention import RetentionPolicy
 from aioreg.index import Index
-from aioreg.management import RetentionPolicy
-from aioreg.periodic import PeriodicJob
 from tests.conftest import (
     EMPTY_JSON,
     OCI_CONFIG,
@@ -147,7 +147,7 @@ async def test_gc_racing_pushes_never_leaves_a_broken_image(make_registry: AppFa
         rounds = 0
         deadline = time.monotonic() + 60
         while not all(t.done() for t in pushers) and time.monotonic() < deadline:
-            freed += (await management.gc()).blobs
+            freed += (await management.gc.run()).blobs
             rounds += 1
             await asyncio.sleep(0.005)
         return rounds
@@ -155,7 +155,7 @@ async def test_gc_racing_pushes_never_leaves_a_broken_image(make_registry: AppFa
     pushers = [asyncio.create_task(pusher(n)) for n in range(6)]
     rounds = await collector()
     await asyncio.gather(*pushers)
-    await management.gc()
+    await management.gc.run()
     assert rounds >= 5
     assert len(pushed) > 20
     assert freed > 0  # the sweeps really removed garbage while pushes went on
@@ -182,7 +182,7 @@ async def test_retention_preview_equals_apply(reg: Reg) -> None:
     await push(reg, "team/app", "prod-1", [b"prod"])
     await push(reg, "team/app", "keepme", [b"excluded"])
     await push(reg, "team/other", "old", [b"old"])
-    await management.set_retention(
+    await management.retention.set_policy(
         "team",
         RetentionPolicy(
             keep_last=2,
@@ -192,37 +192,39 @@ async def test_retention_preview_equals_apply(reg: Reg) -> None:
         ),
     )
     now = time.time()
-    preview = await management.retention_preview(now)
+    preview = await management.retention.preview(now)
     assert sorted((r.repository, r.tag) for r in preview) == [
         ("team/app", f"build-{i}") for i in range(4)
     ]
-    applied = await management.retention_apply(now)
+    applied = await management.retention.apply(now)
     assert applied == preview
     tags = (await (await reg.client.get("/v2/team/app/tags/list")).json())["tags"]
     assert tags == ["build-4", "build-5", "keepme", "latest", "prod-1"]
     assert (await (await reg.client.get("/v2/team/other/tags/list")).json())["tags"] == ["old"]
-    events = await management.events(100)
+    events = await management.listings.events(100)
     assert sorted(e.reference for e in events if e.kind == "retention") == [
         f"build-{i}" for i in range(4)
     ]
     # Age and idleness: a policy measured a day in the future removes what was not pulled.
     await reg.client.get("/v2/team/app/manifests/build-5")
-    await management.set_retention(
+    await management.retention.set_policy(
         "team/app", RetentionPolicy(unpulled_days=0.5, protected=["latest", "prod-*", "keepme"])
     )
     later = time.time() + 86400
-    preview = await management.retention_preview(later)
+    preview = await management.retention.preview(later)
     assert [r.tag for r in preview] == ["build-4"] or sorted(r.tag for r in preview) == [
         "build-4",
         "build-5",
     ]
     assert all(r.reason.startswith("not pulled") for r in preview)
-    assert await management.retention_apply(later) == preview
-    await management.set_retention("team/other", RetentionPolicy(older_than_days=0.5, protected=[]))
-    assert [(r.tag, r.reason) for r in await management.retention_preview(later)] == [
+    assert await management.retention.apply(later) == preview
+    await management.retention.set_policy(
+        "team/other", RetentionPolicy(older_than_days=0.5, protected=[])
+    )
+    assert [(r.tag, r.reason) for r in await management.retention.preview(later)] == [
         ("old", "pushed more than 0.5 days ago")
     ]
-    assert await management.retention_preview(time.time()) == []
+    assert await management.retention.preview(time.time()) == []
 
 
 async def test_quota_refuses_a_push_and_leaves_nothing(make_registry: AppFactory) -> None:
@@ -312,7 +314,7 @@ async def test_scheduled_gc_runs_and_logs(make_registry: AppFactory, tmp_path: P
     while (await reg.client.head(f"/v2/app/blobs/{orphan}")).status != 404:
         assert time.monotonic() < deadline, "the scheduled GC never ran"
         await asyncio.sleep(0.1)
-    events = await reg.app[MANAGEMENT_KEY].events(20)
+    events = await reg.app[MANAGEMENT_KEY].listings.events(20)
     assert any(e.kind == "gc" and "1 blobs" in (e.detail or "") for e in events)
 
 

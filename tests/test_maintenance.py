@@ -12,8 +12,9 @@ from pathlib import Path
 import aiohttp
 import xxhash
 
-from aioreg.maintenance import check, scrub
-from aioreg.reference import Digest
+from aioreg.domain.check import check
+from aioreg.domain.reference import Digest
+from aioreg.domain.scrub import scrub
 from tests.conftest import (
     OCI_CONFIG,
     OCI_LAYER,

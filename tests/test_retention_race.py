@@ -16,7 +16,7 @@ from aioreg.api.auth import AUTH_KEY
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.api.server import RegistryServer
 from aioreg.config import load_config
-from aioreg.management import Removal, RetentionPolicy
+from aioreg.domain.retention import Removal, RetentionPolicy
 from tests.conftest import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -68,8 +68,8 @@ async def test_retention_keeps_a_tag_pushed_again_since_the_preview(
             assert resp.status == 201
 
     management = reg.app[MANAGEMENT_KEY]
-    await management.set_retention("app", RetentionPolicy(keep_last=1))
-    removed = await management.retention_apply(on_removal=push_again)
+    await management.retention.set_policy("app", RetentionPolicy(keep_last=1))
+    removed = await management.retention.apply(on_removal=push_again)
     assert removed == []  # selected, then pushed again: not removed
     resp = await reg.client.get("/v2/app/manifests/old", headers={"Accept": OCI_MANIFEST})
     assert resp.status == 200
@@ -77,7 +77,7 @@ async def test_retention_keeps_a_tag_pushed_again_since_the_preview(
     resp = await reg.client.get("/v2/app/manifests/new", headers={"Accept": OCI_MANIFEST})
     assert resp.status == 200
     # Without the race the policy still applies: "new" is now beyond the one kept.
-    removed = await management.retention_apply()
+    removed = await management.retention.apply()
     assert [(r.tag, r.repository) for r in removed] == [("new", "app")]
     resp = await reg.client.get("/v2/app/manifests/new", headers={"Accept": OCI_MANIFEST})
     assert resp.status == 404

@@ -17,7 +17,7 @@ import pytest
 from aioreg.api.app import IN_FLIGHT_KEY
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import Accounts
-from aioreg.reference import Digest
+from aioreg.domain.reference import Digest
 from tests.conftest import AppFactory, Reg, digest_of, error_codes
 
 
@@ -327,7 +327,7 @@ async def test_idle_sessions_expire_and_orphan_temp_files_go(reg: Reg) -> None:
     fresh_row = await reg.registry.index.uploads.get(fresh.rsplit("/", 1)[1])
     assert fresh_row is not None
     await reg.registry.index.uploads.set_offset(fresh_row.id, 0, row.updated_at + ttl)
-    assert await reg.registry.expire_uploads(now=row.updated_at + ttl + 1) == 1
+    assert await reg.registry.uploads.expire(now=row.updated_at + ttl + 1) == 1
     assert (await reg.client.get(location)).status == 404
     assert (await reg.client.get(fresh)).status == 204
     assert _upload_files(reg) == [fresh_row.id]
@@ -401,7 +401,7 @@ async def test_mount_racing_gc_links_only_a_blob_still_stored(make_registry: App
     async def sweep_after(turns: int) -> None:
         for _ in range(turns):  # lets the mount get further before the sweep starts
             await asyncio.sleep(0)
-        await management.gc()
+        await management.gc.run()
 
     for i in range(40):
         data = f"raced blob {i}".encode() * 40

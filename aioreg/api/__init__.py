@@ -1,1 +1,1 @@
-"""HTTP layer: routes, thin handlers over ``aioreg.registry``, and spec error bodies."""
+"""HTTP layer: routes, thin handlers over ``aioreg.domain.registry``, and spec error bodies."""

@@ -18,9 +18,9 @@ from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.v2.routes import add_routes
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
-from aioreg.management import Management
-from aioreg.periodic import PeriodicJob
-from aioreg.registry import Registry
+from aioreg.domain.management import Management
+from aioreg.domain.periodic import PeriodicJob
+from aioreg.domain.registry import Registry
 
 
 async def _api_version_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -94,11 +94,11 @@ def create_app(config: Config) -> web.Application:
         await registry.open()
         await auth.open()
         schedules = [
-            PeriodicJob("scheduled gc", config.gc.interval, management.gc, log_result=True),
+            PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
             PeriodicJob(
                 "scheduled retention",
                 config.retention.interval,
-                management.retention_apply,
+                management.retention.apply,
                 log_result=True,
             ),
         ]

@@ -23,8 +23,8 @@ from aioreg.api.errors import Handler, error_response, registry_error_response
 from aioreg.api.http import read_form
 from aioreg.auth.scopes import ACTIONS, Access, parse_scopes
 from aioreg.auth.service import ANONYMOUS, CATALOG_ACTIONS, AuthError, AuthService, Identity
+from aioreg.domain.reference import validate_name
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.reference import validate_name
 
 AUTH_KEY = web.AppKey("auth", AuthService)
 IDENTITY = "aioreg.identity"

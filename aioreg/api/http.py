@@ -11,8 +11,8 @@ import msgspec
 from aiohttp import web
 from multidict import MultiDict
 
+from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError, RequestTimeoutError, TooLargeError
-from aioreg.registry import Registry
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
 ASCII_DIGITS = re.compile(r"[0-9]+")

@@ -11,10 +11,10 @@ import msgspec
 from aioreg.auth.passwords import generate_password, hash_password
 from aioreg.auth.scopes import ACTIONS
 from aioreg.auth.tokens import hash_secret, new_personal_token
+from aioreg.domain.reference import NAME_COMPONENT
+from aioreg.domain.rules import PushRules
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index import Index
-from aioreg.reference import NAME_COMPONENT
-from aioreg.rules import PushRules
 
 ROLES = {
     "read": frozenset({"pull"}),

@@ -31,10 +31,10 @@ from aioreg.auth.tokens import (
     token_account,
 )
 from aioreg.config import AuthConfig
+from aioreg.domain.periodic import PeriodicJob
+from aioreg.domain.rules import effective_rules, namespace_of
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
 from aioreg.index import AuditRow, Index, TokenRow, UserRow
-from aioreg.periodic import PeriodicJob
-from aioreg.rules import effective_rules, namespace_of
 
 log = logging.getLogger("aioreg.auth")
 AUDIT_FLUSH_SECONDS = 1.0
@@ -140,10 +140,12 @@ class Throttle:
 
 
 def _token_scopes(row: TokenRow) -> tuple[tuple[str, frozenset[str]], ...]:
-    return tuple(
-        (str(s["namespace"]), frozenset(s["actions"]))  # type: ignore[arg-type]
-        for s in row.scopes
-    )
+    scopes: list[tuple[str, frozenset[str]]] = []
+    for scope in row.scopes:
+        actions = scope["actions"]
+        assert isinstance(actions, list), "token scopes are stored as action lists"
+        scopes.append((str(scope["namespace"]), frozenset(str(a) for a in actions)))
+    return tuple(scopes)
 
 
 def _throttle_key(kind: str, *parts: str) -> str:

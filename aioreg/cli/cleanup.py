@@ -9,7 +9,8 @@ import msgspec
 
 from aioreg.cli.command import Subparsers, bind, on_management
 from aioreg.cli.output import Progress, format_size
-from aioreg.management import Management, RetentionPolicy
+from aioreg.domain.management import Management
+from aioreg.domain.retention import RetentionPolicy
 
 
 def add_parsers(commands: Subparsers) -> None:
@@ -43,7 +44,7 @@ def add_parsers(commands: Subparsers) -> None:
 
 async def _gc(m: Management, args: argparse.Namespace) -> None:
     print("collecting garbage" + (" (dry run)" if args.dry_run else "") + " ...", file=sys.stderr)
-    report = await m.gc(dry_run=args.dry_run, untagged=args.untagged or None)
+    report = await m.gc.run(dry_run=args.dry_run, untagged=args.untagged or None)
     verb = "would remove" if args.dry_run else "removed"
     for repository, digest in report.manifests:
         print(f"{verb} untagged manifest {repository}@{digest}")
@@ -64,23 +65,23 @@ async def _retention(m: Management, args: argparse.Namespace) -> None:
         )
         if args.protect is not None:
             policy.protected = args.protect
-        await m.set_retention(args.target, policy)
+        await m.retention.set_policy(args.target, policy)
         print(f"policy for {args.target}: {msgspec.json.encode(policy).decode()}")
     elif args.action == "clear":
-        await m.set_retention(args.target, None)
+        await m.retention.set_policy(args.target, None)
         print(f"removed the policy of {args.target}")
     elif args.action == "ls":
-        for target, policy in (await m.retention_policies()).items():
+        for target, policy in (await m.retention.policies()).items():
             print(f"{target:30} {msgspec.json.encode(policy).decode()}")
     else:
         apply = args.action == "apply"
         if apply:
-            planned = len(await m.retention_preview())
+            planned = len(await m.retention.preview())
             progress = Progress("retention", planned, unit="tags")
-            removals = await m.retention_apply(actor="cli", on_removal=lambda _: progress.advance())
+            removals = await m.retention.apply(actor="cli", on_removal=lambda _: progress.advance())
             progress.done()
         else:
-            removals = await m.retention_preview()
+            removals = await m.retention.preview()
         for r in removals:
             print(
                 f"{'removed' if apply else 'would remove'} {r.repository}:{r.tag} ({r.digest[:19]}): {r.reason}"

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
 from aioreg.config import Config
+from aioreg.domain.management import Management
+from aioreg.domain.registry import Registry
 from aioreg.errors import RegistryError
-from aioreg.management import Management
-from aioreg.registry import Registry
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """The ``add_subparsers()`` result a group adds its commands to."""

@@ -8,7 +8,8 @@ import asyncio
 from aioreg.cli.command import Subparsers, bind
 from aioreg.cli.output import Progress
 from aioreg.config import Config
-from aioreg.maintenance import check, open_parts, scrub
+from aioreg.domain.check import check, open_parts
+from aioreg.domain.scrub import scrub
 
 
 def add_parsers(commands: Subparsers) -> None:

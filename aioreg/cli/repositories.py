@@ -6,7 +6,7 @@ import argparse
 
 from aioreg.cli.command import Subparsers, bind, on_management
 from aioreg.cli.output import format_size, format_time, parse_size
-from aioreg.management import Management
+from aioreg.domain.management import Management
 
 
 def add_parsers(commands: Subparsers) -> None:
@@ -52,7 +52,7 @@ def add_parsers(commands: Subparsers) -> None:
 
 async def _repo(m: Management, args: argparse.Namespace) -> None:
     if args.action == "ls":
-        rows = await m.repositories(args.namespace, args.sort, args.desc)
+        rows = await m.listings.repositories(args.namespace, args.sort, args.desc)
         print(
             f"{'REPOSITORY':40} {'TAGS':>5} {'ARTIFACTS':>9} {'SIZE':>10}  {'LAST PUSH':16}  LAST PULL"
         )
@@ -62,7 +62,7 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
                 f"{format_time(r.last_push_at):16}  {format_time(r.last_pull_at)}"
             )
     elif args.action == "show":
-        detail = await m.repository(args.name)
+        detail = await m.listings.repository(args.name)
         print(
             f"{detail.name}: {detail.tag_count} tags, {detail.artifact_count} artifacts, {format_size(detail.size)}"
         )
@@ -78,17 +78,17 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
                 f"{a.digest[:19]:20} {(a.artifact_type or a.media_type)[:45]:45} {format_size(a.size):>10}  {extra}"
             )
     else:
-        await m.delete_repository(args.name, "cli")
+        await m.repositories.delete(args.name, "cli")
         print(f"deleted repository {args.name}")
 
 
 async def _artifact(m: Management, args: argparse.Namespace) -> None:
-    tags = await m.delete_artifact(args.name, args.digest, "cli")
+    tags = await m.repositories.delete_artifact(args.name, args.digest, "cli")
     print(f"deleted {args.name}@{args.digest}" + (f" and tags {', '.join(tags)}" if tags else ""))
 
 
 async def _usage(m: Management, args: argparse.Namespace) -> None:
-    namespaces, repositories, total = await m.usage(args.namespace)
+    namespaces, repositories, total = await m.listings.usage(args.namespace)
     print(f"{'NAME':40} {'LOGICAL':>12} {'PHYSICAL':>12}")
     for u in namespaces:
         print(f"{u.name + '/':40} {format_size(u.logical):>12} {format_size(u.physical):>12}")
@@ -101,6 +101,6 @@ async def _usage(m: Management, args: argparse.Namespace) -> None:
 
 
 async def _quota(m: Management, args: argparse.Namespace) -> None:
-    await m.set_quota(args.namespace, args.bytes)
+    await m.repositories.set_quota(args.namespace, args.bytes)
     shown = "none" if args.bytes is None else format_size(args.bytes)
     print(f"quota of {args.namespace}: {shown}")

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 import aiosqlite
 import msgspec
 
+from aioreg.domain.manifest import ParsedManifest
 from aioreg.index.database import Database, delete_in_repository, ensure_repository
 from aioreg.index.errors import Kind, MissingReferences, SizeMismatch, TagMoveRefused
 from aioreg.index.rows import ManifestRow, Referrer
 from aioreg.index.usage import within_quota
-from aioreg.manifest import ParsedManifest
 
 SERVABLE_LINKED_BLOBS = (
     "repository_blobs JOIN blobs USING (digest) WHERE blobs.quarantined_at IS NULL AND"

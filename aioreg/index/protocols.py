@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from aioreg.domain.manifest import ParsedManifest
 from aioreg.index.blobs import FileExists, PlaceFile
 from aioreg.index.gc import RemoveFile
 from aioreg.index.rows import (
@@ -32,7 +33,6 @@ from aioreg.index.rows import (
     Usage,
     UserRow,
 )
-from aioreg.manifest import ParsedManifest
 
 
 class BlobFileRows(Protocol):

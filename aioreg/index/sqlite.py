@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aioreg.config import EventsConfig
+from aioreg.domain.periodic import PeriodicJob
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.activity import ActivityQueries
 from aioreg.index.blobs import BlobQueries
@@ -18,7 +19,6 @@ from aioreg.index.repositories import RepositoryQueries
 from aioreg.index.retention import RetentionQueries
 from aioreg.index.uploads import UploadQueries
 from aioreg.index.usage import UsageQueries
-from aioreg.periodic import PeriodicJob
 
 PULL_FLUSH_SECONDS = 1.0
 

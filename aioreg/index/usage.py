@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import aiosqlite
 
+from aioreg.domain.rules import namespace_of
 from aioreg.index.database import Database
 from aioreg.index.errors import QuotaWouldExceed
 from aioreg.index.rows import Usage
-from aioreg.rules import namespace_of
 
 NAMESPACE_REPOS = "(r.name = ? OR r.name LIKE ? ESCAPE '\\')"
 

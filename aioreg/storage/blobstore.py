@@ -11,7 +11,7 @@ in any process) follows: never a file someone holds, never a young one.
 
 GC moves swept blobs to ``trash/<run>/`` inside its index transaction and
 empties that run's directory after the commit; whatever a crash leaves there
-is settled by ``aioreg.maintenance.recover_trash``.
+is settled by ``aioreg.domain.trash.recover_trash``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from aioreg.domain.reference import Digest
 from aioreg.errors import RegistryError
-from aioreg.reference import Digest
+from aioreg.storage.writer import BlobWriter
 
 # However short the grace period, an upload file this young may not be locked by its
 # writer yet (it is created, then locked): no remover touches it.
@@ -49,6 +50,14 @@ class BlobStore:
 
     def path(self, digest: Digest) -> Path:
         return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def create_writer(self, upload_id: str) -> BlobWriter:
+        """A new upload's writer, owning a fresh temp file."""
+        return BlobWriter.create(self, upload_id)
+
+    async def resume_writer(self, upload_id: str, committed_bytes: int) -> BlobWriter:
+        """The writer of an upload begun earlier, rolled back to ``committed_bytes``."""
+        return await BlobWriter.resume(self, upload_id, committed_bytes)
 
     def upload_path(self, upload_id: str) -> Path:
         return self.uploads_dir / upload_id
@@ -152,6 +161,9 @@ class BlobStore:
         run.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.path(digest), run / f"{digest.algorithm}-{digest.hex}")
+
+    def has_trash(self) -> bool:
+        return self.trash_dir.is_dir()
 
     def trashed(self) -> list[tuple[Path, Digest]]:
         """Every blob file in the trash, of any sweep (and of the flat layout of old versions)."""

@@ -41,8 +41,8 @@ from aioreg.api.management.schemas import (
     UsageReport,
 )
 from aioreg.auth.service import AuthError, Identity
+from aioreg.domain.management import Management
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.management import Management
 
 MANAGEMENT_KEY = web.AppKey("management", Management)
 Body = TypeVar("Body")
@@ -114,7 +114,7 @@ def _choice(request: web.Request, key: str, default: str, allowed: tuple[str, ..
 
 async def list_namespaces(request: web.Request) -> web.StreamResponse:
     """Namespaces holding at least one repository the caller may pull (all, for admins)."""
-    names = await _management(request).namespaces()
+    names = await _management(request).listings.namespaces()
     if not request.app[AUTH_KEY].enabled:
         return _json(NamespaceList(names))
     await _identity(request)
@@ -122,7 +122,7 @@ async def list_namespaces(request: web.Request) -> web.StreamResponse:
         return _json(NamespaceList(names))
     visible = []
     for name in names:
-        for repository in await _management(request).repository_names(name):
+        for repository in await _management(request).listings.repository_names(name):
             if await may_list(request, repository):
                 visible.append(name)
                 break
@@ -144,7 +144,7 @@ async def list_repositories(request: web.Request) -> web.StreamResponse:
     offset = query_int(request, "offset", 0, 1 << 31)
     limit = query_int(request, "limit", 100, 1000)
     descending = _choice(request, "order", "asc", ("asc", "desc")) == "desc"
-    summaries = await _management(request).repositories(
+    summaries = await _management(request).listings.repositories(
         namespace, request.query.get("sort", "name"), descending
     )
     visible = [s for s in summaries if await may_list(request, s.name)]
@@ -156,20 +156,20 @@ async def list_repositories(request: web.Request) -> web.StreamResponse:
 async def get_repository(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     await _require(request, name, "pull")
-    return _json(RepositoryDetail.from_domain(await _management(request).repository(name)))
+    return _json(RepositoryDetail.from_domain(await _management(request).listings.repository(name)))
 
 
 async def get_layers(request: web.Request) -> web.StreamResponse:
     name, digest = request.match_info["name"], request.match_info["digest"]
     await _require(request, name, "pull")
-    layers = await _management(request).layers(name, digest)
+    layers = await _management(request).listings.layers(name, digest)
     return _json(LayerList(digest, [LayerDetail.from_domain(layer) for layer in layers]))
 
 
 async def delete_repository(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     actor = await _require(request, name, "delete")
-    await _management(request).delete_repository(name, actor)
+    await _management(request).repositories.delete(name, actor)
     return _json(Deleted([name]))
 
 
@@ -177,13 +177,15 @@ async def delete_artifact(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     digest = request.match_info.get("digest") or request.query.get("digest", "")
     actor = await _require(request, name, "delete")
-    tags = await _management(request).delete_artifact(name, digest, actor)
+    tags = await _management(request).repositories.delete_artifact(name, digest, actor)
     return _json(Deleted([digest, *tags]))
 
 
 async def delete_namespace(request: web.Request) -> web.StreamResponse:
     actor = await _require(request, None, "delete")
-    removed = await _management(request).delete_namespace(request.match_info["namespace"], actor)
+    removed = await _management(request).repositories.delete_namespace(
+        request.match_info["namespace"], actor
+    )
     return _json(Deleted(removed))
 
 
@@ -192,7 +194,9 @@ async def copy_artifact(request: web.Request) -> web.StreamResponse:
     body = await _body(request, CopyRequest)
     actor = await _require(request, target, "push")
     await _require(request, body.source, "pull")
-    digest = await _management(request).copy(body.source, body.reference, target, body.tag, actor)
+    digest = await _management(request).repositories.copy(
+        body.source, body.reference, target, body.tag, actor
+    )
     return _json(Copied(target, digest, body.tag), status=201)
 
 
@@ -202,7 +206,7 @@ async def get_usage(request: web.Request) -> web.StreamResponse:
         await _require(request, None, "pull")
     else:
         await _require_namespace_read(request, namespace)
-    namespaces, repositories, total = await _management(request).usage(namespace)
+    namespaces, repositories, total = await _management(request).listings.usage(namespace)
     return _json(
         UsageReport(
             total=Usage.from_domain(total),
@@ -233,14 +237,16 @@ async def get_events(request: web.Request) -> web.StreamResponse:
         await _require(request, repository, "pull")
     else:
         await _require(request, None, "pull")
-    events = await _management(request).events(query_int(request, "limit", 100, 10000), repository)
+    events = await _management(request).listings.events(
+        query_int(request, "limit", 100, 10000), repository
+    )
     return _json(EventList([Event.from_domain(e) for e in events]))
 
 
 async def search(request: web.Request) -> web.StreamResponse:
     if request.app[AUTH_KEY].enabled:
         await _identity(request)
-    hits = await _management(request).search(
+    hits = await _management(request).listings.search(
         request.query.get("q", ""), query_int(request, "limit", 100, 1000)
     )
     visible = [SearchHit(*hit) for hit in hits if await may_list(request, hit[0])]
@@ -252,7 +258,7 @@ async def run_gc(request: web.Request) -> web.StreamResponse:
     untagged = None
     if "untagged" in request.query:
         untagged = _choice(request, "untagged", "", ("true", "false")) == "true"
-    report = await _management(request).gc(
+    report = await _management(request).gc.run(
         dry_run=_choice(request, "dry_run", "false", ("true", "false")) == "true",
         untagged=untagged,
     )
@@ -264,16 +270,16 @@ async def retention_run(request: web.Request) -> web.StreamResponse:
     apply = request.match_info["mode"] == "apply"
     management = _management(request)
     removals = await (
-        management.retention_apply(actor=actor or "retention")
+        management.retention.apply(actor=actor or "retention")
         if apply
-        else management.retention_preview()
+        else management.retention.preview()
     )
     return _json(RetentionResult(apply, [RemovalItem.from_domain(r) for r in removals]))
 
 
 async def get_policies(request: web.Request) -> web.StreamResponse:
     await _require(request, None, "pull")
-    policies = await _management(request).retention_policies()
+    policies = await _management(request).retention.policies()
     return _json(
         PolicyList({target: RetentionPolicy.from_domain(p) for target, p in policies.items()})
     )
@@ -282,18 +288,22 @@ async def get_policies(request: web.Request) -> web.StreamResponse:
 async def put_policy(request: web.Request) -> web.StreamResponse:
     await _require(request, None, "delete")
     policy = await _body(request, RetentionPolicy)
-    await _management(request).set_retention(request.match_info["target"], policy.to_domain())
+    await _management(request).retention.set_policy(
+        request.match_info["target"], policy.to_domain()
+    )
     return _json(policy)
 
 
 async def delete_policy(request: web.Request) -> web.StreamResponse:
     await _require(request, None, "delete")
-    await _management(request).set_retention(request.match_info["target"], None)
+    await _management(request).retention.set_policy(request.match_info["target"], None)
     return _json(Empty())
 
 
 async def put_quota(request: web.Request) -> web.StreamResponse:
     await _require(request, None, "delete")
     body = await _body(request, QuotaRequest)
-    await _management(request).set_quota(request.match_info["namespace"], body.quota_bytes)
+    await _management(request).repositories.set_quota(
+        request.match_info["namespace"], body.quota_bytes
+    )
     return _json(body)

@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
-from aioreg.management import RetentionPolicy as DomainPolicy
+from aioreg.domain.retention import RetentionPolicy as DomainPolicy
 
 if TYPE_CHECKING:
+    from aioreg.domain.gc import GcReport
+    from aioreg.domain.listings import ArtifactDetail as DomainArtifact
+    from aioreg.domain.listings import LayerDetail as DomainLayer
+    from aioreg.domain.listings import RepositoryDetail as DomainRepository
+    from aioreg.domain.listings import TagDetail as DomainTag
+    from aioreg.domain.retention import Removal
     from aioreg.index import Event as EventRow
     from aioreg.index import RepositorySummary as SummaryRow
     from aioreg.index import Usage as UsageRow
-    from aioreg.management import ArtifactDetail as DomainArtifact
-    from aioreg.management import GcReport, Removal
-    from aioreg.management import LayerDetail as DomainLayer
-    from aioreg.management import RepositoryDetail as DomainRepository
-    from aioreg.management import TagDetail as DomainTag
 
 
 # -- repositories -------------------------------------------------------------------

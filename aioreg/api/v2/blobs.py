@@ -9,8 +9,8 @@ from aiohttp import web
 from aioreg.api.errors import error_response
 from aioreg.api.http import registry
 from aioreg.api.v2.sendfile import send_file
+from aioreg.domain.registry import StoredBlob
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.registry import StoredBlob
 
 RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 

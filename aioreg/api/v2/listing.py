@@ -7,8 +7,8 @@ from aiohttp import web
 
 from aioreg.api.auth import may_list
 from aioreg.api.http import json_response, next_link, page_params, registry
+from aioreg.domain.manifest import OCI_INDEX
 from aioreg.index import Referrer
-from aioreg.manifest import OCI_INDEX
 
 
 class TagList(msgspec.Struct):

@@ -91,9 +91,9 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
         if mounted is not None:
             return _created(name, mounted.digest)
     if "digest" in query:
-        row = await reg.upload_blob(name, query["digest"], body_stream(request))
+        row = await reg.uploads.put(name, query["digest"], body_stream(request))
         return _created(name, row.digest)
-    upload_id = await reg.start_upload(name, _client(request))
+    upload_id = await reg.uploads.start(name, _client(request))
     logcontext.upload_id.set(upload_id)
     log.info("upload started in %s", name)
     response = _progress(name, upload_id, 0, 202)
@@ -103,14 +103,14 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
 
 async def upload_status(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
-    offset = await registry(request).upload_offset(name, upload_id)
+    offset = await registry(request).uploads.offset(name, upload_id)
     return _progress(name, upload_id, offset, 204)
 
 
 async def patch_upload(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
     try:
-        offset = await registry(request).append_upload(
+        offset = await registry(request).uploads.append(
             name, upload_id, body_stream(request), _chunk_start(request)
         )
     except RangeError as exc:
@@ -128,7 +128,7 @@ async def finish_upload(request: web.Request) -> web.StreamResponse:
         )
     body = body_stream(request) if has_body(request) else None
     try:
-        row = await registry(request).finish_upload(
+        row = await registry(request).uploads.finish(
             name, upload_id, digest, body, _chunk_start(request)
         )
     except RangeError as exc:
@@ -139,6 +139,6 @@ async def finish_upload(request: web.Request) -> web.StreamResponse:
 
 async def cancel_upload(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
-    await registry(request).cancel_upload(name, upload_id)
+    await registry(request).uploads.cancel(name, upload_id)
     log.info("upload cancelled")
     return web.Response(status=204)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-log = logging.getLogger("aioreg.lifecycle")
+log = logging.getLogger("aioreg.periodic")
 
 
 class PeriodicJob:

@@ -16,17 +16,33 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from aioreg.errors import ErrorCode, RangeError, RegistryError
-from aioreg.index.rows import BlobRow
-from aioreg.reference import Digest
-from aioreg.storage.blobstore import BlobStore
+from aioreg.domain.reference import Digest
+from aioreg.storage.errors import (
+    BlobInvalidDigest,
+    BlobInvalidLength,
+    UploadLost,
+    UploadOffsetMismatch,
+)
+
+if TYPE_CHECKING:
+    from aioreg.storage.blobstore import BlobStore
 
 READ_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenBlob:
+    """A verified, fsynced blob a writer holds, ready to be placed and indexed."""
+
+    digest: str
+    size: int
+    xxh3: str
 
 
 class BlobWriter:
@@ -77,10 +93,7 @@ class BlobWriter:
         with open(self.path, "r+b") as f:
             stat = os.fstat(f.fileno())
             if stat.st_size < committed_bytes:
-                raise RegistryError(
-                    ErrorCode.BLOB_UPLOAD_UNKNOWN,
-                    f"upload {self.upload_id} lost data it had acknowledged",
-                )
+                raise UploadLost(self.upload_id, committed_bytes, stat.st_size)
             if stat.st_nlink > 1:
                 # Also under a blob's final name (indexing it failed after ``place``):
                 # truncating would cut that file too, so keep the prefix in a new file.
@@ -107,10 +120,7 @@ class BlobWriter:
         Content-Range); it must be where the upload stands.
         """
         if start is not None and start != self.offset:
-            raise RangeError(
-                f"chunk starts at byte {start} but the upload has {self.offset} bytes",
-                self.offset,
-            )
+            raise UploadOffsetMismatch(start, self.offset)
         loop = asyncio.get_running_loop()
         before = (self.offset, self._sha256.copy(), self._xxh3.copy())
         f = await loop.run_in_executor(self._executor, open, self.path, "r+b")
@@ -156,7 +166,7 @@ class BlobWriter:
 
     # -- finish ----------------------------------------------------------
 
-    async def commit(self, expected: Digest, expected_size: int | None = None) -> BlobRow:
+    async def commit(self, expected: Digest, expected_size: int | None = None) -> WrittenBlob:
         """Verify the bytes against the client's digest and fsync them.
 
         The temp file stays either way: the caller decides whether a failure ends
@@ -165,19 +175,12 @@ class BlobWriter:
         """
         loop = asyncio.get_running_loop()
         if expected_size is not None and expected_size != self.offset:
-            raise RegistryError(
-                ErrorCode.SIZE_INVALID,
-                f"upload has {self.offset} bytes, client declared {expected_size}",
-            )
+            raise BlobInvalidLength(expected_size, self.offset)
         actual = await loop.run_in_executor(self._executor, self._digest, expected.algorithm)
         if actual != expected:
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                f"uploaded content has digest {actual}, not {expected}",
-                {"expected": str(expected), "actual": str(actual)},
-            )
+            raise BlobInvalidDigest(str(expected), str(actual))
         await loop.run_in_executor(self._executor, _fsync_file, self.path)
-        return BlobRow(str(expected), self.offset, self._xxh3.hexdigest())
+        return WrittenBlob(str(expected), self.offset, self._xxh3.hexdigest())
 
     def _digest(self, algorithm: str) -> Digest:
         if algorithm == "sha256":

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
+from aioreg.domain.reference import Digest
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.reference import Digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -1,0 +1,87 @@
+"""Online garbage collection: mark and sweep while pushes and pulls go on.
+
+Swept blob files go to a per-run trash directory inside the sweep's index
+transaction and are deleted after it commits; ``aioreg.domain.trash`` settles
+what a killed sweep leaves there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aioreg.domain.reference import Digest
+from aioreg.domain.registry import Registry
+from aioreg.domain.trash import recover_trash
+from aioreg.index import Event
+
+log = logging.getLogger("aioreg.gc")
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    manifests: list[tuple[str, str]] = field(default_factory=list)
+    blobs: int = 0
+    bytes: int = 0
+    uploads_expired: int = 0
+    seconds: float = 0.0
+
+
+class GarbageCollector:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.index = registry.index
+        self._lock = asyncio.Lock()
+
+    async def run(self, *, dry_run: bool = False, untagged: bool | None = None) -> GcReport:
+        """Mark and sweep while pushes and pulls go on; see ``Index.collect_garbage``."""
+        config = self.registry.config.gc
+        untagged = config.delete_untagged if untagged is None else untagged
+        started = time.monotonic()
+        store = self.registry.store
+        async with self._lock:
+            await recover_trash(self.index, store)  # what a killed sweep left, first
+            run = store.trash_run()
+            try:
+                result = await self.index.gc.collect(
+                    config.grace_period,
+                    untagged,
+                    dry_run,
+                    lambda digest: store.trash(Digest.parse(digest), run),
+                )
+            except BaseException:
+                # The sweep rolled back: its files go back where they were.
+                await recover_trash(self.index, store)
+                raise
+            # The sweep has committed: cleaning up after it must not turn its answer into a 500.
+            expired = 0
+            try:
+                await asyncio.to_thread(store.empty_trash, run)
+                if not dry_run:
+                    expired = await self.registry.uploads.expire()
+            except Exception:
+                log.exception("gc: cleanup after the sweep failed; the next run retries it")
+        report = GcReport(
+            dry_run=dry_run,
+            manifests=result.manifests,
+            blobs=len(result.blobs),
+            bytes=sum(size for _, size in result.blobs),
+            uploads_expired=expired,
+            seconds=time.monotonic() - started,
+        )
+        if not dry_run and (report.blobs or report.manifests):
+            self.index.activity.note_event(
+                Event(
+                    time.time(),
+                    "gc",
+                    "",
+                    None,
+                    None,
+                    "gc",
+                    f"{report.blobs} blobs, {report.bytes} bytes",
+                )
+            )
+        return report
