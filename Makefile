@@ -54,6 +54,7 @@ reliability: $(TESTING)
 lint: $(TESTING)
 	$(BIN)/ruff check aioreg tests benchmarks
 	$(BIN)/ruff format --check aioreg tests benchmarks
+	$(BIN)/mypy --strict aioreg
 
 format: $(TESTING)
 	$(BIN)/ruff format aioreg tests benchmarks
