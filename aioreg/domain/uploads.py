@@ -73,6 +73,9 @@ class UploadSessions:
         limits = self.config.limits
 
         upload_id = uuid.uuid4().hex
+        # The file first: a crash before the row commits leaves a stray file the
+        # janitor removes, never a session whose file is missing.
+        writer = self.store.create_writer(upload_id)
         try:
             await self.index.uploads.create(
                 upload_id,
@@ -82,7 +85,11 @@ class UploadSessions:
                 max_open=limits.max_upload_sessions,
                 max_open_per_client=limits.max_upload_sessions_per_client,
             )
-        except UploadCapReached as cap:
+        except BaseException as exc:
+            await writer.cancel()
+            if not isinstance(exc, UploadCapReached):
+                raise
+            cap = exc
             if cap.per_client:
                 raise TooManyRequestsError(
                     f"{cap.open_sessions} upload sessions of {client} are open, the most one "
@@ -94,11 +101,7 @@ class UploadSessions:
                 "finish or cancel some",
                 SESSION_RETRY_SECONDS,
             ) from cap
-        try:
-            self._writers[upload_id] = self.store.create_writer(upload_id)
-        except BaseException:
-            await self.index.uploads.delete(upload_id)
-            raise
+        self._writers[upload_id] = writer
         return upload_id
 
     async def offset(self, name: str, upload_id: str) -> int:
