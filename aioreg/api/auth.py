@@ -27,8 +27,8 @@ from aioreg.domain.reference import validate_name
 from aioreg.errors import ErrorCode, RegistryError
 
 AUTH_KEY = web.AppKey("auth", AuthService)
-IDENTITY = "aioreg.identity"
-MOUNT_ALLOWED = "aioreg.mount_allowed"
+IDENTITY = web.RequestKey("identity", Identity)
+MOUNT_ALLOWED = web.RequestKey("mount_allowed", bool)
 
 
 PULL = frozenset({"pull"})

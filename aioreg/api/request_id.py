@@ -8,7 +8,7 @@ from aioreg import logcontext
 from aioreg.api.errors import Handler
 
 REQUEST_ID_HEADER = "X-Request-Id"
-REQUEST_ID = "aioreg.request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 @web.middleware
