@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import signal
 import socket
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from aioreg import __version__
 from aioreg.api.app import IN_FLIGHT_KEY, create_app
-from aioreg.api.errors import ErrorBody, ErrorDetail
+from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
 from aioreg.config import Config
 from aioreg.errors import ErrorCode
 
@@ -29,6 +32,11 @@ log = logging.getLogger("aioreg")
 
 # aiohttp's access log fields; the request id links a line to the request's other lines.
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf "%{User-Agent}i" req=%{X-Request-Id}o'
+
+
+# What aiohttp's LineTooLong quotes when the request target is too long: the URI
+# itself (C parser) or the request line (pure-Python parser).
+REQUEST_TARGET_RE = re.compile(rb"(?:[A-Z]+ )?/")
 
 
 class ListenError(Exception):
@@ -126,6 +134,32 @@ class _Connection(RequestHandler):
         self._cancel_head_deadline()
         self._last_body = None
         super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request line or header over ``client_max_header_bytes`` is answered in
+        the spec's terms (414 URI Too Long, 431 for a header) with its error JSON."""
+        if not isinstance(exc, LineTooLong):
+            return super().handle_error(request, status, exc, message)
+        line, limit = (*exc.args, b"", None)[:2]
+        line = bytes(line) if isinstance(line, (bytes, bytearray)) else b""
+        if REQUEST_TARGET_RE.match(line):
+            status, what = 414, "request URI"
+        else:
+            status, what = 431, "request header"
+        resp = error_response(
+            ErrorCode.UNSUPPORTED,
+            f"the {what} is longer than the {limit} bytes this registry accepts",
+            {"limit": limit},
+            status=status,
+        )
+        resp.force_close()
+        return resp
 
     def _cancel_head_deadline(self) -> None:
         if self._head_deadline is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from aioreg.config import Config
 from aioreg.domain.manifest import ParsedManifest, parse_manifest
 from aioreg.domain.quotas import Quotas
 from aioreg.domain.quotas import refusal as quota_refusal
-from aioreg.domain.reference import Digest, parse_reference, validate_name
+from aioreg.domain.reference import Digest, parse_reference, validate_name, validate_tag
 from aioreg.domain.rules import (
     SIGNATURE_ARTIFACT_TYPES,
     PushRules,
@@ -44,6 +45,14 @@ from aioreg.storage import BlobStorage, BlobStore
 log = logging.getLogger("aioreg.registry")
 # cosign's own tags (signatures, attestations, SBOMs) are pulled to verify, never gated.
 TRUST_EXEMPT_TAG_RE = re.compile(r"sha(256|512)-[0-9a-f]+\.(sig|att|sbom)")
+
+
+@dataclass(frozen=True, slots=True)
+class PushedManifest:
+    """A stored manifest and the tags now pointing at it (from this push)."""
+
+    manifest: ParsedManifest
+    tags: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +149,13 @@ class Registry:
         body: bytes,
         content_type: str | None,
         actor: str | None = None,
-    ) -> ParsedManifest:
+        tags: Sequence[str] = (),
+    ) -> PushedManifest:
+        """Store a manifest pushed by tag, or by digest with any number of ``tags``.
+
+        Every tag meets the rules a push by that tag would (valid name, immutable
+        tags, overwrite off); one refused tag refuses the push whole, storing nothing.
+        """
         validate_name(name)
         limit = self.config.limits.manifest_max_bytes
         if len(body) > limit:
@@ -154,21 +169,32 @@ class Registry:
                 f"manifest digest is {manifest.digest}, not {ref}",
                 {"expected": str(ref), "actual": str(manifest.digest)},
             )
-        tag = None if isinstance(ref, Digest) else ref
-        protect = False
-        if tag is not None:
+        if tags and not isinstance(ref, Digest):
+            raise RegistryError(
+                ErrorCode.TAG_INVALID,
+                "tag parameters are for a push by digest; this push is by tag "
+                f"{ref}, so push by digest to give the manifest more tags",
+                {"reference": ref, "tags": list(tags)[:20]},
+            )
+        # One entry per tag, in the order given: a repeated tag is one tag.
+        pushed = [ref] if isinstance(ref, str) else list(dict.fromkeys(map(validate_tag, tags)))
+        protected: set[str] = set()
+        if pushed:
             rules = await self.rules(name)
-            protect = not rules.allow_tag_overwrite or rules.tag_is_immutable(tag)
+            protected = {
+                t for t in pushed if not rules.allow_tag_overwrite or rules.tag_is_immutable(t)
+            }
         now = time.time()
         try:
             await self.index.manifests.put(
-                name, manifest, body, tag, now, protect_existing_tag=protect
+                name, manifest, body, pushed, now, protected_tags=protected
             )
         except TagMoveRefused as refused:
-            current = refused.current_digest
+            tag, current = refused.tag, refused.current_digest
             raise RegistryError(
                 ErrorCode.DENIED,
-                f"tag {name}:{tag} already points at {current} and may not be overwritten",
+                f"tag {name}:{tag} already points at {current} and may not be overwritten"
+                + ("; nothing was stored" if len(pushed) > 1 else ""),
                 {"tag": tag, "current": current},
             ) from refused
         except SizeMismatch as wrong:
@@ -187,8 +213,10 @@ class Registry:
                 {"missing": missing.digests},
             ) from missing
         digest = str(manifest.digest)
-        self.index.activity.note_event(Event(now, "push", name, tag, digest, actor))
-        return manifest
+        event_tags: list[str | None] = [*pushed] or [None]
+        for event_tag in event_tags:
+            self.index.activity.note_event(Event(now, "push", name, event_tag, digest, actor))
+        return PushedManifest(manifest, pushed)
 
     async def rules(self, name: str) -> PushRules:
         """The push rules in force for a repository (namespace rules, repository overrides)."""

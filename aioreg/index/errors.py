@@ -16,7 +16,7 @@ class IndexRefusal(Exception):
 
 
 class TagMoveRefused(IndexRefusal):
-    """``protect_existing_tag``: the tag already points at another manifest."""
+    """A protected tag already points at another manifest."""
 
     def __init__(self, tag: str, current_digest: str) -> None:
         super().__init__(f"tag {tag} points at {current_digest}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import aiosqlite
 import msgspec
@@ -31,24 +31,27 @@ class ManifestQueries:
         name: str,
         manifest: ParsedManifest,
         body: bytes,
-        tag: str | None,
+        tags: Sequence[str],
         now: float,
         *,
-        protect_existing_tag: bool = False,
+        protected_tags: Collection[str] = (),
     ) -> None:
-        """Store a manifest and its references, moving ``tag`` to it, in one transaction.
+        """Store a manifest and its references, moving ``tags`` to it, in one transaction.
 
         Every referenced blob must be linked to the repository and every child
         manifest stored in it (else ``MissingReferences``), at the size its
         descriptor declares (else ``SizeMismatch``); the check runs inside the
         write transaction so a concurrent delete cannot slip between check and
-        insert. With ``protect_existing_tag`` a tag already pointing at another
-        digest raises ``TagMoveRefused``; the same digest again is fine.
+        insert. A tag in ``protected_tags`` already pointing at another digest
+        raises ``TagMoveRefused`` (the same digest again is fine), and then neither
+        the manifest nor any of the tags is stored.
         """
         digest = str(manifest.digest)
         async with self._db.transaction() as db:
             repo_id = await ensure_repository(db, name, now)
-            if tag is not None and protect_existing_tag:
+            for tag in tags:
+                if tag not in protected_tags:
+                    continue
                 async with db.execute(
                     "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
                     "WHERE t.repository_id = ? AND t.name = ?",
@@ -90,8 +93,7 @@ class ManifestQueries:
                 "INSERT OR IGNORE INTO manifest_children(manifest_id, child_digest) VALUES (?, ?)",
                 [(manifest_id, d) for d in children],
             )
-            if tag is not None:
-                await db.execute(_UPSERT_TAG, (repo_id, tag, manifest_id, now))
+            await db.executemany(_UPSERT_TAG, [(repo_id, t, manifest_id, now) for t in tags])
             await db.execute(
                 "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
             )

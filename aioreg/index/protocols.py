@@ -10,7 +10,7 @@ lock a GC sweep takes, so file placement and sweeping never interleave.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -132,10 +132,10 @@ class ManifestIndex(Protocol):
         name: str,
         manifest: ParsedManifest,
         body: bytes,
-        tag: str | None,
+        tags: Sequence[str],
         now: float,
         *,
-        protect_existing_tag: bool = False,
+        protected_tags: Collection[str] = (),
     ) -> None: ...
 
     async def copy(

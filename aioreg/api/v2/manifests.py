@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from aioreg.api.auth import actor
 from aioreg.api.http import read_limited, registry
@@ -82,17 +83,26 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     size = min(limit, request.content_length if request.content_length is not None else limit)
     async with request.app[MANIFEST_BUDGET_KEY].reserve(size):
         body = await read_limited(request, limit)
-        manifest = await reg.put_manifest(
+        pushed = await reg.put_manifest(
             name,
             request.match_info["reference"],
             body,
             request.headers.get("Content-Type"),
             actor(request),
+            # A push by digest may name tags; the URI's length bounds how many
+            # (server.client_max_header_bytes, past which the answer is 414).
+            tags=request.query.getall("tag", []),
         )
+    manifest = pushed.manifest
     digest = str(manifest.digest)
-    headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    headers = CIMultiDict(
+        {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    )
     if manifest.subject is not None:
         headers["OCI-Subject"] = str(manifest.subject)
+    if "tag" in request.query:  # one OCI-Tag per tag parameter accepted
+        for tag in pushed.tags:
+            headers.add("OCI-Tag", tag)
     return web.Response(status=201, headers=headers)
 
 
