@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aioreg.api.management.routes import PREFIX
 from aioreg.auth.accounts import Accounts
+from aioreg.domain.reference import Digest
+from aioreg.storage import BlobStore
 from tests.conftest import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -148,3 +152,98 @@ async def test_too_long_uri_is_414_with_error_json(make_registry: AppFactory) ->
     resp = await put_with_tags(reg, "team/app", digest, body, tags[:25])
     assert resp.status == 201, await resp.text()
     assert len(resp.headers.getall("OCI-Tag")) == 25
+
+
+# -- digest-algorithm on an upload start ---------------------------------------------
+
+
+def sha512(data: bytes) -> str:
+    return "sha512:" + hashlib.sha512(data).hexdigest()
+
+
+async def start_upload(reg: Reg, name: str, query: str = "") -> str:
+    resp = await reg.client.post(f"/v2/{name}/blobs/uploads/{query}")
+    assert resp.status == 202, await resp.text()
+    return str(resp.headers["Location"])
+
+
+async def patch(reg: Reg, location: str, data: bytes, start: int) -> str:
+    resp = await reg.client.patch(
+        location,
+        data=data,
+        headers={"Content-Range": f"{start}-{start + len(data) - 1}"},
+    )
+    assert resp.status == 202, await resp.text()
+    return str(resp.headers["Location"])
+
+
+async def test_sha512_session_survives_a_restart(make_registry: AppFactory) -> None:
+    first = await make_registry()
+    data_dir = first.data_dir
+    part1, part2 = b"a" * 70_000, b"b" * 30_000
+    finished = await start_upload(first, "team/app", "?digest-algorithm=sha512")
+    finished = await patch(first, finished, part1, 0)
+    mismatched = await start_upload(first, "team/app", "?digest-algorithm=sha512")
+    mismatched = await patch(first, mismatched, part1, 0)
+    await first.server.stop()
+
+    # The second server resumes both sessions from the index and the temp files alone.
+    second = await make_registry(data_dir)
+    finished = await patch(second, finished, part2, len(part1))
+    resp = await second.client.put(f"{finished}?digest={sha512(part1 + part2)}")
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == sha512(part1 + part2)
+    got = await second.client.get(f"/v2/team/app/blobs/{sha512(part1 + part2)}")
+    assert got.status == 200
+    assert await got.read() == part1 + part2
+
+    # It still knows the other session's algorithm: a sha256 digest cannot close it.
+    resp = await second.client.put(f"{mismatched}?digest={digest_of(part1)}")
+    assert resp.status == 400
+    payload = await resp.json()
+    assert error_codes(payload) == ["DIGEST_INVALID"]
+    assert "digest-algorithm=sha512" in payload["errors"][0]["message"]
+    assert (await second.client.get(f"/v2/team/app/blobs/{digest_of(part1)}")).status == 404
+
+
+async def test_unsupported_digest_algorithm_is_400(reg: Reg) -> None:
+    for algorithm in ("md5", "sha384", "SHA256", ""):
+        resp = await reg.client.post(f"/v2/team/app/blobs/uploads/?digest-algorithm={algorithm}")
+        assert resp.status == 400, (algorithm, await resp.text())
+        payload = await resp.json()
+        assert error_codes(payload) == ["DIGEST_INVALID"]
+        assert payload["errors"][0]["detail"] == {"supported": ["sha256", "sha512"]}
+    # Nothing was opened.
+    assert await reg.registry.index.uploads.all() == []
+
+
+async def test_session_without_algorithm_still_takes_a_sha512_digest(reg: Reg) -> None:
+    data = b"c" * 50_000
+    location = await start_upload(reg, "team/app")
+    location = await patch(reg, location, data[:20_000], 0)
+    resp = await reg.client.put(f"{location}?digest={sha512(data)}", data=data[20_000:])
+    assert resp.status == 201, await resp.text()
+    # And a monolithic sha512 push.
+    other = b"d" * 10_000
+    resp = await reg.client.post(f"/v2/team/app/blobs/uploads/?digest={sha512(other)}", data=other)
+    assert resp.status == 201, await resp.text()
+    got = await reg.client.get(f"/v2/team/app/blobs/{sha512(other)}")
+    assert await got.read() == other
+
+
+async def test_writer_hashes_its_algorithm_while_streaming(tmp_path: Path) -> None:
+    """The commit checks the digest of what streamed in, not a second read of the file:
+    bytes changed on disk after the writes do not enter the check."""
+    store = BlobStore(tmp_path / "d")
+    store.open()
+    data = b"e" * 300_000
+    writer = store.create_writer("a" * 32, "sha512")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data
+
+    await writer.write(body())
+    writer.path.write_bytes(b"x" * len(data))
+    blob = await writer.commit(Digest.parse(sha512(data)))
+    assert blob.digest == sha512(data)
+    await writer.cancel()

@@ -32,13 +32,7 @@ class Digest(NamedTuple):
         if not DIGEST_RE.fullmatch(value):
             raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid digest {value!r}")
         algorithm, _, hex_ = value.partition(":")
-        length = ALGORITHMS.get(algorithm)
-        if length is None:
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                f"unsupported digest algorithm {algorithm!r}",
-                {"supported": sorted(ALGORITHMS)},
-            )
+        length = ALGORITHMS[supported_algorithm(algorithm)]
         if len(hex_) != length or not HEX_RE.fullmatch(hex_):
             raise RegistryError(
                 ErrorCode.DIGEST_INVALID,
@@ -49,6 +43,17 @@ class Digest(NamedTuple):
     @classmethod
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+
+def supported_algorithm(algorithm: str) -> str:
+    """``algorithm`` if this registry can verify digests in it, else DIGEST_INVALID."""
+    if algorithm not in ALGORITHMS:
+        raise RegistryError(
+            ErrorCode.DIGEST_INVALID,
+            f"unsupported digest algorithm {algorithm[:100]!r}",
+            {"supported": sorted(ALGORITHMS)},
+        )
+    return algorithm
 
 
 def looks_like_digest(reference: str) -> bool:

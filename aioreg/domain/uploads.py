@@ -28,7 +28,7 @@ from aioreg.domain.errors import registry_error, storage_errors
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.quotas import Quotas
 from aioreg.domain.quotas import refusal as quota_refusal
-from aioreg.domain.reference import Digest, validate_name
+from aioreg.domain.reference import Digest, supported_algorithm, validate_name
 from aioreg.errors import (
     ErrorCode,
     QuotaExceededError,
@@ -67,15 +67,23 @@ class UploadSessions:
 
     # -- lifecycle verbs ---------------------------------------------------
 
-    async def start(self, name: str, client: str | None = None) -> str:
-        """Open a session, within the caps on sessions open at once (all, and ``client``'s)."""
+    async def start(
+        self, name: str, client: str | None = None, digest_algorithm: str | None = None
+    ) -> str:
+        """Open a session, within the caps on sessions open at once (all, and ``client``'s).
+
+        ``digest_algorithm`` (the POST's ``?digest-algorithm=``) is what the session
+        hashes with while the bytes stream in, and again if it is resumed after a restart.
+        """
         validate_name(name)
+        if digest_algorithm is not None:
+            supported_algorithm(digest_algorithm)
         limits = self.config.limits
 
         upload_id = uuid.uuid4().hex
         # The file first: a crash before the row commits leaves a stray file the
         # janitor removes, never a session whose file is missing.
-        writer = self.store.create_writer(upload_id)
+        writer = self.store.create_writer(upload_id, digest_algorithm or "sha256")
         try:
             await self.index.uploads.create(
                 upload_id,
@@ -84,6 +92,7 @@ class UploadSessions:
                 client,
                 max_open=limits.max_upload_sessions,
                 max_open_per_client=limits.max_upload_sessions_per_client,
+                digest_algorithm=digest_algorithm,
             )
         except BaseException as exc:
             await writer.cancel()
@@ -128,12 +137,25 @@ class UploadSessions:
         """Take the last bytes (if any), verify, store and link."""
         expected = Digest.parse(digest)
         async with self._session(name, upload_id) as writer, self._request(upload_id, writer):
+            await self._require_session_algorithm(upload_id, expected)
             if body is not None:
                 body = await self.quotas.bounded(name, body, writer.offset, expected)
                 await writer.write(body, start, self.config.storage.write_buffer_bytes)
             blob = await writer.commit(expected)
             await self._publish(name, blob, writer, upload_id)
             return blob
+
+    async def _require_session_algorithm(self, upload_id: str, expected: Digest) -> None:
+        """A session whose POST named its algorithm closes with a digest in it."""
+        row = await self.index.uploads.get(upload_id)
+        named = None if row is None else row.digest_algorithm
+        if named is not None and expected.algorithm != named:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"this upload was started with digest-algorithm={named}; "
+                f"close it with a {named} digest, not {expected.algorithm}",
+                {"digest_algorithm": named, "digest": str(expected)},
+            )
 
     async def cancel(self, name: str, upload_id: str) -> None:
         async with self._session(name, upload_id) as writer:
@@ -175,7 +197,7 @@ class UploadSessions:
         """A whole blob in one request (``POST ?digest=``): no session row, just a temp file."""
         validate_name(name)
         expected = Digest.parse(digest)
-        writer = self.store.create_writer(uuid.uuid4().hex)
+        writer = self.store.create_writer(uuid.uuid4().hex, expected.algorithm)
         try:
             with storage_errors():
                 body = await self.quotas.bounded(name, body, 0, expected)
@@ -284,7 +306,9 @@ class UploadSessions:
                 raise unknown
             try:
                 with storage_errors():
-                    writer = await self.store.resume_writer(upload_id, row.committed_bytes)
+                    writer = await self.store.resume_writer(
+                        upload_id, row.committed_bytes, row.digest_algorithm or "sha256"
+                    )
             except FileNotFoundError:
                 await self.index.uploads.delete(upload_id)
                 raise unknown from None

@@ -39,6 +39,7 @@ class UploadRow:
     started_at: float
     updated_at: float
     committed_bytes: int
+    digest_algorithm: str | None = None  # as the POST named it (?digest-algorithm=)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,9 @@ from aioreg.index.database import Database
 from aioreg.index.errors import UploadCapReached
 from aioreg.index.rows import UploadRow
 
-_UPLOAD = "SELECT id, repository, started_at, updated_at, committed_bytes FROM uploads"
+_UPLOAD = (
+    "SELECT id, repository, started_at, updated_at, committed_bytes, digest_algorithm FROM uploads"
+)
 
 
 class UploadQueries:
@@ -22,6 +24,7 @@ class UploadQueries:
         *,
         max_open: int = 0,
         max_open_per_client: int = 0,
+        digest_algorithm: str | None = None,
     ) -> None:
         """Open a session unless ``max_open`` sessions (or ``max_open_per_client`` of
         ``client``'s) already are, raising ``UploadCapReached``; 0 is no cap.
@@ -42,9 +45,9 @@ class UploadQueries:
                 if max_open_per_client and mine >= max_open_per_client:
                     raise UploadCapReached(mine, per_client=True)
             await db.execute(
-                "INSERT INTO uploads(id, repository, started_at, updated_at, client) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (upload_id, name, now, now, client),
+                "INSERT INTO uploads(id, repository, started_at, updated_at, client, "
+                "digest_algorithm) VALUES (?, ?, ?, ?, ?, ?)",
+                (upload_id, name, now, now, client, digest_algorithm),
             )
 
     async def get(self, upload_id: str) -> UploadRow | None:

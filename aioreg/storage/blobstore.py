@@ -51,13 +51,15 @@ class BlobStore:
     def path(self, digest: Digest) -> Path:
         return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
 
-    def create_writer(self, upload_id: str) -> BlobWriter:
-        """A new upload's writer, owning a fresh temp file."""
-        return BlobWriter.create(self, upload_id)
+    def create_writer(self, upload_id: str, algorithm: str = "sha256") -> BlobWriter:
+        """A new upload's writer, owning a fresh temp file, hashing with ``algorithm``."""
+        return BlobWriter.create(self, upload_id, algorithm=algorithm)
 
-    async def resume_writer(self, upload_id: str, committed_bytes: int) -> BlobWriter:
+    async def resume_writer(
+        self, upload_id: str, committed_bytes: int, algorithm: str = "sha256"
+    ) -> BlobWriter:
         """The writer of an upload begun earlier, rolled back to ``committed_bytes``."""
-        return await BlobWriter.resume(self, upload_id, committed_bytes)
+        return await BlobWriter.resume(self, upload_id, committed_bytes, algorithm=algorithm)
 
     def upload_path(self, upload_id: str) -> Path:
         return self.uploads_dir / upload_id

@@ -65,9 +65,11 @@ class BlobStorage(Protocol):
     def walk(self) -> Iterator[tuple[Path, Digest | None]]: ...
 
     # -- uploads
-    def create_writer(self, upload_id: str) -> UploadWriter: ...
+    def create_writer(self, upload_id: str, algorithm: str = "sha256") -> UploadWriter: ...
 
-    async def resume_writer(self, upload_id: str, committed_bytes: int) -> UploadWriter:
+    async def resume_writer(
+        self, upload_id: str, committed_bytes: int, algorithm: str = "sha256"
+    ) -> UploadWriter:
         """A writer for an upload another process (or an earlier run) began; UploadLost if
         its file holds fewer than ``committed_bytes``, FileNotFoundError if it is gone."""
         ...

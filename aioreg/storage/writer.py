@@ -1,7 +1,8 @@
 """One blob upload's lifecycle: write → commit (verify, fsync) → place → release, or cancel.
 
 Bytes stream from the client to a temporary file under ``uploads/`` on the
-same filesystem as the blobs, while sha256 and xxh3-128 run over them. File
+same filesystem as the blobs, while the upload's digest algorithm (sha256
+unless the client named another) and xxh3-128 run over them. File
 writes and hashing happen on a worker thread (hashlib and xxhash release the
 GIL) so they overlap with the event loop reading the next bytes off the socket.
 Nothing holds more than one buffer of a blob in memory.
@@ -48,13 +49,20 @@ class WrittenBlob:
 class BlobWriter:
     """Temp file plus running hashes; ``offset`` counts bytes acknowledged to the client."""
 
-    def __init__(self, store: BlobStore, upload_id: str, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        upload_id: str,
+        executor: Executor | None = None,
+        algorithm: str = "sha256",
+    ) -> None:
         self.store = store
         self.upload_id = upload_id
         self.path = store.upload_path(upload_id)
         self.offset = 0
+        self.algorithm = algorithm
         self._executor = executor
-        self._sha256: Any = hashlib.sha256()
+        self._hash: Any = hashlib.new(algorithm)
         self._xxh3: Any = xxhash.xxh3_128()
         # Held from create/resume to release/cancel: removers skip a file whose lock is taken.
         self._owner_fd: int | None = None
@@ -63,9 +71,13 @@ class BlobWriter:
 
     @classmethod
     def create(
-        cls, store: BlobStore, upload_id: str, executor: Executor | None = None
+        cls,
+        store: BlobStore,
+        upload_id: str,
+        executor: Executor | None = None,
+        algorithm: str = "sha256",
     ) -> BlobWriter:
-        writer = cls(store, upload_id, executor)
+        writer = cls(store, upload_id, executor, algorithm)
         fd = os.open(writer.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         writer._owner_fd = store.own_upload(writer.path, fd)
         return writer
@@ -77,9 +89,11 @@ class BlobWriter:
         upload_id: str,
         committed_bytes: int,
         executor: Executor | None = None,
+        algorithm: str = "sha256",
     ) -> BlobWriter:
-        """Rebuild a writer after a restart: drop unacknowledged bytes, rehash the rest."""
-        writer = cls(store, upload_id, executor)
+        """Rebuild a writer after a restart: drop unacknowledged bytes, rehash the rest
+        with the session's algorithm."""
+        writer = cls(store, upload_id, executor, algorithm)
         loop = asyncio.get_running_loop()
         writer._owner_fd = await loop.run_in_executor(executor, store.own_upload, writer.path)
         try:
@@ -102,7 +116,7 @@ class BlobWriter:
                 f.truncate(committed_bytes)
         with open(self.path, "rb") as f:
             while block := f.read(READ_BLOCK):
-                self._sha256.update(block)
+                self._hash.update(block)
                 self._xxh3.update(block)
         self.offset = committed_bytes
 
@@ -122,7 +136,7 @@ class BlobWriter:
         if start is not None and start != self.offset:
             raise UploadOffsetMismatch(start, self.offset)
         loop = asyncio.get_running_loop()
-        before = (self.offset, self._sha256.copy(), self._xxh3.copy())
+        before = (self.offset, self._hash.copy(), self._xxh3.copy())
         f = await loop.run_in_executor(self._executor, open, self.path, "r+b")
         try:
             f.seek(self.offset)
@@ -146,7 +160,7 @@ class BlobWriter:
             if pending is not None and not pending.done():
                 # Let the worker finish with the file before it is truncated.
                 await asyncio.gather(pending, return_exceptions=True)
-            self.offset, self._sha256, self._xxh3 = before
+            self.offset, self._hash, self._xxh3 = before
             await loop.run_in_executor(self._executor, _truncate_close, f, self.offset)
             raise
         await loop.run_in_executor(self._executor, f.close)
@@ -157,7 +171,7 @@ class BlobWriter:
         written = 0
         for block in batch:
             f.write(block)
-            self._sha256.update(block)
+            self._hash.update(block)
             self._xxh3.update(block)
             written += len(block)
         f.flush()
@@ -183,9 +197,11 @@ class BlobWriter:
         return WrittenBlob(str(expected), self.offset, self._xxh3.hexdigest())
 
     def _digest(self, algorithm: str) -> Digest:
-        if algorithm == "sha256":
-            return Digest("sha256", self._sha256.hexdigest())
-        # Other algorithms are rare: hash the finished file once rather than every upload twice.
+        if algorithm == self.algorithm:
+            return Digest(algorithm, self._hash.hexdigest())
+        # Closed with a digest in another algorithm than the session's (a client that did
+        # not say ?digest-algorithm=): hash the finished file once rather than every upload
+        # twice.
         hasher = hashlib.new(algorithm)
         with open(self.path, "rb") as f:
             while block := f.read(READ_BLOCK):

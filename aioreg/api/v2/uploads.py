@@ -93,7 +93,7 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     if "digest" in query:
         row = await reg.uploads.put(name, query["digest"], body_stream(request))
         return _created(name, row.digest)
-    upload_id = await reg.uploads.start(name, _client(request))
+    upload_id = await reg.uploads.start(name, _client(request), query.get("digest-algorithm"))
     logcontext.upload_id.set(upload_id)
     log.info("upload started in %s", name)
     response = _progress(name, upload_id, 0, 202)
