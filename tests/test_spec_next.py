@@ -152,6 +152,10 @@ async def test_too_long_uri_is_414_with_error_json(make_registry: AppFactory) ->
     resp = await put_with_tags(reg, "team/app", digest, body, tags[:25])
     assert resp.status == 201, await resp.text()
     assert len(resp.headers.getall("OCI-Tag")) == 25
+    # A header over the limit is 431, also with the error JSON.
+    resp = await reg.client.get("/v2/", headers={"X-Long": "y" * 5000})
+    assert resp.status == 431
+    assert error_codes(await resp.json()) == ["UNSUPPORTED"]
 
 
 # -- digest-algorithm on an upload start ---------------------------------------------
