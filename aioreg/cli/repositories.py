@@ -26,6 +26,17 @@ def add_parsers(commands: Subparsers) -> None:
     bind(
         repos.add_parser("rm", help="delete a repository, all its tags and artifacts"), on_repos
     ).add_argument("name")
+    deprecate = bind(
+        repos.add_parser(
+            "deprecate", help="mark a repository deprecated: pulls carry the message as a warning"
+        ),
+        on_repos,
+    )
+    deprecate.add_argument("name")
+    deprecate.add_argument("--message", "-m", required=True, help="what pullers are told")
+    bind(
+        repos.add_parser("undeprecate", help="clear a repository's deprecation"), on_repos
+    ).add_argument("name")
 
     artifact = commands.add_parser("artifact", help="delete one artifact")
     artifacts = artifact.add_subparsers(dest="action", required=True)
@@ -66,6 +77,8 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
         print(
             f"{detail.name}: {detail.tag_count} tags, {detail.artifact_count} artifacts, {format_size(detail.size)}"
         )
+        if detail.deprecation is not None:
+            print(f"deprecated: {detail.deprecation}")
         print(f"\n{'TAG':30} {'DIGEST':20} {'SIZE':>10}  {'PUSHED':16}  PULLED")
         for t in detail.tags:
             print(
@@ -77,6 +90,12 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
             print(
                 f"{a.digest[:19]:20} {(a.artifact_type or a.media_type)[:45]:45} {format_size(a.size):>10}  {extra}"
             )
+    elif args.action == "deprecate":
+        await m.repositories.set_deprecation(args.name, args.message)
+        print(f"deprecated {args.name}: {args.message.strip()}")
+    elif args.action == "undeprecate":
+        await m.repositories.set_deprecation(args.name, None)
+        print(f"{args.name} is no longer deprecated")
     else:
         await m.repositories.delete(args.name, "cli")
         print(f"deleted repository {args.name}")

@@ -54,6 +54,7 @@ class RepositoryDetail(msgspec.Struct):
     last_pull_at: float | None
     tags: list[TagDetail]
     artifacts: list[ArtifactDetail]
+    deprecation: str | None = None  # an admin's notice; pulls carry it as a warning
 
 
 class Listings:
@@ -133,6 +134,7 @@ class Listings:
                 for t in tags
             ],
             artifacts=details,
+            deprecation=await self.index.repositories.deprecation(name),
         )
 
     @staticmethod

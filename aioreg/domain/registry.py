@@ -27,6 +27,7 @@ from aioreg.domain.rules import (
 )
 from aioreg.domain.trash import recover_trash
 from aioreg.domain.uploads import UploadSessions
+from aioreg.domain.warnings import warn
 from aioreg.errors import ErrorCode, RegistryError, TooLargeError
 from aioreg.index import (
     BlobRow,
@@ -190,6 +191,12 @@ class Registry:
         self.index.activity.note_event(Event(now, "push", name, tag, digest, actor))
         return manifest
 
+    async def warn_if_deprecated(self, name: str) -> None:
+        """A pull from a repository an admin deprecated tells the client why."""
+        message = await self.index.repositories.deprecation(name)
+        if message is not None:
+            warn(f"{name} is deprecated: {message}")
+
     async def rules(self, name: str) -> PushRules:
         """The push rules in force for a repository (namespace rules, repository overrides)."""
         namespace = await self.index.accounts.namespace(namespace_of(name))
@@ -214,6 +221,7 @@ class Registry:
         self, name: str, reference: str, *, pull: bool, actor: str | None = None
     ) -> ManifestRow:
         validate_name(name)
+        await self.warn_if_deprecated(name)
         try:
             ref: str | Digest | None = parse_reference(reference)
         except RegistryError:
@@ -281,6 +289,7 @@ class Registry:
 
     async def tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         repo_id = await self._repository_id(name)
+        await self.warn_if_deprecated(name)
         return await self.index.manifests.tags(repo_id, last, limit)
 
     async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:

@@ -19,6 +19,25 @@ class RepositoryQueries:
         row = await self._db.one("SELECT id FROM repositories WHERE name = ?", (name,))
         return None if row is None else int(row[0])
 
+    async def deprecation(self, name: str) -> str | None:
+        """The repository's deprecation notice (through the read cache); None when it has none."""
+        message: str | None = await self._db.cache.get(
+            ("deprecation", name), lambda: self._deprecation(name)
+        )
+        return message
+
+    async def _deprecation(self, name: str) -> str | None:
+        row = await self._db.one("SELECT deprecation FROM repositories WHERE name = ?", (name,))
+        return None if row is None or row[0] is None else str(row[0])
+
+    async def set_deprecation(self, name: str, message: str | None) -> bool:
+        """Set or (with None) clear the notice; False when there is no such repository."""
+        async with self._db.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE repositories SET deprecation = ? WHERE name = ?", (message, name)
+            )
+            return cursor.rowcount > 0
+
     async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:
         """Repository names after ``last`` in byte order; the flag says whether more follow."""
         return await self._db.page(

@@ -20,6 +20,8 @@ from aioreg.api.management.schemas import (
     Copied,
     CopyRequest,
     Deleted,
+    Deprecation,
+    DeprecationRequest,
     Empty,
     Event,
     EventList,
@@ -307,3 +309,19 @@ async def put_quota(request: web.Request) -> web.StreamResponse:
         request.match_info["namespace"], body.quota_bytes
     )
     return _json(body)
+
+
+async def put_deprecation(request: web.Request) -> web.StreamResponse:
+    """Deprecate a repository: pulls of it carry the message as a ``Warning``."""
+    name = request.match_info["name"]
+    await _require(request, name, "delete")
+    body = await _body(request, DeprecationRequest)
+    await _management(request).repositories.set_deprecation(name, body.message)
+    return _json(Deprecation(name, body.message.strip()))
+
+
+async def delete_deprecation(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    await _require(request, name, "delete")
+    await _management(request).repositories.set_deprecation(name, None)
+    return _json(Deprecation(name, None))
