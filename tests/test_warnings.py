@@ -112,11 +112,11 @@ async def test_only_admins_with_delete_rights_deprecate(make_registry: AppFactor
     assert resp.status == 403
     await deprecate(reg, "team/app", "moved to team/new", headers=basic("alice", "alice-pw"))
     alice = await token(reg, "repository:team/app:pull", basic("alice", "alice-pw"))
-    resp = await reg.client.get(f"/v2/team/app/manifests/v1", headers=bearer(alice))
+    resp = await reg.client.get("/v2/team/app/manifests/v1", headers=bearer(alice))
     assert resp.status == 200
     assert warnings_of(resp.headers) == ['299 - "team/app is deprecated: moved to team/new"']
     # Who may not pull hears nothing about the repository.
-    resp = await reg.client.get(f"/v2/team/app/manifests/v1")
+    resp = await reg.client.get("/v2/team/app/manifests/v1")
     assert resp.status == 401 and warnings_of(resp.headers) == []
 
 
