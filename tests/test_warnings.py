@@ -71,6 +71,44 @@ async def test_deprecated_repository_warns_on_pulls_until_cleared(reg: Reg) -> N
     assert detail["deprecation"] is None
 
 
+async def test_deprecated_tag_warns_on_pulls_by_that_tag(reg: Reg) -> None:
+    digest, body = await reg.push_image("team/app", "old")
+    assert await reg.push_manifest("team/app", "current", body) == digest
+    path = f"{PREFIX}/repositories/team/app/-/tags/old/deprecation"
+    resp = await reg.client.put(path, json={"message": "use current"})
+    assert resp.status == 200
+    assert await resp.json() == {"repository": "team/app", "message": "use current", "tag": "old"}
+    tag_warning = '299 - "team/app:old is deprecated: use current"'
+    for method in ("GET", "HEAD"):
+        resp = await reg.client.request(method, "/v2/team/app/manifests/old")
+        assert warnings_of(resp.headers) == [tag_warning]
+        for other in ("current", digest):
+            resp = await reg.client.request(method, f"/v2/team/app/manifests/{other}")
+            assert resp.status == 200 and warnings_of(resp.headers) == []
+    detail = await (await reg.client.get(f"{PREFIX}/repositories/team/app")).json()
+    assert {t["name"]: t["deprecation"] for t in detail["tags"]} == {
+        "current": None,
+        "old": "use current",
+    }
+    assert detail["deprecation"] is None
+    # The repository's notice comes first, then the tag's.
+    await deprecate(reg, "team/app", "moving to team/next")
+    resp = await reg.client.get("/v2/team/app/manifests/old")
+    assert warnings_of(resp.headers) == [
+        '299 - "team/app is deprecated: moving to team/next"',
+        tag_warning,
+    ]
+    resp = await reg.client.delete(path)
+    assert resp.status == 200
+    assert await resp.json() == {"repository": "team/app", "message": None, "tag": "old"}
+    resp = await reg.client.get("/v2/team/app/manifests/old")
+    assert warnings_of(resp.headers) == ['299 - "team/app is deprecated: moving to team/next"']
+    resp = await reg.client.put(
+        f"{PREFIX}/repositories/team/app/-/tags/-bad/deprecation", json={"message": "x"}
+    )
+    assert resp.status == 400 and error_codes(await resp.json()) == ["TAG_INVALID"]
+
+
 async def test_deprecation_requests_that_are_refused(reg: Reg) -> None:
     await reg.push_image("team/app", "v1")
     body = await deprecate(reg, "team/nothing", "gone", 404)
@@ -174,6 +212,21 @@ async def test_cli_deprecates_next_to_a_running_server(reg: Reg) -> None:
     assert warnings_of(resp.headers) == []
     show = await asyncio.to_thread(aioreg, reg.data_dir, "repo", "show", "team/app")
     assert show.returncode == 0 and "deprecated" not in show.stdout
+
+    run = await asyncio.to_thread(
+        aioreg, reg.data_dir, "repo", "deprecate", "team/app", "--tag", "v1", "-m", "old"
+    )
+    assert run.returncode == 0, run.stderr
+    resp = await reg.client.get("/v2/team/app/manifests/v1")
+    assert warnings_of(resp.headers) == ['299 - "team/app:v1 is deprecated: old"']
+    show = await asyncio.to_thread(aioreg, reg.data_dir, "repo", "show", "team/app")
+    assert show.returncode == 0 and "  deprecated: old" in show.stdout
+    run = await asyncio.to_thread(
+        aioreg, reg.data_dir, "repo", "undeprecate", "team/app", "--tag", "v1"
+    )
+    assert run.returncode == 0, run.stderr
+    resp = await reg.client.get("/v2/team/app/manifests/v1")
+    assert warnings_of(resp.headers) == []
 
     run = await asyncio.to_thread(
         aioreg, reg.data_dir, "repo", "deprecate", "team/none", "--message", "x"

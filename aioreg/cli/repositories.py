@@ -34,9 +34,13 @@ def add_parsers(commands: Subparsers) -> None:
     )
     deprecate.add_argument("name")
     deprecate.add_argument("--message", "-m", required=True, help="what pullers are told")
-    bind(
-        repos.add_parser("undeprecate", help="clear a repository's deprecation"), on_repos
-    ).add_argument("name")
+    deprecate.add_argument("--tag", help="deprecate this tag only (pulls by it)")
+    undeprecate = bind(
+        repos.add_parser("undeprecate", help="clear a repository's (or a tag's) deprecation"),
+        on_repos,
+    )
+    undeprecate.add_argument("name")
+    undeprecate.add_argument("--tag", help="clear this tag's deprecation")
 
     artifact = commands.add_parser("artifact", help="delete one artifact")
     artifacts = artifact.add_subparsers(dest="action", required=True)
@@ -84,6 +88,8 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
             print(
                 f"{t.name:30} {t.digest[:19]:20} {format_size(t.size):>10}  {format_time(t.pushed_at):16}  {format_time(t.last_pulled_at)}"
             )
+            if t.deprecation is not None:
+                print(f"  deprecated: {t.deprecation}")
         print(f"\n{'ARTIFACT':20} {'TYPE':45} {'SIZE':>10}  PLATFORMS / TAGS / REFERRERS")
         for a in detail.artifacts:
             extra = ", ".join(a.platforms + a.tags + [f"<- {r[:19]}" for r in a.referrers])
@@ -91,11 +97,13 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
                 f"{a.digest[:19]:20} {(a.artifact_type or a.media_type)[:45]:45} {format_size(a.size):>10}  {extra}"
             )
     elif args.action == "deprecate":
-        await m.repositories.set_deprecation(args.name, args.message)
-        print(f"deprecated {args.name}: {args.message.strip()}")
+        await m.repositories.set_deprecation(args.name, args.message, args.tag)
+        what = args.name if args.tag is None else f"{args.name}:{args.tag}"
+        print(f"deprecated {what}: {args.message.strip()}")
     elif args.action == "undeprecate":
-        await m.repositories.set_deprecation(args.name, None)
-        print(f"{args.name} is no longer deprecated")
+        await m.repositories.set_deprecation(args.name, None, args.tag)
+        what = args.name if args.tag is None else f"{args.name}:{args.tag}"
+        print(f"{what} is no longer deprecated")
     else:
         await m.repositories.delete(args.name, "cli")
         print(f"deleted repository {args.name}")

@@ -24,6 +24,7 @@ class TagDetail(msgspec.Struct):
     size: int
     pushed_at: float
     last_pulled_at: float | None
+    deprecation: str | None = None
 
 
 class ArtifactDetail(msgspec.Struct):
@@ -122,6 +123,7 @@ class Listings:
             for a in artifacts
         ]
         sizes = {d.digest: d.size for d in details}
+        deprecated = await self.index.repositories.tag_deprecations(name)
         return RepositoryDetail(
             name=name,
             tag_count=summary.tag_count,
@@ -130,7 +132,14 @@ class Listings:
             last_push_at=summary.last_push_at,
             last_pull_at=summary.last_pull_at,
             tags=[
-                TagDetail(t.name, t.digest, sizes.get(t.digest, 0), t.pushed_at, t.last_pull_at)
+                TagDetail(
+                    t.name,
+                    t.digest,
+                    sizes.get(t.digest, 0),
+                    t.pushed_at,
+                    t.last_pull_at,
+                    deprecated.get(t.name),
+                )
                 for t in tags
             ],
             artifacts=details,

@@ -191,11 +191,15 @@ class Registry:
         self.index.activity.note_event(Event(now, "push", name, tag, digest, actor))
         return manifest
 
-    async def warn_if_deprecated(self, name: str) -> None:
-        """A pull from a repository an admin deprecated tells the client why."""
+    async def warn_if_deprecated(self, name: str, tag: str | None = None) -> None:
+        """A pull from a repository (or of a tag) an admin deprecated tells the client why."""
         message = await self.index.repositories.deprecation(name)
         if message is not None:
             warn(f"{name} is deprecated: {message}")
+        if tag is not None:
+            message = await self.index.repositories.deprecation(name, tag)
+            if message is not None:
+                warn(f"{name}:{tag} is deprecated: {message}")
 
     async def rules(self, name: str) -> PushRules:
         """The push rules in force for a repository (namespace rules, repository overrides)."""
@@ -221,7 +225,6 @@ class Registry:
         self, name: str, reference: str, *, pull: bool, actor: str | None = None
     ) -> ManifestRow:
         validate_name(name)
-        await self.warn_if_deprecated(name)
         try:
             ref: str | Digest | None = parse_reference(reference)
         except RegistryError:
@@ -229,6 +232,7 @@ class Registry:
             # tag nor a digest names a manifest that cannot exist.
             ref = None
         tag = ref if isinstance(ref, str) else None
+        await self.warn_if_deprecated(name, tag)
         if isinstance(ref, Digest):
             row = await self.index.manifests.by_digest(name, str(ref))
         else:

@@ -105,9 +105,12 @@ class Repositories:
         if not await self.index.usage.set_quota(namespace, quota_bytes):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"no namespace {namespace}")
 
-    async def set_deprecation(self, name: str, message: str | None) -> None:
-        """Mark a repository deprecated with a notice for its pullers, or clear it (None)."""
+    async def set_deprecation(self, name: str, message: str | None, tag: str | None = None) -> None:
+        """Mark a repository (or one tag name in it) deprecated with a notice for its
+        pullers, or clear it (None)."""
         validate_name(name)
+        if tag is not None:
+            validate_tag(tag)
         if message is not None:
             message = message.strip()
             if not message or len(message) > DEPRECATION_MESSAGE_MAX:
@@ -115,5 +118,5 @@ class Repositories:
                     ErrorCode.BAD_REQUEST,
                     f"a deprecation message has 1 to {DEPRECATION_MESSAGE_MAX} characters",
                 )
-        if not await self.index.repositories.set_deprecation(name, message):
+        if not await self.index.repositories.set_deprecation(name, message, tag):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")

@@ -312,16 +312,16 @@ async def put_quota(request: web.Request) -> web.StreamResponse:
 
 
 async def put_deprecation(request: web.Request) -> web.StreamResponse:
-    """Deprecate a repository: pulls of it carry the message as a ``Warning``."""
-    name = request.match_info["name"]
+    """Deprecate a repository or a tag: pulls of it carry the message as a ``Warning``."""
+    name, tag = request.match_info["name"], request.match_info.get("tag")
     await _require(request, name, "delete")
     body = await _body(request, DeprecationRequest)
-    await _management(request).repositories.set_deprecation(name, body.message)
-    return _json(Deprecation(name, body.message.strip()))
+    await _management(request).repositories.set_deprecation(name, body.message, tag)
+    return _json(Deprecation(name, body.message.strip(), tag))
 
 
 async def delete_deprecation(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
+    name, tag = request.match_info["name"], request.match_info.get("tag")
     await _require(request, name, "delete")
-    await _management(request).repositories.set_deprecation(name, None)
-    return _json(Deprecation(name, None))
+    await _management(request).repositories.set_deprecation(name, None, tag)
+    return _json(Deprecation(name, None, tag))

@@ -155,6 +155,23 @@ ENDPOINTS: list[Endpoint] = [
         Deprecation,
     ),
     Endpoint(
+        "PUT",
+        f"{SUB}/tags/{{tag}}/deprecation",
+        put_deprecation,
+        "Deprecate a tag: pulls by it carry the message as a Warning header (delete rights)",
+        Deprecation,
+        DeprecationRequest,
+        operation_id="put_tag_deprecation",
+    ),
+    Endpoint(
+        "DELETE",
+        f"{SUB}/tags/{{tag}}/deprecation",
+        delete_deprecation,
+        "Clear a tag's deprecation (delete rights)",
+        Deprecation,
+        operation_id="delete_tag_deprecation",
+    ),
+    Endpoint(
         "GET",
         f"/repositories/{NAME}",
         get_repository,

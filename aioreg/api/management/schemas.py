@@ -67,10 +67,13 @@ class TagDetail(msgspec.Struct):
     size: int
     pushed_at: float
     last_pulled_at: float | None
+    deprecation: str | None = None
 
     @classmethod
     def from_domain(cls, tag: DomainTag) -> TagDetail:
-        return cls(tag.name, tag.digest, tag.size, tag.pushed_at, tag.last_pulled_at)
+        return cls(
+            tag.name, tag.digest, tag.size, tag.pushed_at, tag.last_pulled_at, tag.deprecation
+        )
 
 
 class ArtifactDetail(msgspec.Struct):
@@ -291,9 +294,10 @@ class DeprecationRequest(msgspec.Struct, forbid_unknown_fields=True):
     message: Annotated[str, msgspec.Meta(min_length=1, max_length=DEPRECATION_MESSAGE_MAX)]
 
 
-class Deprecation(msgspec.Struct):
+class Deprecation(msgspec.Struct, omit_defaults=True):
     repository: str
     message: str | None  # None: not deprecated
+    tag: str | None = None  # a tag's notice; absent for the repository's
 
 
 class Empty(msgspec.Struct):
