@@ -97,9 +97,9 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
                 f"{a.digest[:19]:20} {(a.artifact_type or a.media_type)[:45]:45} {format_size(a.size):>10}  {extra}"
             )
     elif args.action == "deprecate":
-        await m.repositories.set_deprecation(args.name, args.message, args.tag)
+        stored = await m.repositories.set_deprecation(args.name, args.message, args.tag)
         what = args.name if args.tag is None else f"{args.name}:{args.tag}"
-        print(f"deprecated {what}: {args.message.strip()}")
+        print(f"deprecated {what}: {stored}")
     elif args.action == "undeprecate":
         await m.repositories.set_deprecation(args.name, None, args.tag)
         what = args.name if args.tag is None else f"{args.name}:{args.tag}"

@@ -105,9 +105,11 @@ class Repositories:
         if not await self.index.usage.set_quota(namespace, quota_bytes):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"no namespace {namespace}")
 
-    async def set_deprecation(self, name: str, message: str | None, tag: str | None = None) -> None:
+    async def set_deprecation(
+        self, name: str, message: str | None, tag: str | None = None
+    ) -> str | None:
         """Mark a repository (or one tag name in it) deprecated with a notice for its
-        pullers, or clear it (None)."""
+        pullers, or clear it (None); returns the notice as stored."""
         validate_name(name)
         if tag is not None:
             validate_tag(tag)
@@ -120,3 +122,4 @@ class Repositories:
                 )
         if not await self.index.repositories.set_deprecation(name, message, tag):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
+        return message

@@ -316,8 +316,8 @@ async def put_deprecation(request: web.Request) -> web.StreamResponse:
     name, tag = request.match_info["name"], request.match_info.get("tag")
     await _require(request, name, "delete")
     body = await _body(request, DeprecationRequest)
-    await _management(request).repositories.set_deprecation(name, body.message, tag)
-    return _json(Deprecation(name, body.message.strip(), tag))
+    stored = await _management(request).repositories.set_deprecation(name, body.message, tag)
+    return _json(Deprecation(name, stored, tag))
 
 
 async def delete_deprecation(request: web.Request) -> web.StreamResponse:
