@@ -16,6 +16,7 @@ from aioreg.api.management.routes import add_routes as add_management_routes
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.v2.routes import add_routes
+from aioreg.api.warnings import add_warning_headers, warnings_middleware
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
 from aioreg.domain.management import Management
@@ -75,6 +76,7 @@ def create_app(config: Config) -> web.Application:
         middlewares=[
             request_id_middleware,
             in_flight.middleware,
+            warnings_middleware,
             error_middleware,
             Limiter(config.limits).middleware,
             auth_middleware,
@@ -113,6 +115,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(registry_context)
     app.on_response_prepare.append(_api_version_header)
     app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(add_warning_headers)
     add_routes(app)
     add_management_routes(app)
     return app

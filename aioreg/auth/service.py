@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aioreg.auth.accounts import ROLES, Accounts
 from aioreg.auth.passwords import verify_password
@@ -33,6 +35,7 @@ from aioreg.auth.tokens import (
 from aioreg.config import AuthConfig
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.rules import effective_rules, namespace_of
+from aioreg.domain.warnings import warn
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
 from aioreg.index import AuditRow, Index, TokenRow, UserRow
 
@@ -41,6 +44,10 @@ AUDIT_FLUSH_SECONDS = 1.0
 # Seconds a verified password is remembered (a changed password takes effect
 # within this time; tokens are checked on every request).
 VERIFIED_TTL = 10.0
+# A bearer token in the last quarter of its life, and at most this close to its
+# end, gets its holder a warning that it will expire (no setting: a client only
+# reports it, and fetches a new token when the old one is refused anyway).
+EXPIRY_WARNING_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -310,6 +317,7 @@ class AuthService:
             claims = self.signer.verify(token)
         except InvalidToken as exc:
             raise AuthError(f"invalid token: {exc}") from None
+        _warn_if_expiring(claims)
         granted = tuple(
             Access(str(a["type"]), str(a["name"]), frozenset(a["actions"]))
             for a in claims.get("access", [])
@@ -546,3 +554,11 @@ class AuthService:
                 for access in identity.granted
             )
         return "pull" in identity.scope_allows(namespace)
+
+
+def _warn_if_expiring(claims: dict[str, Any]) -> None:
+    """Warn a bearer token's holder that it is about to expire (spec, "Warnings")."""
+    expires, issued = float(claims["exp"]), float(claims["iat"])
+    left = expires - time.time()
+    if left < min(EXPIRY_WARNING_SECONDS, (expires - issued) / 4):
+        warn(f"Your auth token will expire in {max(0, math.ceil(left))} seconds.")

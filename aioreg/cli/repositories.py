@@ -26,6 +26,21 @@ def add_parsers(commands: Subparsers) -> None:
     bind(
         repos.add_parser("rm", help="delete a repository, all its tags and artifacts"), on_repos
     ).add_argument("name")
+    deprecate = bind(
+        repos.add_parser(
+            "deprecate", help="mark a repository deprecated: pulls carry the message as a warning"
+        ),
+        on_repos,
+    )
+    deprecate.add_argument("name")
+    deprecate.add_argument("--message", "-m", required=True, help="what pullers are told")
+    deprecate.add_argument("--tag", help="deprecate this tag only (pulls by it)")
+    undeprecate = bind(
+        repos.add_parser("undeprecate", help="clear a repository's (or a tag's) deprecation"),
+        on_repos,
+    )
+    undeprecate.add_argument("name")
+    undeprecate.add_argument("--tag", help="clear this tag's deprecation")
 
     artifact = commands.add_parser("artifact", help="delete one artifact")
     artifacts = artifact.add_subparsers(dest="action", required=True)
@@ -66,17 +81,29 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
         print(
             f"{detail.name}: {detail.tag_count} tags, {detail.artifact_count} artifacts, {format_size(detail.size)}"
         )
+        if detail.deprecation is not None:
+            print(f"deprecated: {detail.deprecation}")
         print(f"\n{'TAG':30} {'DIGEST':20} {'SIZE':>10}  {'PUSHED':16}  PULLED")
         for t in detail.tags:
             print(
                 f"{t.name:30} {t.digest[:19]:20} {format_size(t.size):>10}  {format_time(t.pushed_at):16}  {format_time(t.last_pulled_at)}"
             )
+            if t.deprecation is not None:
+                print(f"  deprecated: {t.deprecation}")
         print(f"\n{'ARTIFACT':20} {'TYPE':45} {'SIZE':>10}  PLATFORMS / TAGS / REFERRERS")
         for a in detail.artifacts:
             extra = ", ".join(a.platforms + a.tags + [f"<- {r[:19]}" for r in a.referrers])
             print(
                 f"{a.digest[:19]:20} {(a.artifact_type or a.media_type)[:45]:45} {format_size(a.size):>10}  {extra}"
             )
+    elif args.action == "deprecate":
+        stored = await m.repositories.set_deprecation(args.name, args.message, args.tag)
+        what = args.name if args.tag is None else f"{args.name}:{args.tag}"
+        print(f"deprecated {what}: {stored}")
+    elif args.action == "undeprecate":
+        await m.repositories.set_deprecation(args.name, None, args.tag)
+        what = args.name if args.tag is None else f"{args.name}:{args.tag}"
+        print(f"{what} is no longer deprecated")
     else:
         await m.repositories.delete(args.name, "cli")
         print(f"deleted repository {args.name}")

@@ -24,6 +24,7 @@ class TagDetail(msgspec.Struct):
     size: int
     pushed_at: float
     last_pulled_at: float | None
+    deprecation: str | None = None
 
 
 class ArtifactDetail(msgspec.Struct):
@@ -54,6 +55,7 @@ class RepositoryDetail(msgspec.Struct):
     last_pull_at: float | None
     tags: list[TagDetail]
     artifacts: list[ArtifactDetail]
+    deprecation: str | None = None  # an admin's notice; pulls carry it as a warning
 
 
 class Listings:
@@ -121,6 +123,7 @@ class Listings:
             for a in artifacts
         ]
         sizes = {d.digest: d.size for d in details}
+        deprecated = await self.index.repositories.tag_deprecations(name)
         return RepositoryDetail(
             name=name,
             tag_count=summary.tag_count,
@@ -129,10 +132,18 @@ class Listings:
             last_push_at=summary.last_push_at,
             last_pull_at=summary.last_pull_at,
             tags=[
-                TagDetail(t.name, t.digest, sizes.get(t.digest, 0), t.pushed_at, t.last_pull_at)
+                TagDetail(
+                    t.name,
+                    t.digest,
+                    sizes.get(t.digest, 0),
+                    t.pushed_at,
+                    t.last_pull_at,
+                    deprecated.get(t.name),
+                )
                 for t in tags
             ],
             artifacts=details,
+            deprecation=await self.index.repositories.deprecation(name),
         )
 
     @staticmethod

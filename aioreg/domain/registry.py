@@ -28,6 +28,7 @@ from aioreg.domain.rules import (
 )
 from aioreg.domain.trash import recover_trash
 from aioreg.domain.uploads import UploadSessions
+from aioreg.domain.warnings import warn
 from aioreg.errors import ErrorCode, RegistryError, TooLargeError
 from aioreg.index import (
     BlobRow,
@@ -218,6 +219,16 @@ class Registry:
             self.index.activity.note_event(Event(now, "push", name, event_tag, digest, actor))
         return PushedManifest(manifest, pushed)
 
+    async def warn_if_deprecated(self, name: str, tag: str | None = None) -> None:
+        """A pull from a repository (or of a tag) an admin deprecated tells the client why."""
+        message = await self.index.repositories.deprecation(name)
+        if message is not None:
+            warn(f"{name} is deprecated: {message}")
+        if tag is not None:
+            message = await self.index.repositories.deprecation(name, tag)
+            if message is not None:
+                warn(f"{name}:{tag} is deprecated: {message}")
+
     async def rules(self, name: str) -> PushRules:
         """The push rules in force for a repository (namespace rules, repository overrides)."""
         namespace = await self.index.accounts.namespace(namespace_of(name))
@@ -249,6 +260,7 @@ class Registry:
             # tag nor a digest names a manifest that cannot exist.
             ref = None
         tag = ref if isinstance(ref, str) else None
+        await self.warn_if_deprecated(name, tag)
         if isinstance(ref, Digest):
             row = await self.index.manifests.by_digest(name, str(ref))
         else:
@@ -309,6 +321,7 @@ class Registry:
 
     async def tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         repo_id = await self._repository_id(name)
+        await self.warn_if_deprecated(name)
         return await self.index.manifests.tags(repo_id, last, limit)
 
     async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:

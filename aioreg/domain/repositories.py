@@ -1,5 +1,6 @@
 """Changing repositories as wholes: deletes (repository, artifact, namespace),
-server-side copies, namespace quotas. Immutable tags refuse every delete.
+server-side copies, namespace quotas, deprecation notices. Immutable tags refuse
+every delete.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from aioreg.domain.reference import Digest, validate_name, validate_tag
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index import Event
+
+# Longer notices are refused; a Warning header carries what fits of one (4096 bytes in all).
+DEPRECATION_MESSAGE_MAX = 8192
 
 
 class Repositories:
@@ -100,3 +104,22 @@ class Repositories:
             raise RegistryError(ErrorCode.BAD_REQUEST, "a quota is a number of bytes >= 0")
         if not await self.index.usage.set_quota(namespace, quota_bytes):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"no namespace {namespace}")
+
+    async def set_deprecation(
+        self, name: str, message: str | None, tag: str | None = None
+    ) -> str | None:
+        """Mark a repository (or one tag name in it) deprecated with a notice for its
+        pullers, or clear it (None); returns the notice as stored."""
+        validate_name(name)
+        if tag is not None:
+            validate_tag(tag)
+        if message is not None:
+            message = message.strip()
+            if not message or len(message) > DEPRECATION_MESSAGE_MAX:
+                raise RegistryError(
+                    ErrorCode.BAD_REQUEST,
+                    f"a deprecation message has 1 to {DEPRECATION_MESSAGE_MAX} characters",
+                )
+        if not await self.index.repositories.set_deprecation(name, message, tag):
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
+        return message

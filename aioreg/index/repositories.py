@@ -19,6 +19,58 @@ class RepositoryQueries:
         row = await self._db.one("SELECT id FROM repositories WHERE name = ?", (name,))
         return None if row is None else int(row[0])
 
+    async def deprecation(self, name: str, tag: str | None = None) -> str | None:
+        """The notice on a repository (or one of its tags), through the read cache."""
+        message: str | None = await self._db.cache.get(
+            ("deprecation", name, tag), lambda: self._deprecation(name, tag)
+        )
+        return message
+
+    async def _deprecation(self, name: str, tag: str | None) -> str | None:
+        if tag is None:
+            row = await self._db.one("SELECT deprecation FROM repositories WHERE name = ?", (name,))
+        else:
+            row = await self._db.one(
+                "SELECT d.message FROM tag_deprecations d JOIN repositories r "
+                "ON r.id = d.repository_id WHERE r.name = ? AND d.tag = ?",
+                (name, tag),
+            )
+        return None if row is None or row[0] is None else str(row[0])
+
+    async def tag_deprecations(self, name: str) -> dict[str, str]:
+        rows = await self._db.all(
+            "SELECT d.tag, d.message FROM tag_deprecations d JOIN repositories r "
+            "ON r.id = d.repository_id WHERE r.name = ? ORDER BY d.tag",
+            (name,),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def set_deprecation(self, name: str, message: str | None, tag: str | None = None) -> bool:
+        """Set or (with None) clear a notice; False when there is no such repository."""
+        async with self._db.transaction() as db:
+            if tag is None:
+                cursor = await db.execute(
+                    "UPDATE repositories SET deprecation = ? WHERE name = ?", (message, name)
+                )
+                return cursor.rowcount > 0
+            found = await (
+                await db.execute("SELECT id FROM repositories WHERE name = ?", (name,))
+            ).fetchone()
+            if found is None:
+                return False
+            if message is None:
+                await db.execute(
+                    "DELETE FROM tag_deprecations WHERE repository_id = ? AND tag = ?",
+                    (found[0], tag),
+                )
+            else:
+                await db.execute(
+                    "INSERT INTO tag_deprecations(repository_id, tag, message) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET message = excluded.message",
+                    (found[0], tag, message),
+                )
+            return True
+
     async def catalog(self, last: str | None, limit: int) -> tuple[list[str], bool]:
         """Repository names after ``last`` in byte order; the flag says whether more follow."""
         return await self._db.page(

@@ -20,6 +20,8 @@ from aioreg.api.management.schemas import (
     Copied,
     CopyRequest,
     Deleted,
+    Deprecation,
+    DeprecationRequest,
     Empty,
     Event,
     EventList,
@@ -307,3 +309,19 @@ async def put_quota(request: web.Request) -> web.StreamResponse:
         request.match_info["namespace"], body.quota_bytes
     )
     return _json(body)
+
+
+async def put_deprecation(request: web.Request) -> web.StreamResponse:
+    """Deprecate a repository or a tag: pulls of it carry the message as a ``Warning``."""
+    name, tag = request.match_info["name"], request.match_info.get("tag")
+    await _require(request, name, "delete")
+    body = await _body(request, DeprecationRequest)
+    stored = await _management(request).repositories.set_deprecation(name, body.message, tag)
+    return _json(Deprecation(name, stored, tag))
+
+
+async def delete_deprecation(request: web.Request) -> web.StreamResponse:
+    name, tag = request.match_info["name"], request.match_info.get("tag")
+    await _require(request, name, "delete")
+    await _management(request).repositories.set_deprecation(name, None, tag)
+    return _json(Deprecation(name, None, tag))

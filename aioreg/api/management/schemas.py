@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
+from aioreg.domain.repositories import DEPRECATION_MESSAGE_MAX
 from aioreg.domain.retention import RetentionPolicy as DomainPolicy
 
 if TYPE_CHECKING:
@@ -66,10 +67,13 @@ class TagDetail(msgspec.Struct):
     size: int
     pushed_at: float
     last_pulled_at: float | None
+    deprecation: str | None = None
 
     @classmethod
     def from_domain(cls, tag: DomainTag) -> TagDetail:
-        return cls(tag.name, tag.digest, tag.size, tag.pushed_at, tag.last_pulled_at)
+        return cls(
+            tag.name, tag.digest, tag.size, tag.pushed_at, tag.last_pulled_at, tag.deprecation
+        )
 
 
 class ArtifactDetail(msgspec.Struct):
@@ -109,6 +113,7 @@ class RepositoryDetail(msgspec.Struct):
     last_pull_at: float | None
     tags: list[TagDetail]
     artifacts: list[ArtifactDetail]
+    deprecation: str | None = None
 
     @classmethod
     def from_domain(cls, detail: DomainRepository) -> RepositoryDetail:
@@ -121,6 +126,7 @@ class RepositoryDetail(msgspec.Struct):
             detail.last_pull_at,
             [TagDetail.from_domain(t) for t in detail.tags],
             [ArtifactDetail.from_domain(a) for a in detail.artifacts],
+            detail.deprecation,
         )
 
 
@@ -282,6 +288,16 @@ class PolicyList(msgspec.Struct):
 
 class QuotaRequest(msgspec.Struct, forbid_unknown_fields=True):
     quota_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None
+
+
+class DeprecationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    message: Annotated[str, msgspec.Meta(min_length=1, max_length=DEPRECATION_MESSAGE_MAX)]
+
+
+class Deprecation(msgspec.Struct, omit_defaults=True):
+    repository: str
+    message: str | None  # None: not deprecated
+    tag: str | None = None  # a tag's notice; absent for the repository's
 
 
 class Empty(msgspec.Struct):

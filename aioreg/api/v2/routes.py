@@ -3,6 +3,14 @@
 Repository names span several path segments, so ``name`` matches greedily and
 each route ends in the literal segments that tell them apart; handlers then
 check the name against the spec's grammar (``NAME_INVALID``).
+
+A pull may carry ``?ns=<host>``, the registry the client meant to reach (sent by
+containerd and others to a mirror). A hosted registry ignores it, as the spec
+allows: the answer is the same as without it, with no ``OCI-Namespace`` header.
+The proxy feature will route on it here, before the pull handlers (manifests,
+blobs, tags, referrers), and answer ``OCI-Namespace: <host>`` when it used it to
+scope the request; a stale answer it serves then calls
+``aioreg.domain.warnings.warn``.
 """
 
 from __future__ import annotations
