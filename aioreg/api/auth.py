@@ -198,17 +198,6 @@ def _holder(identity: Identity) -> Identity:
     return dataclasses.replace(identity, granted=None)
 
 
-async def can_pull(request: web.Request, repository: str) -> bool:
-    service = request.app[AUTH_KEY]
-    if not service.enabled:
-        return True
-    identity: Identity = request.get(IDENTITY, ANONYMOUS)
-    if identity.granted is not None:  # a token: what its holder may pull now
-        identity = _holder(identity)
-    allowed, _ = await service.permitted(identity, repository)
-    return "pull" in allowed
-
-
 async def may_list(request: web.Request, repository: str) -> bool:
     """Whether listings show a repository to the caller: its holder's rights narrowed
     by its credential's scope (a bearer token's grants, a personal token's namespaces)."""
