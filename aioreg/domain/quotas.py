@@ -24,19 +24,6 @@ class Quotas:
         """
         return await self.index.usage.quota(namespace_of(name))
 
-    async def check(self, name: str) -> Callable[[int, int], None] | None:
-        """``name``'s namespace quota as a check of (used, adding); None when it has none."""
-        namespace = namespace_of(name)
-        limit = await self.limit(name)
-        if limit is None:
-            return None
-
-        def check(used: int, adding: int) -> None:
-            if used + adding > limit:
-                raise QuotaExceededError(namespace, limit, used, adding)
-
-        return check
-
     async def bounded(
         self, name: str, body: AsyncIterator[bytes], offset: int, digest: Digest | None = None
     ) -> AsyncIterator[bytes]:
@@ -46,15 +33,21 @@ class Quotas:
         a session cannot fill the disk far past its namespace's quota. A blob
         (``digest``) the namespace already counts adds nothing up to its size.
         """
-        check = await self.check(name)
-        if check is None:
+        limit = await self.limit(name)
+        if limit is None:
             return body
         namespace = namespace_of(name)
         used = await self.index.usage.namespace(namespace)
         counted = (
             0 if digest is None else await self.index.usage.counted_size(namespace, str(digest))
         )
-        return _checked(body, offset, lambda size: check(used, max(size - counted, 0)))
+
+        def check(size: int) -> None:
+            adding = max(size - counted, 0)
+            if used + adding > limit:
+                raise QuotaExceededError(namespace, limit, used, adding)
+
+        return _checked(body, offset, check)
 
 
 @contextlib.contextmanager
