@@ -35,7 +35,7 @@ from aioreg.errors import (
     RegistryError,
     TooManyRequestsError,
 )
-from aioreg.index import BlobRow, Index, UploadCapReached
+from aioreg.index import BlobRow, Index, UploadCapReached, UploadRow
 from aioreg.storage import BlobStorage, UploadWriter, WrittenBlob
 from aioreg.storage.errors import StorageError
 
@@ -114,13 +114,16 @@ class UploadSessions:
         return upload_id
 
     async def offset(self, name: str, upload_id: str) -> int:
-        async with self._session(name, upload_id) as writer:
+        async with self._session(name, upload_id) as (_, writer):
             return writer.offset
 
     async def append(
         self, name: str, upload_id: str, body: AsyncIterator[bytes], start: int | None
     ) -> int:
-        async with self._session(name, upload_id) as writer, self._request(upload_id, writer):
+        async with (
+            self._session(name, upload_id) as (_, writer),
+            self._request(upload_id, writer),
+        ):
             body = await self.quotas.bounded(name, body, writer.offset)
             offset = await writer.write(body, start, self.config.storage.write_buffer_bytes)
             await self.index.uploads.set_offset(upload_id, offset, time.time())
@@ -136,8 +139,11 @@ class UploadSessions:
     ) -> WrittenBlob:
         """Take the last bytes (if any), verify, store and link."""
         expected = Digest.parse(digest)
-        async with self._session(name, upload_id) as writer, self._request(upload_id, writer):
-            await self._require_session_algorithm(upload_id, expected)
+        async with (
+            self._session(name, upload_id) as (session, writer),
+            self._request(upload_id, writer),
+        ):
+            _require_session_algorithm(session, expected)
             if body is not None:
                 body = await self.quotas.bounded(name, body, writer.offset, expected)
                 await writer.write(body, start, self.config.storage.write_buffer_bytes)
@@ -145,20 +151,8 @@ class UploadSessions:
             await self._publish(name, blob, writer, upload_id)
             return blob
 
-    async def _require_session_algorithm(self, upload_id: str, expected: Digest) -> None:
-        """A session whose POST named its algorithm closes with a digest in it."""
-        row = await self.index.uploads.get(upload_id)
-        named = None if row is None else row.digest_algorithm
-        if named is not None and expected.algorithm != named:
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                f"this upload was started with digest-algorithm={named}; "
-                f"close it with a {named} digest, not {expected.algorithm}",
-                {"digest_algorithm": named, "digest": str(expected)},
-            )
-
     async def cancel(self, name: str, upload_id: str) -> None:
-        async with self._session(name, upload_id) as writer:
+        async with self._session(name, upload_id) as (_, writer):
             await self._end(upload_id, writer)
 
     async def expire(self, now: float | None = None) -> int:
@@ -275,8 +269,11 @@ class UploadSessions:
     # -- finding a session ---------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _session(self, name: str, upload_id: str) -> AsyncIterator[UploadWriter]:
-        """The session's writer, with requests on one session taking turns."""
+    async def _session(
+        self, name: str, upload_id: str
+    ) -> AsyncIterator[tuple[UploadRow, UploadWriter]]:
+        """The session's row (as read before its turn) and writer, with requests on one
+        session taking turns."""
         validate_name(name)
         unknown = RegistryError(
             ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id[:64]!r} is unknown in {name}"
@@ -291,7 +288,7 @@ class UploadSessions:
                 raise unknown  # Ended while this request waited its turn.
             writer = await self._writer_for(upload_id, unknown)
             try:
-                yield writer
+                yield row, writer
             except FileNotFoundError:
                 # The session's file went away under it (expired meanwhile).
                 self._writers.pop(upload_id, None)
@@ -320,3 +317,15 @@ class UploadSessions:
         for path in self.store.upload_files():
             if path.name not in live:
                 self.store.remove_upload_file(path, grace, now)
+
+
+def _require_session_algorithm(session: UploadRow, expected: Digest) -> None:
+    """A session whose POST named its algorithm closes with a digest in it."""
+    named = session.digest_algorithm
+    if named is not None and expected.algorithm != named:
+        raise RegistryError(
+            ErrorCode.DIGEST_INVALID,
+            f"this upload was started with digest-algorithm={named}; "
+            f"close it with a {named} digest, not {expected.algorithm}",
+            {"digest_algorithm": named, "digest": str(expected)},
+        )
