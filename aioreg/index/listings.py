@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aioreg.index.database import Database
 from aioreg.index.rows import ArtifactRow, RepositorySummary, TagInfo
-from aioreg.index.usage import NAMESPACE_REPOS, namespace_params
+from aioreg.index.usage import namespace_filter
 
 _ARTIFACT = """SELECT m.digest, m.media_type, m.artifact_type, m.size, m.subject, m.body,
                  m.pushed_at, m.last_pull_at,
@@ -18,10 +18,7 @@ class ListingQueries:
         self._db = db
 
     async def repository_summaries(self, namespace: str | None) -> list[RepositorySummary]:
-        where = ""
-        params: tuple[str, ...] = ()
-        if namespace is not None:
-            where, params = f"WHERE {NAMESPACE_REPOS}", namespace_params(namespace)
+        where, params = namespace_filter(namespace)
         rows = await self._db.all(
             f"""SELECT r.name,
                   (SELECT count(*) FROM tags t WHERE t.repository_id = r.id),

@@ -21,6 +21,14 @@ def namespace_params(namespace: str) -> tuple[str, str]:
     return namespace, escaped + "/%"
 
 
+def namespace_filter(namespace: str | None) -> tuple[str, tuple[str, ...]]:
+    """A ``WHERE`` clause (and its parameters) keeping the repositories in ``namespace``;
+    none when it is None."""
+    if namespace is None:
+        return "", ()
+    return f"WHERE {NAMESPACE_REPOS}", namespace_params(namespace)
+
+
 async def _namespace_usage(db: aiosqlite.Connection, namespace: str) -> int:
     async with db.execute(
         "SELECT blob_bytes FROM namespace_usage WHERE namespace = ?", (namespace,)
@@ -83,10 +91,7 @@ class UsageQueries:
 
     async def report(self, namespace: str | None = None) -> tuple[list[Usage], list[Usage], Usage]:
         """(per namespace, per repository, whole registry) logical and physical bytes."""
-        where = ""
-        params: tuple[str, ...] = ()
-        if namespace is not None:
-            where, params = f"WHERE {NAMESPACE_REPOS}", namespace_params(namespace)
+        where, params = namespace_filter(namespace)
         repo_rows = await self._db.all(
             f"""SELECT r.name,
                   coalesce((SELECT sum(m.size) FROM manifests m WHERE m.repository_id = r.id), 0)
