@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aioreg.index.database import Database
 from aioreg.index.rows import ArtifactRow, RepositorySummary, TagInfo
-from aioreg.index.usage import namespace_filter
+from aioreg.index.usage import REPOSITORY_STORED_BYTES, namespace_filter
 
 _ARTIFACT = """SELECT m.digest, m.media_type, m.artifact_type, m.size, m.subject, m.body,
                  m.pushed_at, m.last_pull_at,
@@ -23,10 +23,7 @@ class ListingQueries:
             f"""SELECT r.name,
                   (SELECT count(*) FROM tags t WHERE t.repository_id = r.id),
                   (SELECT count(*) FROM manifests m WHERE m.repository_id = r.id),
-                  coalesce((SELECT sum(m.size) FROM manifests m WHERE m.repository_id = r.id), 0)
-                  + coalesce((SELECT sum(b.size) FROM blobs b WHERE b.digest IN (
-                      SELECT rb.digest FROM repository_blobs rb
-                      WHERE rb.repository_id = r.id)), 0),
+                  {REPOSITORY_STORED_BYTES},
                   r.last_push_at, r.last_pull_at
                 FROM repositories r {where} ORDER BY r.name""",
             params,

@@ -13,6 +13,11 @@ from aioreg.index.errors import QuotaWouldExceed
 from aioreg.index.rows import Usage
 
 NAMESPACE_REPOS = "(r.name = ? OR r.name LIKE ? ESCAPE '\\')"
+# The bytes repository ``r`` holds: its manifests and each blob it links, counted once.
+REPOSITORY_STORED_BYTES = """
+    coalesce((SELECT sum(m.size) FROM manifests m WHERE m.repository_id = r.id), 0)
+    + coalesce((SELECT sum(b.size) FROM blobs b WHERE b.digest IN (
+        SELECT rb.digest FROM repository_blobs rb WHERE rb.repository_id = r.id)), 0)"""
 
 
 def namespace_params(namespace: str) -> tuple[str, str]:
@@ -98,10 +103,7 @@ class UsageQueries:
                   + coalesce((SELECT sum(b.size) FROM manifests m
                       JOIN manifest_blobs mb ON mb.manifest_id = m.id
                       JOIN blobs b ON b.digest = mb.digest WHERE m.repository_id = r.id), 0),
-                  coalesce((SELECT sum(m.size) FROM manifests m WHERE m.repository_id = r.id), 0)
-                  + coalesce((SELECT sum(b.size) FROM blobs b WHERE b.digest IN (
-                      SELECT rb.digest FROM repository_blobs rb
-                      WHERE rb.repository_id = r.id)), 0)
+                  {REPOSITORY_STORED_BYTES}
                 FROM repositories r {where} ORDER BY r.name""",
             params,
         )
