@@ -90,9 +90,9 @@ class Listings:
     async def _summary(self, name: str) -> RepositorySummary:
         validate_name(name)
         await self.index.activity.flush()
-        for summary in await self.index.listings.repository_summaries(name.split("/", 1)[0]):
-            if summary.name == name:
-                return summary
+        summary = await self.index.listings.repository_summary(name)
+        if summary is not None:
+            return summary
         raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
 
     async def repository(self, name: str) -> RepositoryDetail:

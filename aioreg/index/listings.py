@@ -19,13 +19,21 @@ class ListingQueries:
 
     async def repository_summaries(self, namespace: str | None) -> list[RepositorySummary]:
         where, params = namespace_filter(namespace)
+        return await self._summaries(f"{where} ORDER BY r.name", params)
+
+    async def repository_summary(self, name: str) -> RepositorySummary | None:
+        """One repository's summary, without sizing the rest of its namespace."""
+        summaries = await self._summaries("WHERE r.name = ?", (name,))
+        return summaries[0] if summaries else None
+
+    async def _summaries(self, tail: str, params: tuple[str, ...]) -> list[RepositorySummary]:
         rows = await self._db.all(
             f"""SELECT r.name,
                   (SELECT count(*) FROM tags t WHERE t.repository_id = r.id),
                   (SELECT count(*) FROM manifests m WHERE m.repository_id = r.id),
                   {REPOSITORY_STORED_BYTES},
                   r.last_push_at, r.last_pull_at
-                FROM repositories r {where} ORDER BY r.name""",
+                FROM repositories r {tail}""",
             params,
         )
         return [RepositorySummary(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
