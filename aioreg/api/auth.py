@@ -176,11 +176,7 @@ def _scope(repository: str, actions: frozenset[str], source: str | None) -> list
 
 async def _granted(service: AuthService, identity: Identity, repository: str) -> frozenset[str]:
     if identity.granted is not None:
-        actions: set[str] = set()
-        for access in identity.granted:
-            if access.type == "repository" and access.name == repository:
-                actions |= access.actions
-        return frozenset(actions)
+        return identity.granted_on(repository)
     allowed, _ = await service.permitted(identity, repository)
     return allowed
 

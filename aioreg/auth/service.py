@@ -74,6 +74,15 @@ class Identity:
                 allowed |= actions
         return frozenset(allowed)
 
+    def granted_on(self, repository: str) -> frozenset[str]:
+        """What a bearer token's grants allow on ``repository`` (``granted`` must be set)."""
+        assert self.granted is not None
+        actions: set[str] = set()
+        for access in self.granted:
+            if access.type == "repository" and access.name == repository:
+                actions |= access.actions
+        return frozenset(actions)
+
 
 ANONYMOUS = Identity(None)
 CATALOG_ACTIONS = frozenset({"*"})
@@ -508,13 +517,10 @@ class AuthService:
         allowed, why = await self.permitted(identity, repository)
         if identity.granted is None:
             return allowed, why
-        scoped: set[str] = set()
-        for access in identity.granted:
-            if access.type == "repository" and access.name == repository:
-                scoped |= access.actions
+        scoped = identity.granted_on(repository)
         if allowed - scoped:
             why = f"this token's scope does not cover those actions on {repository}"
-        return allowed & frozenset(scoped), why
+        return allowed & scoped, why
 
     async def listable(self, identity: Identity, repository: str) -> bool:
         """Whether listings (catalog, search) show a repository to this credential:
