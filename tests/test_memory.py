@@ -162,3 +162,25 @@ async def test_pull_bookkeeping_does_not_empty_the_cache(reg: Reg) -> None:
         assert (await reg.client.get("/v2/app/manifests/v1")).status == 200
         await asyncio.sleep(0.02)
     assert cache._entries.get(("tag", "app", "v1")) is cached
+
+
+async def test_upload_sessions_do_not_empty_the_cache(reg: Reg) -> None:
+    """Opening, writing to and ending an upload session changes nothing a cached read
+    shows: pulls keep being served from the cache while pushes stream chunks in."""
+    await reg.push_image("app", "v1")
+    assert (await reg.client.get("/v2/app/manifests/v1")).status == 200
+    cache = reg.registry.index.cache
+    cached = cache._entries[("tag", "app", "v1")]
+    started = await reg.client.post("/v2/other/blobs/uploads/")
+    assert started.status == 202
+    location = started.headers["Location"]
+    patched = await reg.client.patch(location, data=b"some bytes")
+    assert patched.status == 202
+    assert (await reg.client.delete(location)).status == 204
+    written = time.monotonic()
+    deadline = written + 10
+    while cache._checked_at <= written:  # until a read has checked the index's version
+        assert time.monotonic() < deadline
+        assert (await reg.client.get("/v2/app/manifests/v1")).status == 200
+        await asyncio.sleep(0.02)
+    assert cache._entries.get(("tag", "app", "v1")) is cached

@@ -12,6 +12,8 @@ _UPLOAD = (
 
 
 class UploadQueries:
+    """Session rows; no cached read shows them, so writing them keeps the read cache."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -32,7 +34,7 @@ class UploadQueries:
         Counting and inserting in one transaction keeps concurrent starts from all
         slipping under a cap.
         """
-        async with self._db.transaction() as db:
+        async with self._db.transaction(invalidates=False) as db:
             if max_open or max_open_per_client:
                 async with db.execute(
                     "SELECT count(*), coalesce(sum(client = ?), 0) FROM uploads", (client,)
@@ -58,12 +60,12 @@ class UploadQueries:
         return [UploadRow(*r) for r in await self._db.all(_UPLOAD)]
 
     async def set_offset(self, upload_id: str, committed_bytes: int, now: float) -> None:
-        async with self._db.transaction() as db:
+        async with self._db.transaction(invalidates=False) as db:
             await db.execute(
                 "UPDATE uploads SET committed_bytes = ?, updated_at = ? WHERE id = ?",
                 (committed_bytes, now, upload_id),
             )
 
     async def delete(self, upload_id: str) -> None:
-        async with self._db.transaction() as db:
+        async with self._db.transaction(invalidates=False) as db:
             await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
