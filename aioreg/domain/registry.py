@@ -266,8 +266,7 @@ class Registry:
         else:
             row = None if tag is None else await self.index.manifests.by_tag(name, tag)
         if row is None:
-            if await self.index.repositories.id(name) is None:
-                raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
+            await self._repository_id(name)  # NAME_UNKNOWN when there is no such repository
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference[:200]} is not in {name}"
             )
