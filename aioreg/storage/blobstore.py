@@ -183,12 +183,9 @@ class BlobStore:
         return found
 
     def restore(self, trashed: Path, digest: Digest) -> None:
-        """Put a trashed file back under its final name (an existing copy there wins)."""
-        final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.link(trashed, final)
-        _fsync_dir(final.parent)
+        """Put a trashed file back under its final name (an existing copy there wins),
+        as ``place`` does an upload's, then drop it from the trash."""
+        self.place(trashed, digest)
         trashed.unlink(missing_ok=True)
 
     def empty_trash(self, run: Path | None = None) -> None:
