@@ -14,7 +14,7 @@ from aioreg.auth.tokens import hash_secret, new_personal_token
 from aioreg.domain.reference import NAME_COMPONENT
 from aioreg.domain.rules import PushRules
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.index import Index
+from aioreg.index.protocols import IndexProtocol
 
 ROLES = {
     "read": frozenset({"pull"}),
@@ -62,7 +62,7 @@ def parse_token_scope(text: str) -> TokenScope:
 
 
 class Accounts:
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: IndexProtocol) -> None:
         self.index = index
 
     async def add_user(

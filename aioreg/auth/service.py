@@ -37,7 +37,8 @@ from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.rules import effective_rules, namespace_of
 from aioreg.domain.warnings import warn
 from aioreg.errors import ErrorCode, RegistryError, TooManyRequestsError
-from aioreg.index import AuditRow, Index, TokenRow, UserRow
+from aioreg.index import AuditRow, TokenRow, UserRow
+from aioreg.index.protocols import IndexProtocol
 
 log = logging.getLogger("aioreg.auth")
 AUDIT_FLUSH_SECONDS = 1.0
@@ -170,7 +171,7 @@ def _throttle_key(kind: str, *parts: str) -> str:
 
 
 class AuthService:
-    def __init__(self, config: AuthConfig, index: Index, data_dir: Path) -> None:
+    def __init__(self, config: AuthConfig, index: IndexProtocol, data_dir: Path) -> None:
         self.config = config
         self.index = index
         self.accounts = Accounts(index)

@@ -22,6 +22,7 @@ from pathlib import Path
 from aioreg.domain.reference import Digest
 from aioreg.domain.trash import LOCKED_BATCH, batches, recover_trash, settle_missing
 from aioreg.index import Index
+from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage, BlobStore
 
 
@@ -32,7 +33,7 @@ class CheckReport:
 
 
 async def check(
-    index: Index, store: BlobStorage, *, grace: float, repair: bool = True
+    index: IndexProtocol, store: BlobStorage, *, grace: float, repair: bool = True
 ) -> CheckReport:
     """Compare index and disk; with ``repair``, fix what loses no acknowledged data.
 
@@ -62,7 +63,7 @@ async def check(
 
 
 async def _check_blobs(
-    index: Index, store: BlobStorage, grace: float, repair: bool, report: CheckReport
+    index: IndexProtocol, store: BlobStorage, grace: float, repair: bool, report: CheckReport
 ) -> None:
     page: list[str] = []
     missing: list[str] = []
@@ -113,7 +114,7 @@ def _without_file(store: BlobStorage, digests: list[str]) -> list[str]:
 
 
 async def _check_uploads(
-    index: Index, store: BlobStorage, grace: float, repair: bool, report: CheckReport
+    index: IndexProtocol, store: BlobStorage, grace: float, repair: bool, report: CheckReport
 ) -> None:
     verb = "" if repair else "would be "
     sessions = {row.id: row for row in await index.uploads.all()}

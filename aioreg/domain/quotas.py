@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from aioreg.domain.reference import Digest
 from aioreg.domain.rules import namespace_of
 from aioreg.errors import QuotaExceededError
-from aioreg.index import Index, QuotaWouldExceed
+from aioreg.index import QuotaWouldExceed
+from aioreg.index.protocols import IndexProtocol
 
 
 class Quotas:
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: IndexProtocol) -> None:
         self.index = index
 
     async def limit(self, name: str) -> int | None:

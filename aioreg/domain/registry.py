@@ -41,6 +41,7 @@ from aioreg.index import (
     SizeMismatch,
     TagMoveRefused,
 )
+from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage, BlobStore
 
 log = logging.getLogger("aioreg.registry")
@@ -67,7 +68,7 @@ class Registry:
     def __init__(self, config: Config) -> None:
         self.config = config
         root = config.data_path
-        self.index = Index(
+        self.index: IndexProtocol = Index(
             root / "index.db",
             config.storage.index_busy_timeout,
             read_cache_bytes=config.limits.read_cache_bytes,

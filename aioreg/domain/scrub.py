@@ -19,7 +19,8 @@ import xxhash
 
 from aioreg.domain.reference import Digest
 from aioreg.domain.trash import settle_missing
-from aioreg.index import BlobRow, Index
+from aioreg.index import BlobRow
+from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage
 
 READ_BLOCK = 4 << 20
@@ -59,7 +60,9 @@ def _verify(path: Path, blob: BlobRow, full: bool) -> tuple[bool, int]:
     return size == blob.size and hasher.hexdigest() == expected, inode
 
 
-async def _quarantine_corrupt(index: Index, store: BlobStorage, digest: Digest, inode: int) -> bool:
+async def _quarantine_corrupt(
+    index: IndexProtocol, store: BlobStorage, digest: Digest, inode: int
+) -> bool:
     """Move a corrupt file to ``quarantine/`` and mark its row, unless either changed meanwhile."""
     async with index.blobs.files() as files:
         if not (await files.rows([str(digest)])).get(str(digest)):
@@ -81,7 +84,7 @@ async def _quarantine_corrupt(index: Index, store: BlobStorage, digest: Digest, 
 
 
 async def scrub(
-    index: Index,
+    index: IndexProtocol,
     store: BlobStorage,
     *,
     full: bool = False,

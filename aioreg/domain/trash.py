@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aioreg.domain.reference import Digest
-from aioreg.index import Index
+from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage
 
 LOCKED_BATCH = 200  # files settled per write transaction: pushes wait at most one batch
@@ -35,7 +35,7 @@ class TrashReport:
     discarded: list[str] = field(default_factory=list)  # rows gone: the sweep had committed
 
 
-async def recover_trash(index: Index, store: BlobStorage) -> TrashReport:
+async def recover_trash(index: IndexProtocol, store: BlobStorage) -> TrashReport:
     """Settle every file a GC sweep left in ``trash/`` (it was killed, or is just finishing).
 
     Under the write lock no sweep is mid-transaction, so a trashed file whose
@@ -70,7 +70,7 @@ def _settle_trash(
 
 
 async def settle_missing(
-    index: Index, store: BlobStorage, digests: Sequence[str]
+    index: IndexProtocol, store: BlobStorage, digests: Sequence[str]
 ) -> tuple[list[str], list[str]]:
     """Servable blobs found without a file: restore them from the trash, else quarantine.
 

@@ -35,7 +35,8 @@ from aioreg.errors import (
     RegistryError,
     TooManyRequestsError,
 )
-from aioreg.index import BlobRow, Index, UploadCapReached, UploadRow
+from aioreg.index import BlobRow, UploadCapReached, UploadRow
+from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage, UploadWriter, WrittenBlob
 from aioreg.storage.errors import StorageError
 
@@ -47,7 +48,9 @@ SESSION_RETRY_SECONDS = 30.0
 
 
 class UploadSessions:
-    def __init__(self, config: Config, index: Index, store: BlobStorage, quotas: Quotas) -> None:
+    def __init__(
+        self, config: Config, index: IndexProtocol, store: BlobStorage, quotas: Quotas
+    ) -> None:
         self.config = config
         self.index = index
         self.store = store

@@ -121,6 +121,7 @@ class UploadIndex(Protocol):
         *,
         max_open: int = 0,
         max_open_per_client: int = 0,
+        digest_algorithm: str | None = None,
     ) -> None: ...
 
     async def get(self, upload_id: str) -> UploadRow | None: ...

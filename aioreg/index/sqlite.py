@@ -14,7 +14,6 @@ from aioreg.index.database import Database
 from aioreg.index.gc import GcQueries
 from aioreg.index.listings import ListingQueries
 from aioreg.index.manifests import ManifestQueries
-from aioreg.index.protocols import IndexProtocol
 from aioreg.index.repositories import RepositoryQueries
 from aioreg.index.retention import RetentionQueries
 from aioreg.index.uploads import UploadQueries
@@ -73,8 +72,3 @@ class Index:
         if self.db.is_open:
             await self.activity.flush()
         await self.db.close()
-
-
-def _implements(index: Index) -> IndexProtocol:
-    """Never called: mypy checks here that ``Index`` implements ``IndexProtocol``."""
-    return index
