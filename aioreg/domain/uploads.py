@@ -209,6 +209,10 @@ class UploadSessions:
             raise
         return blob
 
+    async def publish(self, name: str, blob: WrittenBlob, writer: UploadWriter) -> None:
+        """Index a verified blob written outside any session (a proxy's fill), within quota."""
+        await self._publish(name, blob, writer, None)
+
     # -- how a request ends ------------------------------------------------
 
     async def _publish(

@@ -144,7 +144,10 @@ class ManifestIndex(Protocol):
         now: float,
         *,
         protected_tags: Collection[str] = (),
+        require_references: bool = True,
     ) -> None: ...
+
+    async def adopt_blob(self, name: str, digest: str) -> None: ...
 
     async def copy(
         self,
