@@ -155,14 +155,20 @@ async def test_pull_through_is_byte_for_byte_and_served_from_cache(
 
 
 async def test_bearer_token_upstream_and_containerd_ns_form(
-    make_registry: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_registry: AppFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An upstream with token auth: the proxy follows the challenge to its realm."""
+    caplog.set_level(logging.INFO, logger="aioreg.access")
     upstream = await make_registry(tmp_path / "up")
     index, children = await push_multiarch(upstream, "library/alpine", "3.20")
     await upstream.server.stop()
     upstream = await make_registry(
-        tmp_path / "up", auth={"enabled": True, "admin_password": PASSWORD, "allow_basic": False}
+        tmp_path / "up",
+        auth={"enabled": True, "admin_password": PASSWORD, "allow_basic": False},
+        server={"access_log": True},
     )
     async with upstream.client.get("/v2/library/alpine/manifests/3.20") as resp:
         assert resp.status == 401  # anonymous pulls are refused upstream
@@ -181,6 +187,11 @@ async def test_bearer_token_upstream_and_containerd_ns_form(
     # Without ?ns= the same path is a hosted repository, which does not exist here.
     status, _, _ = await get_bytes(proxy, "/v2/library/alpine/manifests/3.20")
     assert status == 404
+    # One token for the repository's pull scope, reused by every request.
+    tokens = [
+        r for r in caplog.records if r.name == "aioreg.access" and "/token?" in r.getMessage()
+    ]
+    assert len(tokens) == 1
 
 
 async def test_concurrent_pulls_of_an_uncached_blob_go_upstream_once(
@@ -199,11 +210,7 @@ async def test_concurrent_pulls_of_an_uncached_blob_go_upstream_once(
 
     bodies = await asyncio.gather(*(pull() for _ in range(16)))
     assert all(body == blob for body in bodies)
-    upstream_gets = [
-        r
-        for r in caplog.records
-        if r.name == "aioreg.access" and f"GET /v2/library/big/blobs/{digest}" in r.getMessage()
-    ]
+    upstream_gets = upstream_blob_gets(caplog, "library/big", digest)
     assert len(upstream_gets) == 1
     # Cached and indexed: HEAD and Range from the proxy alone.
     await cached(proxy, "hub/big", digest)
@@ -379,3 +386,72 @@ async def test_skopeo_copies_a_multiarch_image_through_the_proxy(
     assert files_by_hash(tmp_path / "back") == files_by_hash(tmp_path / "src")
     back_index = json.loads((tmp_path / "back" / "index.json").read_text())
     assert back_index["manifests"][0]["digest"] == digest
+
+
+async def test_tags_revalidate_after_the_interval_and_gc_keeps_cached_content(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    upstream = await make_registry(tmp_path / "up")
+    first, first_children = await push_multiarch(upstream, "library/app", "stable")
+    fresh = await make_registry(tmp_path / "px1", proxy=[proxy_entry(upstream)])
+    eager = await make_registry(
+        tmp_path / "px2",
+        proxy=[proxy_entry(upstream, revalidate_interval=0)],
+        gc={"grace_period": 0},
+    )
+    for proxy in (fresh, eager):
+        await pull_all(proxy, "hub/app", "stable", first, first_children)
+    # The tag moves upstream to an image with other platforms' bytes.
+    children = [await push_platform(upstream, "library/app", s, 5000) for s in ("mips", "s390x")]
+    moved = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": digest_of(c), "size": len(c)}
+                for c in children
+            ],
+        }
+    ).encode()
+    await upstream.push_manifest("library/app", "stable", moved, OCI_INDEX)
+    status, body, _ = await get_bytes(fresh, "/v2/hub/app/manifests/stable")
+    assert (status, body) == (200, first)  # within the interval: the cached tag
+    await pull_all(eager, "hub/app", "stable", moved, children)
+    # GC on the proxy (no grace) keeps what the cached manifests reference.
+    async with eager.client.post("/api/v1/gc") as resp:
+        assert resp.status == 200, await resp.text()
+    await upstream.server.stop()
+    await pull_all(eager, "hub/app", f"{digest_of(moved)}", moved, children)
+    for child in first_children:
+        layer = json.loads(child)["layers"][0]["digest"]
+        status, body, _ = await get_bytes(eager, f"/v2/hub/app/blobs/{layer}")
+        assert status == 200 and digest_of(body) == layer
+
+
+async def test_a_client_leaving_mid_blob_does_not_stop_the_fill(
+    make_registry: AppFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = await make_registry(tmp_path / "up", server={"access_log": True})
+    blob = os.urandom(6 << 20)
+    digest = await upstream.push_blob("library/big", blob)
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    caplog.set_level(logging.INFO, logger="aioreg.access")
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(f"{proxy.server.url}/v2/hub/big/blobs/{digest}")
+        assert resp.status == 200
+        await resp.content.readexactly(1000)
+        resp.close()  # drops the connection mid-body
+    await cached(proxy, "hub/big", digest)
+    status, body, _ = await get_bytes(proxy, f"/v2/hub/big/blobs/{digest}")
+    assert status == 200 and body == blob
+    assert len(upstream_blob_gets(caplog, "library/big", digest)) == 1
+
+
+def upstream_blob_gets(caplog: pytest.LogCaptureFixture, repository: str, digest: str) -> list[str]:
+    """The upstream's access-log lines of GETs of one blob."""
+    wanted = f"GET /v2/{repository}/blobs/{digest}"
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "aioreg.access" and wanted in r.getMessage()
+    ]
