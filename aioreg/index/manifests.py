@@ -41,7 +41,7 @@ class ManifestQueries:
 
         Without ``require_references`` (a proxy caching an upstream manifest before
         its blobs) nothing referenced need be stored yet: blobs not stored are
-        recorded once they are, by ``adopt_blob``.
+        recorded once they are (``BlobQueries.link``/``mount`` with ``adopt``).
 
         Every referenced blob must be linked to the repository and every child
         manifest stored in it (else ``MissingReferences``), at the size its
@@ -104,21 +104,6 @@ class ManifestQueries:
             await db.executemany(_UPSERT_TAG, [(repo_id, t, manifest_id, now) for t in tags])
             await db.execute(
                 "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
-            )
-
-    async def adopt_blob(self, name: str, digest: str) -> None:
-        """Record that the manifests of ``name`` naming ``digest`` reference that blob.
-
-        For manifests stored before their blobs (``put`` without
-        ``require_references``); the blob must be stored by now. A manifest
-        references a blob if its body names the digest.
-        """
-        async with self._db.transaction() as db:
-            await db.execute(
-                "INSERT OR IGNORE INTO manifest_blobs(manifest_id, digest) "
-                "SELECT m.id, ? FROM manifests m JOIN repositories r ON r.id = m.repository_id "
-                "WHERE r.name = ? AND instr(m.body, CAST(? AS BLOB)) > 0",
-                (digest, name, digest),
             )
 
     async def copy(

@@ -51,11 +51,12 @@ class BlobFill:
         buffer_bytes: int,
         max_bytes: int,
     ) -> None:
-        """The whole transfer; never raises (the outcome is ``succeeded``/``error``)."""
-        upload_id = uuid.uuid4().hex
-        writer = store.create_writer(upload_id, self.digest.algorithm)
-        self._fd = os.open(store.upload_path(upload_id), os.O_RDONLY)
+        """The whole transfer; its outcome is ``succeeded``/``error`` (only cancellation raises)."""
+        writer: UploadWriter | None = None
         try:
+            upload_id = uuid.uuid4().hex
+            writer = store.create_writer(upload_id, self.digest.algorithm)
+            self._fd = os.open(store.upload_path(upload_id), os.O_RDONLY)
             async with upstream.request("GET", self.repository, f"blobs/{self.digest}") as response:
                 if response.content_length is None:
                     raise RegistryError(
@@ -83,15 +84,17 @@ class BlobFill:
             self.succeeded = True
         except BaseException as exc:
             self.error = exc
-            await writer.cancel()
+            if writer is not None:
+                await writer.cancel()
             if not isinstance(exc, Exception):
                 raise
             log.warning("proxy fill of %s failed: %r", self.digest, exc)
         finally:
             self.started.set()
             self.finished.set()
-            os.close(self._fd)
-            self._fd = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             async with self._changed:
                 self._changed.notify_all()
 

@@ -198,8 +198,7 @@ class Proxies:
         parsed = Digest.parse(digest)
         with contextlib.suppress(RegistryError):
             return await self.registry.blob(name, digest)
-        if await self.registry.mount_blob(name, str(parsed), None) is not None:
-            await self.registry.index.manifests.adopt_blob(name, str(parsed))
+        if await self.registry.mount_blob(name, str(parsed), None, adopt=True) is not None:
             return await self.registry.blob(name, digest)
         fill = self._fills.get(str(parsed))
         if fill is None:
@@ -225,7 +224,6 @@ class Proxies:
 
         async def publish(blob: WrittenBlob, writer: UploadWriter) -> None:
             await self.registry.uploads.publish(name, blob, writer)
-            await self.registry.index.manifests.adopt_blob(name, key)
 
         async def run() -> None:
             try:
