@@ -278,7 +278,8 @@ def _validate_proxies(config: Config) -> None:
         if proxy.namespace in seen:
             raise ConfigError(f"{where}: namespace is configured twice")
         seen.add(proxy.namespace)
-        if not re.fullmatch(r"https?://[^/\s]+/?", proxy.upstream):
+        if not re.fullmatch(r"https?://[^/\s@]+/?", proxy.upstream):
+            # No user:password@ in it (URLs are logged): credentials have their own options.
             raise ConfigError(f"{where}: upstream must be http(s)://host[:port]")
         if sum(map(bool, (proxy.password, proxy.password_env, proxy.password_file))) > 1:
             raise ConfigError(f"{where}: give one of password, password_env, password_file")

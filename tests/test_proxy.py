@@ -124,6 +124,7 @@ def test_proxy_config_is_validated() -> None:
     for bad in [
         {**good, "namespace": "Hub/x"},
         {**good, "upstream": "ftp://x"},
+        {**good, "upstream": "https://me:secret@registry-1.docker.io"},
         {**good, "revalidate_interval": -1},
         {**good, "password": "a", "password_env": "B"},
         {"namespace": "hub"},
@@ -253,11 +254,17 @@ async def test_upstream_down_serves_cached_tags_and_503_otherwise(
     upstream = await make_registry(tmp_path / "up")
     index, children = await push_multiarch(upstream, "library/alpine", "3.20")
     await push_multiarch(upstream, "library/alpine", "edge")
-    # Revalidate on every pull, so each one asks the upstream first.
+    # Revalidate on every pull, so each one asks the upstream first. A second proxy of
+    # the same upstream beside it, told not to serve stale content.
     entry = proxy_entry(upstream, revalidate_interval=0)
-    proxy = await make_registry(tmp_path / "px", proxy=[entry])
+    strict = proxy_entry(upstream, namespace="strict", revalidate_interval=0, serve_stale=False)
+    proxy = await make_registry(tmp_path / "px", proxy=[entry, strict])
     await pull_all(proxy, "hub/alpine", "3.20", index, children)
+    await pull_all(proxy, "strict/alpine", "3.20", index, children)
     await upstream.server.stop()
+    async with proxy.client.get("/v2/strict/alpine/manifests/3.20") as resp:
+        assert resp.status == 503
+        assert error_codes(await resp.json()) == ["UNAVAILABLE"]
     async with proxy.client.get("/v2/hub/alpine/manifests/3.20") as resp:
         assert resp.status == 200 and await resp.read() == index
         assert "served from cache" in resp.headers.get("Warning", "")
