@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from aioreg.config import ConfigError, load_config
 from aioreg.domain.reference import Digest
@@ -142,6 +143,9 @@ async def test_pull_through_is_byte_for_byte_and_served_from_cache(
     index, children = await push_multiarch(upstream, "library/alpine", "3.20")
     proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
     await pull_all(proxy, "hub/alpine", "3.20", index, children)
+    async with proxy.client.get("/v2/hub/alpine/manifests/nope") as resp:
+        assert resp.status == 404
+        assert error_codes(await resp.json()) == ["MANIFEST_UNKNOWN"]
     layer = json.loads(children[0])["layers"][0]["digest"]
     async with proxy.client.head("/v2/hub/alpine/manifests/3.20") as resp:
         assert resp.headers["Docker-Content-Digest"] == digest_of(index)
@@ -468,3 +472,46 @@ def upstream_blob_gets(caplog: pytest.LogCaptureFixture, repository: str, digest
         for r in caplog.records
         if r.name == "aioreg.access" and wanted in r.getMessage()
     ]
+
+
+async def test_basic_auth_upstream_with_password_file(
+    tmp_path: Path, make_registry: AppFactory
+) -> None:
+    """An upstream asking for Basic (a small aiohttp server standing for one) gets the
+    credentials from the password file, and only after its challenge."""
+    blob = os.urandom(70_000)
+    expected = aiohttp.encode_basic_auth("puller", PASSWORD)
+    seen: list[str | None] = []
+
+    async def blob_handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != expected:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="up"'})
+        return web.Response(body=blob, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/v2/{name:.+}/blobs/{digest}", blob_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        secret = tmp_path / "secret"
+        secret.write_text(PASSWORD + "\n")
+        entry = {
+            "namespace": "hub",
+            "upstream": f"http://127.0.0.1:{port}",
+            "username": "puller",
+            "password_file": str(secret),
+        }
+        proxy = await make_registry(tmp_path / "px", proxy=[entry])
+        status, body, _ = await get_bytes(proxy, f"/v2/hub/a/blobs/{digest_of(blob)}")
+        assert status == 200 and body == blob
+        # Wrong bytes for a digest: the body ends short of its last byte, nothing is cached.
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await get_bytes(proxy, f"/v2/hub/b/blobs/{digest_of(blob[1:])}")
+        assert not proxy.registry.store.exists(Digest.parse(digest_of(blob[1:])))
+        assert seen == [None, expected, expected]
+    finally:
+        await runner.cleanup()

@@ -106,10 +106,20 @@ class BlobFill:
         async with self._changed:
             self._changed.notify_all()
 
+    def available(self) -> int:
+        """Bytes a reader may send: all once verified, else all but the last one.
+
+        Holding the last byte back until the digest verifies makes a corrupt
+        transfer end short for every reader (an error), never complete and wrong.
+        """
+        return self.size if self.succeeded else min(self.progress, self.size - 1)
+
     async def _beyond(self, offset: int) -> None:
-        """Wait until more than ``offset`` bytes are on disk, or the fill is over."""
+        """Wait until more than ``offset`` bytes may be sent, or the fill is over."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self.progress > offset or self.finished.is_set())
+            await self._changed.wait_for(
+                lambda: self.available() > offset or self.finished.is_set()
+            )
 
     def failure(self) -> RegistryError:
         """What a client is told when the fill failed."""
@@ -143,7 +153,7 @@ class BlobFill:
                 await self._beyond(offset)
                 if self.finished.is_set() and not self.succeeded:
                     raise self.failure()
-                limit = min(end, self.progress if not self.succeeded else end)
+                limit = min(end, self.available())
                 chunk = await asyncio.to_thread(
                     os.pread, fd, min(limit - offset, READ_BLOCK), offset
                 )
