@@ -303,7 +303,7 @@ async def test_upstream_rate_limiting_serves_cached_copy(
     async with proxy.client.get("/v2/hub/alpine/manifests/edge") as resp:
         assert resp.status == 429
         assert error_codes(await resp.json()) == ["TOOMANYREQUESTS"]
-        assert int(resp.headers["Retry-After"]) >= 1
+        assert int(resp.headers["Retry-After"]) > 100  # the upstream's, passed on
 
 
 async def half_blob_server(blob: bytes) -> asyncio.Server:
