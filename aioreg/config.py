@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import pwd
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,6 +106,44 @@ class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_rows: NonNegativeInt = 1000000
 
 
+class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One pull-through proxy: a read-only local namespace in front of an upstream registry.
+
+    Credentials come from ``password`` (in the file), ``password_env`` (the name of an
+    environment variable) or ``password_file`` (a path, read at start); never logged.
+    """
+
+    namespace: str
+    upstream: str
+    username: str = ""
+    password: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    upstream_prefix: str = ""
+    revalidate_interval: NonNegativeFloat = 300.0
+    serve_stale: bool = True
+    max_bytes: NonNegativeInt = 0
+    connect_timeout: PositiveFloat = 10.0
+    read_timeout: PositiveFloat = 60.0
+    max_connections: PositiveInt = 32
+
+    def __repr__(self) -> str:
+        return f"ProxyConfig(namespace={self.namespace!r}, upstream={self.upstream!r})"
+
+    @property
+    def upstream_host(self) -> str:
+        """``host[:port]`` of the upstream, what containerd sends as ``?ns=``."""
+        return self.upstream.split("://", 1)[-1].split("/", 1)[0]
+
+    def secret(self) -> str:
+        """The upstream password, from wherever the config says it is."""
+        if self.password_env:
+            return os.environ.get(self.password_env, "")
+        if self.password_file:
+            return Path(self.password_file).expanduser().read_text().strip()
+        return self.password
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -113,6 +152,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gc: GcConfig = msgspec.field(default_factory=GcConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    proxy: list[ProxyConfig] = msgspec.field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
@@ -127,6 +167,8 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
+# Sections that are lists of tables (``[[proxy]]``): set in the file only.
+LIST_SECTIONS = frozenset({"proxy"})
 # AIOREG_* variables that are not options.
 ENV_OTHER = frozenset({"AIOREG_CONFIG"})
 MAX_PORT = 65535
@@ -148,6 +190,8 @@ def _env_names() -> dict[str, tuple[str, str]]:
     default = Config()
     names = dict(ENV_ALIASES)
     for section in Config.__struct_fields__:
+        if section in LIST_SECTIONS:
+            continue
         for option in type(getattr(default, section)).__struct_fields__:
             names[f"AIOREG_{section}_{option}".upper()] = (section, option)
     return names
@@ -175,10 +219,17 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return found
 
 
-def _merge(base: dict[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    merged = {section: dict(values) for section, values in base.items()}
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Options override option by option; a list section (``proxy``) is replaced whole."""
+    merged = {
+        section: values if section in LIST_SECTIONS else dict(values)
+        for section, values in base.items()
+    }
     for section, values in overrides.items():
-        merged.setdefault(section, {}).update(values)
+        if section in LIST_SECTIONS:
+            merged[section] = list(values)
+        else:
+            merged.setdefault(section, {}).update(values)
     return merged
 
 
@@ -186,7 +237,7 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build the effective config: defaults < file < environment < explicit overrides."""
     environ = os.environ if environ is None else environ
@@ -210,17 +261,41 @@ def load_config(
     if config.auth.default_visibility not in ("public", "private"):
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
     _validate_memory(config)
+    _validate_proxies(config)
     return config
+
+
+PROXY_NAMESPACE_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+
+
+def _validate_proxies(config: Config) -> None:
+    """Each proxy needs a namespace of its own, an http(s) upstream, at most one password source."""
+    seen: set[str] = set()
+    for proxy in config.proxy:
+        where = f"proxy {proxy.namespace!r}"
+        if not PROXY_NAMESPACE_RE.fullmatch(proxy.namespace):
+            raise ConfigError(f"{where}: namespace must be one lowercase path component")
+        if proxy.namespace in seen:
+            raise ConfigError(f"{where}: namespace is configured twice")
+        seen.add(proxy.namespace)
+        if not re.fullmatch(r"https?://[^/\s@]+/?", proxy.upstream):
+            # No user:password@ in it (URLs are logged): credentials have their own options.
+            raise ConfigError(f"{where}: upstream must be http(s)://host[:port]")
+        if sum(map(bool, (proxy.password, proxy.password_env, proxy.password_file))) > 1:
+            raise ConfigError(f"{where}: give one of password, password_env, password_file")
+        if proxy.upstream_prefix.strip("/") != proxy.upstream_prefix:
+            raise ConfigError(f"{where}: upstream_prefix must not start or end with /")
 
 
 def _refuse_infinite(config: Config) -> None:
     """``inf`` passes a lower bound but is no usable size or timeout."""
     for section in Config.__struct_fields__:
         values = getattr(config, section)
-        for option in values.__struct_fields__:
-            value = getattr(values, option)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"invalid configuration: {section}.{option} must be finite")
+        for item in values if isinstance(values, list) else [values]:
+            for option in item.__struct_fields__:
+                value = getattr(item, option)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"invalid configuration: {section}.{option} must be finite")
 
 
 def check_data_dir(path: Path) -> None:

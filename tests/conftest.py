@@ -119,11 +119,10 @@ def make_config(
     storage: dict[str, object] | None = None,
     auth: dict[str, object] | None = None,
     gc: dict[str, object] | None = None,
+    proxy: list[dict[str, object]] | None = None,
     **limits: float,
 ) -> Config:
-    overrides: dict[str, dict[str, object]] = {
-        "storage": {"data_dir": str(data_dir), **(storage or {})}
-    }
+    overrides: dict[str, object] = {"storage": {"data_dir": str(data_dir), **(storage or {})}}
     if limits:
         overrides["limits"] = dict(limits)
     if server:
@@ -132,6 +131,8 @@ def make_config(
         overrides["auth"] = auth
     if gc:
         overrides["gc"] = gc
+    if proxy:
+        overrides["proxy"] = proxy
     return load_config(None, environ={}, overrides=overrides)
 
 
@@ -201,6 +202,7 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
         storage: dict[str, object] | None = None,
         auth: dict[str, object] | None = None,
         gc: dict[str, object] | None = None,
+        proxy: list[dict[str, object]] | None = None,
         **limits: float,
     ) -> Reg:
         config = make_config(
@@ -209,6 +211,7 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
             storage,
             auth,
             gc,
+            proxy,
             **limits,
         )
         loop = asyncio.get_running_loop()

@@ -67,6 +67,7 @@ def numeric_options() -> list[tuple[str, str]]:
     return [
         (section, option)
         for section, values in msgspec.to_builtins(Config()).items()
+        if isinstance(values, dict)  # not the [[proxy]] list: tests/test_proxy.py
         for option, value in values.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     ]

@@ -15,6 +15,7 @@ from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.api.management.routes import add_routes as add_management_routes
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
+from aioreg.api.v2.proxied import PROXIES_KEY, add_namespace_header, refuse_proxy_writes
 from aioreg.api.v2.routes import add_routes
 from aioreg.api.warnings import add_warning_headers, warnings_middleware
 from aioreg.auth.service import AuthService
@@ -22,6 +23,7 @@ from aioreg.config import Config
 from aioreg.domain.management import Management
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.registry import Registry
+from aioreg.proxy.service import Proxies
 
 
 async def _api_version_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -80,6 +82,7 @@ def create_app(config: Config) -> web.Application:
             error_middleware,
             Limiter(config.limits).middleware,
             auth_middleware,
+            refuse_proxy_writes,
         ],
         client_max_size=config.limits.manifest_max_bytes + 1,
     )
@@ -91,10 +94,13 @@ def create_app(config: Config) -> web.Application:
     app[MANAGEMENT_KEY] = management
     app[IN_FLIGHT_KEY] = in_flight
     app[MANIFEST_BUDGET_KEY] = ManifestBudget(config.limits.manifest_memory_bytes)
+    proxies = Proxies(registry, config.proxy)
+    app[PROXIES_KEY] = proxies
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         await registry.open()
         await auth.open()
+        await proxies.open()
         schedules = [
             PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
             PeriodicJob(
@@ -109,6 +115,7 @@ def create_app(config: Config) -> web.Application:
         yield
         for job in schedules:
             await job.stop()
+        await proxies.close()
         await auth.close()
         await registry.close()
 
@@ -116,6 +123,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(_api_version_header)
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(add_warning_headers)
+    app.on_response_prepare.append(add_namespace_header)
     add_routes(app)
     add_management_routes(app)
     return app

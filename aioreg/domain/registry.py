@@ -124,13 +124,16 @@ class Registry:
         if not unlinked:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
 
-    async def mount_blob(self, name: str, digest: str, source: str | None) -> BlobRow | None:
+    async def mount_blob(
+        self, name: str, digest: str, source: str | None, *, adopt: bool = False
+    ) -> BlobRow | None:
         """Link a blob already stored into ``name``; None when it cannot be mounted.
 
         With no ``source`` any stored copy will do, as the spec allows: the bytes
         are content-addressed, so a matching digest is the same blob. Whether it
         is still stored is decided inside the linking transaction (see
         ``BlobQueries.mount``), and the namespace's quota applies as to an upload.
+        ``adopt``: see ``BlobQueries.link`` (a proxy's manifests cached before their blobs).
         """
         validate_name(name)
         parsed = Digest.parse(digest)
@@ -139,7 +142,7 @@ class Registry:
         limit = await self.quotas.limit(name)
         with quota_refusal():
             return await self.index.blobs.mount(
-                name, str(parsed), source, lambda: self.store.exists(parsed), limit
+                name, str(parsed), source, lambda: self.store.exists(parsed), limit, adopt
             )
 
     # -- manifests -------------------------------------------------------

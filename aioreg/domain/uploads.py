@@ -206,10 +206,23 @@ class UploadSessions:
             raise
         return blob
 
+    async def publish(self, name: str, blob: WrittenBlob, writer: UploadWriter) -> None:
+        """Index a verified blob written outside any session (a proxy's fill), within quota.
+
+        The repository's manifests already naming it (cached before it) reference it.
+        """
+        await self._publish(name, blob, writer, None, adopt=True)
+
     # -- how a request ends ------------------------------------------------
 
     async def _publish(
-        self, name: str, blob: WrittenBlob, writer: UploadWriter, upload_id: str | None
+        self,
+        name: str,
+        blob: WrittenBlob,
+        writer: UploadWriter,
+        upload_id: str | None,
+        *,
+        adopt: bool = False,
     ) -> None:
         """Index a placed blob and end its session in one transaction, then drop the temp file.
 
@@ -226,6 +239,7 @@ class UploadSessions:
                 ended_upload=upload_id,
                 place_file=lambda: writer.place(digest),
                 quota_limit=limit,
+                adopt=adopt,
             )
         if upload_id is not None:
             self._writers.pop(upload_id, None)

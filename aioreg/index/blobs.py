@@ -118,6 +118,7 @@ class BlobQueries:
         ended_upload: str | None = None,
         place_file: PlaceFile | None = None,
         quota_limit: int | None = None,
+        adopt: bool = False,
     ) -> None:
         """Record a stored blob (once, registry-wide) and make it visible in ``name``.
 
@@ -127,7 +128,9 @@ class BlobQueries:
         holds the index's write lock, which garbage collection also holds while it
         removes files: a sweep can never take the file of a blob being indexed.
         Past ``quota_limit`` (the namespace's distinct blob bytes) it raises
-        ``QuotaWouldExceed`` and nothing is linked.
+        ``QuotaWouldExceed`` and nothing is linked. With ``adopt``, the repository's
+        manifests stored before this blob (a proxy's) that name it now reference it,
+        in the same transaction: GC never sees the blob linked but unreferenced.
         """
         now = time.time() if now is None else now
         async with self._db.transaction() as db:
@@ -138,7 +141,7 @@ class BlobQueries:
                 "WHERE quarantined_at IS NOT NULL",
                 (blob.digest, blob.size, blob.xxh3_128, now),
             )
-            await _link(db, name, blob.digest, now, quota_limit)
+            await _link(db, name, blob.digest, now, quota_limit, adopt)
             if ended_upload is not None:
                 await db.execute("DELETE FROM uploads WHERE id = ?", (ended_upload,))
             if place_file is not None:
@@ -152,13 +155,14 @@ class BlobQueries:
         source: str | None,
         file_exists: FileExists,
         quota_limit: int | None = None,
+        adopt: bool = False,
     ) -> BlobRow | None:
         """Link a servable blob (in ``source``, if named) into ``name``; None if there is none.
 
         The blob row, its link in the source and ``file_exists()`` are checked
         inside the transaction that links it, under the write lock a garbage
         collection sweep holds: a mount either precedes a sweep (and its fresh
-        link keeps the blob) or finds the blob gone. ``quota_limit`` as in ``link``.
+        link keeps the blob) or finds the blob gone. ``quota_limit``, ``adopt`` as in ``link``.
         """
         now = time.time()
         async with self._db.transaction() as db:
@@ -177,7 +181,7 @@ class BlobQueries:
                 row = await cursor.fetchone()
             if row is None or not await asyncio.to_thread(file_exists):
                 return None
-            await _link(db, name, digest, now, quota_limit)
+            await _link(db, name, digest, now, quota_limit, adopt)
             return BlobRow(*row)
 
     async def unlink(self, name: str, digest: str, *, refuse_if_referenced: bool = False) -> bool:
@@ -213,7 +217,12 @@ class BlobQueries:
 
 
 async def _link(
-    db: aiosqlite.Connection, name: str, digest: str, now: float, quota_limit: int | None
+    db: aiosqlite.Connection,
+    name: str,
+    digest: str,
+    now: float,
+    quota_limit: int | None,
+    adopt: bool = False,
 ) -> None:
     async with within_quota(db, name, quota_limit):
         repo_id = await ensure_repository(db, name, now)
@@ -221,4 +230,12 @@ async def _link(
             "INSERT INTO repository_blobs(repository_id, digest, linked_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
             (repo_id, digest, now),
+        )
+    if adopt:
+        # A manifest references a blob when its body names the digest.
+        await db.execute(
+            "INSERT OR IGNORE INTO manifest_blobs(manifest_id, digest) "
+            "SELECT id, ? FROM manifests WHERE repository_id = ? "
+            "AND instr(body, CAST(? AS BLOB)) > 0",
+            (digest, repo_id, digest),
         )

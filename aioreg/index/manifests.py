@@ -35,8 +35,13 @@ class ManifestQueries:
         now: float,
         *,
         protected_tags: Collection[str] = (),
+        require_references: bool = True,
     ) -> None:
         """Store a manifest and its references, moving ``tags`` to it, in one transaction.
+
+        Without ``require_references`` (a proxy caching an upstream manifest before
+        its blobs) nothing referenced need be stored yet: blobs not stored are
+        recorded once they are (``BlobQueries.link``/``mount`` with ``adopt``).
 
         Every referenced blob must be linked to the repository and every child
         manifest stored in it (else ``MissingReferences``), at the size its
@@ -61,9 +66,12 @@ class ManifestQueries:
                 if existing is not None and existing[0] != digest:
                     raise TagMoveRefused(tag, str(existing[0]))
             blobs = sorted({str(d) for d in manifest.blobs})
-            await _require(db, SERVABLE_LINKED_BLOBS, repo_id, blobs, "blob", manifest.sizes)
             children = sorted({str(d) for d in manifest.children})
-            await _require(db, "manifests WHERE", repo_id, children, "manifest", manifest.sizes)
+            if require_references:
+                await _require(db, SERVABLE_LINKED_BLOBS, repo_id, blobs, "blob", manifest.sizes)
+                await _require(db, "manifests WHERE", repo_id, children, "manifest", manifest.sizes)
+            else:
+                blobs = await _stored(db, blobs)
             cursor = await db.execute(
                 """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
                        subject, annotations, body, pushed_at)
@@ -246,6 +254,19 @@ class ManifestQueries:
             )
             for r in rows
         ]
+
+
+async def _stored(db: aiosqlite.Connection, digests: list[str]) -> list[str]:
+    """Those of ``digests`` that have a blob row (registry-wide)."""
+    found: set[str] = set()
+    for start in range(0, len(digests), 500):
+        batch = digests[start : start + 500]
+        marks = ",".join("?" * len(batch))
+        async with db.execute(
+            f"SELECT digest FROM blobs WHERE digest IN ({marks})", batch
+        ) as cursor:
+            found.update(str(r[0]) for r in await cursor.fetchall())
+    return [d for d in digests if d in found]
 
 
 async def _require(

@@ -91,6 +91,7 @@ class BlobIndex(Protocol):
         ended_upload: str | None = None,
         place_file: PlaceFile | None = None,
         quota_limit: int | None = None,
+        adopt: bool = False,
     ) -> None: ...
 
     async def mount(
@@ -100,6 +101,7 @@ class BlobIndex(Protocol):
         source: str | None,
         file_exists: FileExists,
         quota_limit: int | None = None,
+        adopt: bool = False,
     ) -> BlobRow | None: ...
 
     async def unlink(
@@ -145,6 +147,7 @@ class ManifestIndex(Protocol):
         now: float,
         *,
         protected_tags: Collection[str] = (),
+        require_references: bool = True,
     ) -> None: ...
 
     async def copy(

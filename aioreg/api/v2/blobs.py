@@ -8,6 +8,7 @@ from aiohttp import web
 
 from aioreg.api.errors import error_response
 from aioreg.api.http import registry
+from aioreg.api.v2.proxied import proxied_name, proxies, stream_fill
 from aioreg.api.v2.sendfile import send_file
 from aioreg.domain.registry import StoredBlob
 from aioreg.errors import ErrorCode, RegistryError
@@ -60,10 +61,10 @@ class _Unsatisfiable(Exception):
     """The range starts past the end of the blob."""
 
 
-def _headers(blob: StoredBlob) -> dict[str, str]:
+def blob_headers(digest: str) -> dict[str, str]:
     return {
-        "Docker-Content-Digest": blob.digest,
-        "ETag": f'"{blob.digest}"',
+        "Docker-Content-Digest": digest,
+        "ETag": f'"{digest}"',
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
         "Cache-Control": "max-age=31536000",
@@ -72,8 +73,22 @@ def _headers(blob: StoredBlob) -> dict[str, str]:
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     """GET and HEAD: the same headers, the body only for GET."""
-    blob = await registry(request).blob(request.match_info["name"], request.match_info["digest"])
-    headers = _headers(blob)
+    name, digest = proxied_name(request), request.match_info["digest"]
+    if name is None:
+        return await send_blob(
+            request, await registry(request).blob(request.match_info["name"], digest)
+        )
+    if request.headers.get("Range"):  # from the cache, once the whole blob is there
+        return await send_blob(request, await proxies(request).complete_blob(name, digest))
+    found = await proxies(request).blob(name, digest)
+    if isinstance(found, StoredBlob):
+        return await send_blob(request, found)
+    return await stream_fill(request, found, blob_headers(str(found.digest)))
+
+
+async def send_blob(request: web.Request, blob: StoredBlob) -> web.StreamResponse:
+    """A stored blob, whole or the requested range, from its file."""
+    headers = blob_headers(blob.digest)
     if f'"{blob.digest}"' in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
     try:

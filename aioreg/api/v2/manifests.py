@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 
 from aioreg.api.auth import actor
 from aioreg.api.http import read_limited, registry
+from aioreg.api.v2.proxied import proxied_name, proxies
 from aioreg.errors import TooManyRequestsError
 
 BUDGET_WAIT_SECONDS = 1.0  # how long a PUT waits for room before 429
@@ -58,8 +59,10 @@ MANIFEST_BUDGET_KEY = web.AppKey("manifest_budget", ManifestBudget)
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     """GET and HEAD; only a GET counts as a pull."""
     is_get = request.method == "GET"
-    row = await registry(request).manifest(
-        request.match_info["name"],
+    proxied = proxied_name(request)
+    source = registry(request) if proxied is None else proxies(request)
+    row = await source.manifest(
+        proxied or request.match_info["name"],
         request.match_info["reference"],
         pull=is_get,
         actor=actor(request),

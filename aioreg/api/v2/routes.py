@@ -5,12 +5,11 @@ each route ends in the literal segments that tell them apart; handlers then
 check the name against the spec's grammar (``NAME_INVALID``).
 
 A pull may carry ``?ns=<host>``, the registry the client meant to reach (sent by
-containerd and others to a mirror). A hosted registry ignores it, as the spec
+containerd and others to a mirror). Hosted repositories ignore it, as the spec
 allows: the answer is the same as without it, with no ``OCI-Namespace`` header.
-The proxy feature will route on it here, before the pull handlers (manifests,
-blobs, tags, referrers), and answer ``OCI-Namespace: <host>`` when it used it to
-scope the request; a stale answer it serves then calls
-``aioreg.domain.warnings.warn``.
+When it names the upstream host of a configured proxy, the manifest and blob
+handlers read that proxy's namespace instead (``api/v2/proxied.py``) and answer
+``OCI-Namespace: <host>``; tag lists and referrers do not route on it yet.
 """
 
 from __future__ import annotations

@@ -1,0 +1,80 @@
+"""Pulls through proxy namespaces (``aioreg.proxy``), and the refusal of writes to them.
+
+A pull is proxied when its repository is under a proxy's namespace, or when
+containerd's ``?ns=<host>`` names a configured upstream host (the answer then
+carries ``OCI-Namespace: <host>``). A blob not cached yet streams to the client
+from the shared transfer filling the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+from aioreg.api.errors import Handler
+from aioreg.api.http import registry
+from aioreg.proxy.fill import BlobFill
+from aioreg.proxy.service import Proxies
+
+log = logging.getLogger("aioreg.proxy")
+PROXIES_KEY = web.AppKey("proxies", Proxies)
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def proxies(request: web.Request) -> Proxies:
+    return request.app[PROXIES_KEY]
+
+
+def proxied_name(request: web.Request) -> str | None:
+    """The local repository a pull reads when it goes through a proxy; None if hosted."""
+    return proxies(request).route(request.match_info["name"], request.query.get("ns"))
+
+
+async def add_namespace_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``OCI-Namespace: <host>`` when containerd's ``?ns=`` chose the proxy that answered."""
+    ns = request.query.get("ns")
+    name = request.match_info.get("name")
+    if ns and name and request.method in READ_METHODS and PROXIES_KEY in request.app:
+        routed = proxies(request).route(name, ns)
+        if routed is not None and routed != name:
+            response.headers["OCI-Namespace"] = ns
+
+
+@web.middleware
+async def refuse_proxy_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Uploads, manifest pushes and deletes in a proxy namespace answer 405 UNSUPPORTED."""
+    name = request.match_info.get("name")
+    if name and request.method not in READ_METHODS and request.path.startswith("/v2/"):
+        proxies(request).refuse_write(name)
+    return await handler(request)
+
+
+async def stream_fill(
+    request: web.Request, fill: BlobFill, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A blob not cached yet: the bytes as the shared transfer brings them.
+
+    Past the headers a failure can only show as a short body (the connection
+    closes); the transfer goes on for the cache and the other readers.
+    """
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = fill.size
+    await response.prepare(request)
+    if request.method == "HEAD":
+        await response.write_eof()
+        return response
+    timeout = registry(request).config.server.send_timeout
+    try:
+        async with contextlib.aclosing(fill.follow()) as chunks:
+            async for chunk in chunks:
+                async with asyncio.timeout(timeout):
+                    await response.write(chunk)
+    except Exception as exc:  # the headers are sent: only a short body can say it
+        log.warning("proxied blob %s to a client ended early: %r", fill.digest, exc)
+        response.force_close()
+        return response
+    await response.write_eof()
+    return response

@@ -1,0 +1,1 @@
+"""Pull-through proxy namespaces: read-only local caches of upstream registries."""

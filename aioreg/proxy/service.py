@@ -1,0 +1,267 @@
+"""Pull-through proxy namespaces: what a pull of a proxied repository means.
+
+A proxy namespace (``hub``) stands for an upstream registry; ``hub/alpine`` is
+upstream's ``alpine`` (``library/alpine`` with the prefix ``library``). What is
+fetched is stored byte for byte in the same index and blob store as hosted
+content, in the local repository, so usage, last-pull times, GC and retention
+see it like anything pushed. Tags are revalidated with an upstream HEAD once
+``revalidate_interval`` has passed; digests are content-addressed and never
+revalidated. Blobs are fetched once per digest however many clients ask at
+once (``BlobFill``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aioreg.config import ProxyConfig
+from aioreg.domain.manifest import parse_manifest
+from aioreg.domain.reference import Digest, parse_reference, validate_name
+from aioreg.domain.registry import Registry, StoredBlob
+from aioreg.domain.warnings import warn
+from aioreg.errors import ErrorCode, RegistryError, TooLargeError
+from aioreg.index import ManifestRow
+from aioreg.proxy.fill import BlobFill
+from aioreg.proxy.upstream import Upstream, UpstreamError
+from aioreg.storage import UploadWriter, WrittenBlob
+
+log = logging.getLogger("aioreg.proxy")
+
+# Every manifest type a registry may hold; the upstream picks what it has.
+MANIFEST_ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """One configured proxy and its upstream client."""
+
+    config: ProxyConfig
+    upstream: Upstream
+
+    def upstream_name(self, name: str) -> str:
+        """The upstream repository of local ``name`` (``hub/alpine`` → ``library/alpine``)."""
+        return self.upstream.repository(name.split("/", 1)[1])
+
+
+class Proxies:
+    """Every configured proxy; the API asks ``route`` first, then the pull verbs."""
+
+    def __init__(self, registry: Registry, configs: list[ProxyConfig]) -> None:
+        self.registry = registry
+        self._by_namespace = {c.namespace: Proxy(c, Upstream(c)) for c in configs}
+        self._by_host = {p.config.upstream_host: p for p in self._by_namespace.values()}
+        self._checked: dict[tuple[str, str], float] = {}  # (name, tag) -> last upstream check
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._fills: dict[str, BlobFill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        for proxy in self._by_namespace.values():
+            await proxy.upstream.open()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for proxy in self._by_namespace.values():
+            await proxy.upstream.close()
+
+    # -- routing -----------------------------------------------------------
+
+    def proxy_of(self, name: str) -> Proxy | None:
+        """The proxy whose namespace ``name`` is under, if any."""
+        namespace, sep, _ = name.partition("/")
+        return self._by_namespace.get(namespace) if sep else None
+
+    def route(self, name: str, ns: str | None) -> str | None:
+        """The local name a pull of ``name`` (with containerd's ``?ns=``) reads, if proxied.
+
+        ``hub/alpine`` is proxied as it is; ``library/alpine?ns=docker.io`` is
+        ``hub/library/alpine`` when ``hub``'s upstream is docker.io.
+        """
+        if self.proxy_of(name) is not None:
+            return name
+        if ns:
+            proxy = self._by_host.get(ns) or self._by_host.get(_hub_alias(ns))
+            if proxy is not None:
+                return f"{proxy.config.namespace}/{name}"
+        return None
+
+    def refuse_write(self, name: str) -> None:
+        """Proxy namespaces are read-only: writes get UNSUPPORTED (405)."""
+        if self.proxy_of(name) is not None:
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED,
+                f"{name} is in proxy namespace {name.partition('/')[0]}, which is read-only",
+            )
+
+    def _proxy(self, name: str) -> Proxy:
+        validate_name(name)
+        proxy = self.proxy_of(name)
+        assert proxy is not None, "route() first"
+        return proxy
+
+    # -- manifests ---------------------------------------------------------
+
+    async def manifest(
+        self, name: str, reference: str, *, pull: bool, actor: str | None = None
+    ) -> ManifestRow:
+        """The manifest from cache while fresh, else from upstream (then cached)."""
+        proxy = self._proxy(name)
+        try:
+            ref: str | Digest = parse_reference(reference)
+        except RegistryError:
+            return await self.registry.manifest(name, reference, pull=pull, actor=actor)
+        async with self._lock(name, str(ref)):
+            if isinstance(ref, Digest):
+                if await self.registry.index.manifests.by_digest(name, str(ref)) is None:
+                    await self._fetch_manifest(proxy, name, str(ref), None, None)
+            else:
+                await self._refresh_tag(proxy, name, ref)
+        return await self.registry.manifest(name, reference, pull=pull, actor=actor)
+
+    async def _refresh_tag(self, proxy: Proxy, name: str, tag: str) -> None:
+        cached = await self.registry.index.manifests.by_tag(name, tag)
+        checked = self._checked.get((name, tag), float("-inf"))
+        if cached is not None and time.monotonic() - checked < proxy.config.revalidate_interval:
+            return
+        try:
+            digest = await self._upstream_digest(proxy, name, tag)
+            if cached is None or digest != cached.digest:
+                await self._fetch_manifest(proxy, name, digest or tag, tag, digest)
+        except UpstreamError as exc:
+            if cached is None or exc.not_found or not proxy.config.serve_stale:
+                raise _client_error(exc, f"manifest {tag} of {name}") from exc
+            log.warning("serving cached %s:%s: %s", name, tag, exc.error.message)
+            warn(f"{name}:{tag} is served from cache; the upstream failed: {exc.error.message}")
+            return
+        self._checked[(name, tag)] = time.monotonic()
+
+    async def _upstream_digest(self, proxy: Proxy, name: str, tag: str) -> str | None:
+        repository = proxy.upstream_name(name)
+        async with proxy.upstream.request(
+            "HEAD", repository, f"manifests/{tag}", MANIFEST_ACCEPT
+        ) as response:
+            return response.headers.get("Docker-Content-Digest")
+
+    async def _fetch_manifest(
+        self, proxy: Proxy, name: str, reference: str, tag: str | None, expected: str | None
+    ) -> None:
+        """GET a manifest upstream and store its exact bytes (``tag`` moved to it)."""
+        repository = proxy.upstream_name(name)
+        limit = self.registry.config.limits.manifest_max_bytes
+        try:
+            async with proxy.upstream.request(
+                "GET", repository, f"manifests/{reference}", MANIFEST_ACCEPT
+            ) as response:
+                if (response.content_length or 0) > limit:
+                    raise TooLargeError(f"upstream manifest is over {limit} bytes", limit)
+                body = await response.content.read(limit + 1)
+                content_type = response.content_type
+        except UpstreamError as exc:
+            if exc.not_found and tag is None:
+                raise _client_error(exc, f"manifest {reference} of {name}") from exc
+            raise
+        if len(body) > limit:
+            raise TooLargeError(f"upstream manifest is over {limit} bytes", limit)
+        wanted = expected or (reference if tag is None else None)
+        algorithm = Digest.parse(wanted).algorithm if wanted else "sha256"
+        manifest = parse_manifest(body, content_type, algorithm)
+        if wanted is not None and str(manifest.digest) != wanted:
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE,
+                f"upstream sent a manifest of digest {manifest.digest} for {wanted}",
+            )
+        await self.registry.index.manifests.put(
+            name, manifest, body, [tag] if tag else [], time.time(), require_references=False
+        )
+
+    # -- blobs ---------------------------------------------------------------
+
+    async def blob(self, name: str, digest: str) -> StoredBlob | BlobFill:
+        """The cached blob, or the (shared) transfer bringing it, once its size is known."""
+        proxy = self._proxy(name)
+        parsed = Digest.parse(digest)
+        with contextlib.suppress(RegistryError):
+            return await self.registry.blob(name, digest)
+        if await self.registry.mount_blob(name, str(parsed), None, adopt=True) is not None:
+            return await self.registry.blob(name, digest)
+        fill = self._fills.get(str(parsed))
+        if fill is None:
+            fill = self._start_fill(proxy, name, parsed)
+        await fill.started.wait()
+        if fill.finished.is_set() and not fill.succeeded:
+            raise fill.failure()
+        return fill
+
+    async def complete_blob(self, name: str, digest: str) -> StoredBlob:
+        """The blob once cached (a Range request waits for the whole transfer)."""
+        found = await self.blob(name, digest)
+        if isinstance(found, BlobFill):
+            await found.finished.wait()
+            if not found.succeeded:
+                raise found.failure()
+            return await self.registry.blob(name, digest)
+        return found
+
+    def _start_fill(self, proxy: Proxy, name: str, digest: Digest) -> BlobFill:
+        fill = BlobFill(digest, proxy.upstream_name(name))
+        key = str(digest)
+
+        async def publish(blob: WrittenBlob, writer: UploadWriter) -> None:
+            await self.registry.uploads.publish(name, blob, writer)
+
+        async def run() -> None:
+            try:
+                await fill.run(
+                    proxy.upstream,
+                    self.registry.store,
+                    publish,
+                    self.registry.config.storage.write_buffer_bytes,
+                    proxy.config.max_bytes,
+                )
+            finally:
+                self._fills.pop(key, None)
+
+        self._fills[key] = fill
+        task = asyncio.get_running_loop().create_task(run(), name=f"proxy fill {key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, name: str, reference: str) -> AsyncIterator[None]:
+        """Concurrent pulls of one manifest ask upstream once."""
+        key = (name, reference)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]
+
+
+def _client_error(exc: UpstreamError, what: str) -> RegistryError:
+    if exc.not_found:
+        return RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"{what} is not upstream")
+    return exc.error
+
+
+def _hub_alias(host: str) -> str:
+    """containerd says ``docker.io`` for Docker Hub, whose registry is registry-1.docker.io."""
+    return "registry-1.docker.io" if host == "docker.io" else host
