@@ -74,8 +74,10 @@ async def test_a_manifest_body_is_cached_once_however_many_tags_name_it(
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    # Thirteen cached lookups, one body: well under two copies of it.
-    assert held < 2 * len(body), held
+    # Thirteen cached lookups, one body. A copy per tag would hold 13 of them; besides
+    # the cached one, a transient copy may still sit in a socket buffer on a loaded
+    # machine (seen in CI), so the bound is three, far below thirteen.
+    assert held < 3 * len(body), held
     assert reg.registry.index.cache.bytes < 2 * len(body)
 
 
