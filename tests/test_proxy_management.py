@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,14 @@ async def manifest_status(reg: Reg, name: str, tag: str) -> tuple[int, list[str]
         return resp.status, ([] if resp.status == 200 else error_codes(json.loads(body)))
 
 
-async def until(check: object, want: object, timeout: float = 20.0) -> None:
+async def until(
+    check: Callable[[], Awaitable[object]], want: object, timeout: float = 20.0
+) -> None:
     """Poll ``check()`` until it returns ``want``; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     got = None
     while time.monotonic() < deadline:
-        got = await check()  # type: ignore[operator]
+        got = await check()
         if got == want:
             return
         await asyncio.sleep(0.1)
