@@ -245,3 +245,20 @@ async def test_proxy_management_is_for_registry_wide_admins(
     assert status == 201, text
     status, text = await api(reg, "GET", "/proxies", ADMIN)
     assert [p["source"] for p in json.loads(text)["proxies"]] == ["config", "api"]
+
+
+async def test_cli_debug_log_never_carries_the_password(tmp_path: Path) -> None:
+    """aiosqlite's DEBUG records hold statement parameters: the CLI keeps them out."""
+    code, out, err = await cli(
+        tmp_path / "d",
+        "add",
+        "hub",
+        "http://127.0.0.1:9",
+        "--password-stdin",
+        "--log-level",
+        "DEBUG",
+        stdin=SECRET + "\n",
+    )
+    assert code == 0, err
+    assert "added proxy hub" in out and "DEBUG" in err
+    assert SECRET not in out + err

@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=logcontext.LOG_FORMAT,
         stream=sys.stderr,
     )
+    # aiosqlite's DEBUG records carry statement parameters (proxy passwords, token hashes).
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         config = load_config(args.config, overrides=_cli_overrides(args))
         check_data_dir(config.data_path)
