@@ -269,22 +269,33 @@ PROXY_NAMESPACE_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 
 
 def _validate_proxies(config: Config) -> None:
-    """Each proxy needs a namespace of its own, an http(s) upstream, at most one password source."""
+    """Each proxy needs a namespace of its own (and must pass ``validate_proxy``)."""
     seen: set[str] = set()
     for proxy in config.proxy:
-        where = f"proxy {proxy.namespace!r}"
-        if not PROXY_NAMESPACE_RE.fullmatch(proxy.namespace):
-            raise ConfigError(f"{where}: namespace must be one lowercase path component")
+        validate_proxy(proxy)
         if proxy.namespace in seen:
-            raise ConfigError(f"{where}: namespace is configured twice")
+            raise ConfigError(f"proxy {proxy.namespace!r}: namespace is configured twice")
         seen.add(proxy.namespace)
-        if not re.fullmatch(r"https?://[^/\s@]+/?", proxy.upstream):
-            # No user:password@ in it (URLs are logged): credentials have their own options.
-            raise ConfigError(f"{where}: upstream must be http(s)://host[:port]")
-        if sum(map(bool, (proxy.password, proxy.password_env, proxy.password_file))) > 1:
-            raise ConfigError(f"{where}: give one of password, password_env, password_file")
-        if proxy.upstream_prefix.strip("/") != proxy.upstream_prefix:
-            raise ConfigError(f"{where}: upstream_prefix must not start or end with /")
+
+
+def validate_proxy(proxy: ProxyConfig) -> None:
+    """One namespace component, an http(s) upstream, at most one password source.
+
+    Shared by the config file and proxies added through ``/api/v1`` or the CLI.
+    """
+    where = f"proxy {proxy.namespace!r}"
+    if not PROXY_NAMESPACE_RE.fullmatch(proxy.namespace):
+        raise ConfigError(f"{where}: namespace must be one lowercase path component")
+    if not re.fullmatch(r"https?://[^/\s@]+/?", proxy.upstream):
+        # No user:password@ in it (URLs are logged): credentials have their own options.
+        raise ConfigError(f"{where}: upstream must be http(s)://host[:port]")
+    if sum(map(bool, (proxy.password, proxy.password_env, proxy.password_file))) > 1:
+        raise ConfigError(f"{where}: give one of password, password_env, password_file")
+    if proxy.upstream_prefix.strip("/") != proxy.upstream_prefix:
+        raise ConfigError(f"{where}: upstream_prefix must not start or end with /")
+    for option in ("revalidate_interval", "connect_timeout", "read_timeout"):
+        if not math.isfinite(getattr(proxy, option)):
+            raise ConfigError(f"{where}: {option} must be finite")
 
 
 def _refuse_infinite(config: Config) -> None:

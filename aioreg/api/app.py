@@ -70,6 +70,8 @@ class InFlight:
 
 
 IN_FLIGHT_KEY = web.AppKey("in_flight", InFlight)
+# How soon a running server sees proxies another process (`aioreg proxy`) added or removed.
+PROXY_RELOAD_SECONDS = 2.0
 
 
 def create_app(config: Config) -> web.Application:
@@ -101,6 +103,7 @@ def create_app(config: Config) -> web.Application:
         await registry.open()
         await auth.open()
         await proxies.open()
+        await proxies.reload()
         schedules = [
             PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
             PeriodicJob(
@@ -109,6 +112,8 @@ def create_app(config: Config) -> web.Application:
                 management.retention.apply,
                 log_result=True,
             ),
+            # Proxies added or removed by another process (the CLI).
+            PeriodicJob("proxy definitions", PROXY_RELOAD_SECONDS, proxies.reload),
         ]
         for job in schedules:
             job.start()

@@ -1,4 +1,4 @@
-"""Command line: ``aioreg serve|scrub|check``, accounts and repository lifecycle."""
+"""Command line: ``aioreg serve|scrub|check``, accounts, repository lifecycle, proxies."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from aioreg import __version__, logcontext
-from aioreg.cli import accounts, cleanup, maintenance, repositories, serve
+from aioreg.cli import accounts, cleanup, maintenance, proxies, repositories, serve
 from aioreg.cli.command import handler_of
 from aioreg.cli.output import until_reader_leaves
 from aioreg.config import ConfigError, check_data_dir, load_config
 
-GROUPS = (serve, maintenance, accounts, repositories, cleanup)
+GROUPS = (serve, maintenance, accounts, repositories, proxies, cleanup)
 """Command group modules, in the order ``aioreg --help`` lists their commands."""
 
 
@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=logcontext.LOG_FORMAT,
         stream=sys.stderr,
     )
+    # aiosqlite's DEBUG records carry statement parameters (proxy passwords, token hashes).
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         config = load_config(args.config, overrides=_cli_overrides(args))
         check_data_dir(config.data_path)

@@ -1,13 +1,14 @@
 """The operations behind /api/v1 and the CLI, one object per noun.
 
 Both hold one ``Management`` built over a ``Registry``; each operation lives on
-its noun: ``listings``, ``repositories``, ``gc``, ``retention``.
+its noun: ``listings``, ``repositories``, ``gc``, ``retention``, ``proxies``.
 """
 
 from __future__ import annotations
 
 from aioreg.domain.gc import GarbageCollector
 from aioreg.domain.listings import Listings
+from aioreg.domain.proxies import ProxyDefinitions
 from aioreg.domain.registry import Registry
 from aioreg.domain.repositories import Repositories
 from aioreg.domain.retention import Retention
@@ -20,3 +21,4 @@ class Management:
         self.repositories = Repositories(registry)
         self.gc = GarbageCollector(registry)
         self.retention = Retention(registry)
+        self.proxies = ProxyDefinitions(registry, self.repositories)

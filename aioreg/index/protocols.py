@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from aioreg.config import ProxyConfig
 from aioreg.domain.manifest import ParsedManifest
 from aioreg.index.blobs import FileExists, PlaceFile
 from aioreg.index.gc import RemoveFile
@@ -306,6 +307,16 @@ class RetentionIndex(Protocol):
     async def policies(self) -> dict[str, dict[str, object]]: ...
 
 
+class ProxyIndex(Protocol):
+    """Proxy definitions added through /api/v1 or the CLI (the config file's are not here)."""
+
+    async def all(self) -> list[ProxyConfig]: ...
+
+    async def add(self, proxy: ProxyConfig, now: float) -> bool: ...
+
+    async def remove(self, namespace: str) -> bool: ...
+
+
 class GcIndex(Protocol):
     """Garbage collection's mark and sweep."""
 
@@ -351,6 +362,9 @@ class IndexProtocol(Protocol):
 
     @property
     def gc(self) -> GcIndex: ...
+
+    @property
+    def proxies(self) -> ProxyIndex: ...
 
     @property
     def schema_version(self) -> int: ...

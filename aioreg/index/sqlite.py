@@ -14,6 +14,7 @@ from aioreg.index.database import Database
 from aioreg.index.gc import GcQueries
 from aioreg.index.listings import ListingQueries
 from aioreg.index.manifests import ManifestQueries
+from aioreg.index.proxies import ProxyQueries
 from aioreg.index.repositories import RepositoryQueries
 from aioreg.index.retention import RetentionQueries
 from aioreg.index.uploads import UploadQueries
@@ -49,6 +50,7 @@ class Index:
         self.listings = ListingQueries(self.db)
         self.retention = RetentionQueries(self.db)
         self.gc = GcQueries(self.db)
+        self.proxies = ProxyQueries(self.db)
         self._flusher = PeriodicJob("pull flush", PULL_FLUSH_SECONDS, self.activity.flush)
 
     @property

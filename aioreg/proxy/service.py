@@ -62,6 +62,7 @@ class Proxies:
 
     def __init__(self, registry: Registry, configs: list[ProxyConfig]) -> None:
         self.registry = registry
+        self._configured = configs
         self._by_namespace = {c.namespace: Proxy(c, Upstream(c)) for c in configs}
         self._by_host = {p.config.upstream_host: p for p in self._by_namespace.values()}
         self._checked: dict[tuple[str, str], float] = {}  # (name, tag) -> last upstream check
@@ -72,6 +73,39 @@ class Proxies:
     async def open(self) -> None:
         for proxy in self._by_namespace.values():
             await proxy.upstream.open()
+
+    async def reload(self) -> None:
+        """Take up the proxies stored in the index (``/api/v1``, the CLI) beside the config's.
+
+        Run after this process changes them, and every few seconds for other
+        processes' changes. A changed or removed definition's upstream client is
+        closed (a transfer through it fails and caches nothing); the rest are kept.
+        """
+        taken = {c.namespace for c in self._configured}
+        stored = [c for c in await self.registry.index.proxies.all() if c.namespace not in taken]
+        wanted = {c.namespace: c for c in [*self._configured, *stored]}
+        current = self._by_namespace
+        if {n: p.config for n, p in current.items()} == wanted:
+            return
+        kept = {n: p for n, p in current.items() if wanted.get(n) == p.config}
+        added: dict[str, Proxy] = {}
+        for namespace, config in wanted.items():
+            if namespace not in kept:
+                proxy = Proxy(config, Upstream(config))
+                try:
+                    await proxy.upstream.open()
+                except OSError as exc:  # its password_file: unreadable, tried again next time
+                    log.warning("proxy %s is not usable: %s", namespace, exc.strerror)
+                    continue
+                added[namespace] = proxy
+        self._by_namespace = {**kept, **added}
+        self._by_host = {p.config.upstream_host: p for p in self._by_namespace.values()}
+        for namespace, proxy in current.items():
+            if namespace not in kept:
+                log.info("proxy %s is no longer defined as it was; closing its upstream", namespace)
+                await proxy.upstream.close()
+        for namespace in added:
+            log.info("proxy %s -> %s is defined", namespace, wanted[namespace].upstream)
 
     async def close(self) -> None:
         for task in list(self._tasks):

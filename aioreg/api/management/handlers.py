@@ -30,6 +30,9 @@ from aioreg.api.management.schemas import (
     LayerList,
     NamespaceList,
     PolicyList,
+    Proxy,
+    ProxyList,
+    ProxyRequest,
     QuotaRequest,
     RemovalItem,
     RepositoryDetail,
@@ -42,6 +45,7 @@ from aioreg.api.management.schemas import (
     Usage,
     UsageReport,
 )
+from aioreg.api.v2.proxied import proxies
 from aioreg.auth.service import AuthError, Identity
 from aioreg.domain.management import Management
 from aioreg.errors import ErrorCode, RegistryError
@@ -325,3 +329,33 @@ async def delete_deprecation(request: web.Request) -> web.StreamResponse:
     await _require(request, name, "delete")
     await _management(request).repositories.set_deprecation(name, None, tag)
     return _json(Deprecation(name, None, tag))
+
+
+async def list_proxies(request: web.Request) -> web.StreamResponse:
+    """Every proxy, the config file's and the added ones; credentials never leave."""
+    await _require(request, None, "pull")
+    definitions = await _management(request).proxies.all()
+    return _json(ProxyList([Proxy.from_domain(d) for d in definitions]))
+
+
+async def add_proxy(request: web.Request) -> web.StreamResponse:
+    await _require(request, None, "delete")
+    body = await _body(request, ProxyRequest)
+    definition = await _management(request).proxies.add(body)
+    await proxies(request).reload()
+    return _json(Proxy.from_domain(definition), status=201)
+
+
+async def remove_proxy(request: web.Request) -> web.StreamResponse:
+    await _require(request, None, "delete")
+    namespace = request.match_info["namespace"]
+    await _management(request).proxies.remove(namespace)
+    await proxies(request).reload()
+    return _json(Deleted([namespace]))
+
+
+async def purge_proxy(request: web.Request) -> web.StreamResponse:
+    """Drop a proxy's cached repositories from the index; GC frees their blobs."""
+    actor = await _require(request, None, "delete")
+    removed = await _management(request).proxies.purge(request.match_info["namespace"], actor)
+    return _json(Deleted(removed))

@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from aioreg.api.management.handlers import (
+    add_proxy,
     copy_artifact,
     delete_artifact,
     delete_deprecation,
@@ -27,10 +28,13 @@ from aioreg.api.management.handlers import (
     get_repository,
     get_usage,
     list_namespaces,
+    list_proxies,
     list_repositories,
+    purge_proxy,
     put_deprecation,
     put_policy,
     put_quota,
+    remove_proxy,
     retention_run,
     run_gc,
     search,
@@ -48,6 +52,9 @@ from aioreg.api.management.schemas import (
     LayerList,
     NamespaceList,
     PolicyList,
+    Proxy,
+    ProxyList,
+    ProxyRequest,
     QuotaRequest,
     RepositoryDetail,
     RepositoryPage,
@@ -239,6 +246,32 @@ ENDPOINTS: list[Endpoint] = [
         retention_run,
         "Preview or apply retention (admin)",
         RetentionResult,
+    ),
+    Endpoint(
+        "GET", "/proxies", list_proxies, "Proxies, without their credentials (admin)", ProxyList
+    ),
+    Endpoint(
+        "POST",
+        "/proxies",
+        add_proxy,
+        "Add a pull-through proxy namespace (admin)",
+        Proxy,
+        ProxyRequest,
+        201,
+    ),
+    Endpoint(
+        "DELETE",
+        "/proxies/{namespace}",
+        remove_proxy,
+        "Remove a proxy added through the API or CLI (admin)",
+        Deleted,
+    ),
+    Endpoint(
+        "POST",
+        "/proxies/{namespace}/purge",
+        purge_proxy,
+        "Delete a proxy's cached repositories; GC then frees their blobs (admin)",
+        Deleted,
     ),
     Endpoint("GET", "/openapi.json", openapi, "This document", None),
 ]

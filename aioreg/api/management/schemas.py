@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
+from aioreg.config import ProxyConfig
 from aioreg.domain.repositories import DEPRECATION_MESSAGE_MAX
 from aioreg.domain.retention import RetentionPolicy as DomainPolicy
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from aioreg.domain.listings import LayerDetail as DomainLayer
     from aioreg.domain.listings import RepositoryDetail as DomainRepository
     from aioreg.domain.listings import TagDetail as DomainTag
+    from aioreg.domain.proxies import ProxyDefinition
     from aioreg.domain.retention import Removal
     from aioreg.index import Event as EventRow
     from aioreg.index import RepositorySummary as SummaryRow
@@ -302,3 +304,47 @@ class Deprecation(msgspec.Struct, omit_defaults=True):
 
 class Empty(msgspec.Struct):
     pass
+
+
+# A proxy added through the API is exactly a ``[[proxy]]`` entry of the config file:
+# the same type validates both (types, bounds, unknown fields refused).
+ProxyRequest = ProxyConfig
+
+
+class Proxy(msgspec.Struct):
+    """A proxy as listed: every setting but the credentials, of which only whether one is set."""
+
+    namespace: str
+    upstream: str
+    source: str  # "config" (only the config file changes it) or "api" (added by API or CLI)
+    username: str
+    password_set: bool
+    upstream_prefix: str
+    revalidate_interval: float
+    serve_stale: bool
+    max_bytes: int
+    connect_timeout: float
+    read_timeout: float
+    max_connections: int
+
+    @classmethod
+    def from_domain(cls, definition: ProxyDefinition) -> Proxy:
+        c = definition.config
+        return cls(
+            c.namespace,
+            c.upstream,
+            definition.source,
+            c.username,
+            definition.password_set,
+            c.upstream_prefix,
+            c.revalidate_interval,
+            c.serve_stale,
+            c.max_bytes,
+            c.connect_timeout,
+            c.read_timeout,
+            c.max_connections,
+        )
+
+
+class ProxyList(msgspec.Struct):
+    proxies: list[Proxy]
