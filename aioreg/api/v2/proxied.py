@@ -33,6 +33,14 @@ def proxied_name(request: web.Request) -> str | None:
     return proxies(request).route(request.match_info["name"], request.query.get("ns"))
 
 
+def authorised_name(request: web.Request, name: str) -> str:
+    """The repository whose access rules a request answers to: a pull routed by ``?ns=``
+    into a proxy namespace is checked there (``hub/library/alpine``), not on the URL's name."""
+    if request.method in READ_METHODS and request.query.get("ns") and PROXIES_KEY in request.app:
+        return proxies(request).route(name, request.query["ns"]) or name
+    return name
+
+
 async def add_namespace_header(request: web.Request, response: web.StreamResponse) -> None:
     """``OCI-Namespace: <host>`` when containerd's ``?ns=`` chose the proxy that answered."""
     ns = request.query.get("ns")

@@ -1,0 +1,53 @@
+"""Proxy namespaces behave like hosted ones where the issue says so: access control on the
+routed namespace, management writes refused, HEAD without a download, listings from upstream,
+and revalidation times that survive a restart. Real aioreg upstreams on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aioreg.auth.accounts import Accounts
+from tests.conftest import AppFactory, Reg, error_codes
+from tests.test_auth import ADMIN_PASSWORD, basic
+from tests.test_proxy import get_bytes, proxy_entry, push_multiarch
+
+
+async def auth_proxy(make_registry: AppFactory, path: Path, upstream: Reg) -> Reg:
+    """A proxy with auth on: ``hub`` (the proxy namespace) private to alice, and a public
+    hosted ``library`` namespace owned by bob, whose name is what ``?ns=`` URLs carry."""
+    proxy = await make_registry(
+        path,
+        auth={"enabled": True, "admin_password": ADMIN_PASSWORD},
+        proxy=[proxy_entry(upstream)],
+    )
+    accounts = Accounts(proxy.registry.index)
+    await accounts.add_user("alice", "alice-pw")
+    await accounts.add_user("bob", "bob-pw")
+    await accounts.create_namespace("hub", "alice")
+    await accounts.create_namespace("library", "bob", "public")
+    return proxy
+
+
+async def test_ns_pulls_are_authorised_on_the_routed_proxy_namespace(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    upstream = await make_registry(tmp_path / "up")
+    index, _ = await push_multiarch(upstream, "library/alpine", "3.20")
+    proxy = await auth_proxy(make_registry, tmp_path / "px", upstream)
+    host = f"127.0.0.1:{upstream.server.port}"
+    path = f"/v2/library/alpine/manifests/3.20?ns={host}"
+    status, body, _ = await get_bytes(proxy, path, headers=basic("alice", "alice-pw"))
+    assert (status, body) == (200, index)
+    # bob may pull the hosted library/* but not the proxy namespace the request goes to.
+    async with proxy.client.get(path, headers=basic("bob", "bob-pw")) as resp:
+        assert resp.status == 403
+        assert error_codes(await resp.json()) == ["DENIED"]
+    async with proxy.client.get(path) as resp:
+        assert resp.status == 401
+        assert 'scope="repository:hub/library/alpine:pull"' in resp.headers["WWW-Authenticate"]
+    # A token for the routed repository is what lets a client through.
+    params = {"service": "aioreg", "scope": "repository:hub/library/alpine:pull"}
+    async with proxy.client.get("/token", params=params, headers=basic("alice", "alice-pw")) as r:
+        token = (await r.json())["token"]
+    status, body, _ = await get_bytes(proxy, path, headers={"Authorization": f"Bearer {token}"})
+    assert (status, body) == (200, index)
