@@ -4,11 +4,13 @@ and revalidation times that survive a restart. Real aioreg upstreams on loopback
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from aioreg.auth.accounts import Accounts
 from tests.conftest import AppFactory, Reg, error_codes
 from tests.test_auth import ADMIN_PASSWORD, basic
+from tests.test_management import api
 from tests.test_proxy import get_bytes, proxy_entry, push_multiarch
 
 
@@ -50,4 +52,41 @@ async def test_ns_pulls_are_authorised_on_the_routed_proxy_namespace(
     async with proxy.client.get("/token", params=params, headers=basic("alice", "alice-pw")) as r:
         token = (await r.json())["token"]
     status, body, _ = await get_bytes(proxy, path, headers={"Authorization": f"Bearer {token}"})
+    assert (status, body) == (200, index)
+
+
+async def test_management_writes_to_a_proxy_namespace_are_405_but_purges_work(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    """Copies into a proxy namespace and deprecations are refused like /v2 writes; deleting
+    cached artifacts or repositories purges the cache (as Harbor allows), and the next pull
+    fetches them again."""
+    upstream = await make_registry(tmp_path / "up")
+    index, children = await push_multiarch(upstream, "library/alpine", "3.20")
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    await proxy.push_image("team/app", "v1")
+    assert (await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20"))[0] == 200
+    copy = {"source": "team/app", "reference": "v1", "tag": "v1"}
+    message = {"message": "old"}
+    for method, path, kwargs in [
+        ("POST", "/repositories/hub/alpine/-/copy", {"json": copy}),
+        ("PUT", "/repositories/hub/alpine/-/deprecation", {"json": message}),
+        ("DELETE", "/repositories/hub/alpine/-/deprecation", {}),
+        ("PUT", "/repositories/hub/alpine/-/tags/3.20/deprecation", {"json": message}),
+        ("DELETE", "/repositories/hub/alpine/-/tags/3.20/deprecation", {}),
+    ]:
+        assert error_codes(await api(proxy, method, path, 405, **kwargs)) == ["UNSUPPORTED"]
+    # Copying out of the cache into a hosted namespace is a hosted write.
+    out = {"source": "hub/alpine", "reference": "3.20", "tag": "pinned"}
+    await api(proxy, "POST", "/repositories/team/alpine/-/copy", 201, json=out)
+    # Purging: the artifact, then the whole repository; pulls fetch them again.
+    child = json.loads(index)["manifests"][0]["digest"]
+    assert (await get_bytes(proxy, f"/v2/hub/alpine/manifests/{child}"))[0] == 200
+    await api(proxy, "DELETE", f"/repositories/hub/alpine/-/artifacts/{child}")
+    assert await proxy.registry.index.manifests.by_digest("hub/alpine", child) is None
+    status, body, _ = await get_bytes(proxy, f"/v2/hub/alpine/manifests/{child}")
+    assert (status, body) == (200, children[0])
+    await api(proxy, "DELETE", "/repositories/hub/alpine")
+    assert await proxy.registry.index.manifests.by_tag("hub/alpine", "3.20") is None
+    status, body, _ = await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20")
     assert (status, body) == (200, index)

@@ -51,11 +51,28 @@ async def add_namespace_header(request: web.Request, response: web.StreamRespons
             response.headers["OCI-Namespace"] = ns
 
 
+def _purges_cache(request: web.Request) -> bool:
+    """``/api/v1`` deletes of a repository or an artifact purge cached content, as Harbor
+    lets a proxy cache project's artifacts be deleted; the next pull fetches them again.
+    Deprecations are settings on content the upstream owns, so they are refused."""
+    return (
+        request.method == "DELETE"
+        and request.path.startswith("/api/v1/")
+        and not request.path.endswith("/deprecation")
+    )
+
+
 @web.middleware
 async def refuse_proxy_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Uploads, manifest pushes and deletes in a proxy namespace answer 405 UNSUPPORTED."""
+    """Uploads, pushes, deletes, copies into and deprecations in a proxy namespace answer
+    405 UNSUPPORTED, in /v2 and /api/v1 alike; only /api/v1 purges of cached content pass."""
     name = request.match_info.get("name")
-    if name and request.method not in READ_METHODS and request.path.startswith("/v2/"):
+    if (
+        name
+        and request.method not in READ_METHODS
+        and request.path.startswith(("/v2/", "/api/v1/"))
+        and not _purges_cache(request)
+    ):
         proxies(request).refuse_write(name)
     return await handler(request)
 
