@@ -4,14 +4,29 @@ and revalidation times that survive a restart. Real aioreg upstreams on loopback
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
 from pathlib import Path
 
+import pytest
+
 from aioreg.auth.accounts import Accounts
-from tests.conftest import AppFactory, Reg, error_codes
+from aioreg.domain.reference import Digest
+from tests.conftest import AppFactory, Reg, digest_of, error_codes
 from tests.test_auth import ADMIN_PASSWORD, basic
 from tests.test_management import api
-from tests.test_proxy import get_bytes, proxy_entry, push_multiarch
+from tests.test_proxy import get_bytes, proxy_entry, push_multiarch, upstream_blob_gets
+
+
+async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Wait until an access-log line holds ``text`` (the upstream logs after it answered)."""
+    for _ in range(500):
+        if any(text in r.getMessage() for r in caplog.records if r.name == "aioreg.access"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no access-log line with {text!r}")
 
 
 async def auth_proxy(make_registry: AppFactory, path: Path, upstream: Reg) -> Reg:
@@ -90,3 +105,30 @@ async def test_management_writes_to_a_proxy_namespace_are_405_but_purges_work(
     assert await proxy.registry.index.manifests.by_tag("hub/alpine", "3.20") is None
     status, body, _ = await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20")
     assert (status, body) == (200, index)
+
+
+async def test_head_of_an_uncached_blob_asks_upstream_without_downloading(
+    make_registry: AppFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aioreg.access")
+    upstream = await make_registry(tmp_path / "up", server={"access_log": True})
+    blob = os.urandom(200_000)
+    digest = await upstream.push_blob("library/h", blob)
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    async with proxy.client.head(f"/v2/hub/h/blobs/{digest}") as resp:
+        assert resp.status == 200
+        assert resp.content_length == len(blob)
+        assert resp.headers["Docker-Content-Digest"] == digest
+    await logged(caplog, f"HEAD /v2/library/h/blobs/{digest}")
+    assert upstream_blob_gets(caplog, "library/h", digest) == []
+    assert not proxy.registry.store.exists(Digest.parse(digest))
+    async with proxy.client.head(f"/v2/hub/h/blobs/{digest_of(b'nowhere')}") as resp:
+        assert resp.status == 404
+    # A GET then fills the cache, and HEADs are answered from it.
+    status, body, _ = await get_bytes(proxy, f"/v2/hub/h/blobs/{digest}")
+    assert (status, body) == (200, blob)
+    await logged(caplog, f"GET /v2/library/h/blobs/{digest}")
+    assert len(upstream_blob_gets(caplog, "library/h", digest)) == 1
+    await upstream.server.stop()
+    async with proxy.client.head(f"/v2/hub/h/blobs/{digest}") as resp:
+        assert resp.status == 200 and resp.content_length == len(blob)

@@ -196,10 +196,9 @@ class Proxies:
         """The cached blob, or the (shared) transfer bringing it, once its size is known."""
         proxy = self._proxy(name)
         parsed = Digest.parse(digest)
-        with contextlib.suppress(RegistryError):
-            return await self.registry.blob(name, digest)
-        if await self.registry.mount_blob(name, str(parsed), None, adopt=True) is not None:
-            return await self.registry.blob(name, digest)
+        stored = await self._cached(name, parsed)
+        if stored is not None:
+            return stored
         fill = self._fills.get(str(parsed))
         if fill is None:
             fill = self._start_fill(proxy, name, parsed)
@@ -207,6 +206,49 @@ class Proxies:
         if fill.finished.is_set() and not fill.succeeded:
             raise fill.failure()
         return fill
+
+    async def _cached(self, name: str, digest: Digest) -> StoredBlob | None:
+        """The blob from this repository's cache, or linked from elsewhere in the store."""
+        with contextlib.suppress(RegistryError):
+            return await self.registry.blob(name, str(digest))
+        if await self.registry.mount_blob(name, str(digest), None, adopt=True) is not None:
+            return await self.registry.blob(name, str(digest))
+        return None
+
+    async def blob_head(self, name: str, digest: str) -> StoredBlob | BlobFill | int:
+        """What a HEAD needs: the cached blob, the transfer already bringing it, or else
+        the size an upstream HEAD gives; nothing is downloaded for a HEAD."""
+        proxy = self._proxy(name)
+        parsed = Digest.parse(digest)
+        stored = await self._cached(name, parsed)
+        if stored is not None:
+            return stored
+        fill = self._fills.get(str(parsed))
+        if fill is not None:
+            await fill.started.wait()
+            if fill.finished.is_set() and not fill.succeeded:
+                raise fill.failure()
+            return fill
+        repository = proxy.upstream_name(name)
+        try:
+            async with proxy.upstream.request("HEAD", repository, f"blobs/{parsed}") as response:
+                size, sent = response.content_length, response.headers.get("Docker-Content-Digest")
+        except UpstreamError as exc:
+            if exc.not_found:
+                raise RegistryError(
+                    ErrorCode.BLOB_UNKNOWN, f"blob {parsed} is not upstream"
+                ) from exc
+            raise exc.error from exc
+        if size is None or (sent is not None and sent != str(parsed)):
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE, f"upstream answered a HEAD of blob {parsed} without its size"
+            )
+        if proxy.config.max_bytes and size > proxy.config.max_bytes:
+            raise RegistryError(
+                ErrorCode.SIZE_INVALID,
+                f"blob {parsed} is {size} bytes, over this proxy's cap of {proxy.config.max_bytes}",
+            )
+        return size
 
     async def complete_blob(self, name: str, digest: str) -> StoredBlob:
         """The blob once cached (a Range request waits for the whole transfer)."""

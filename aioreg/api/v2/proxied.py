@@ -77,6 +77,15 @@ async def refuse_proxy_writes(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
+async def send_head(request: web.Request, size: int, headers: dict[str, str]) -> web.StreamResponse:
+    """A HEAD's headers with the blob's length and no body."""
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = size
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
 async def stream_fill(
     request: web.Request, fill: BlobFill, headers: dict[str, str]
 ) -> web.StreamResponse:
@@ -85,12 +94,11 @@ async def stream_fill(
     Past the headers a failure can only show as a short body (the connection
     closes); the transfer goes on for the cache and the other readers.
     """
+    if request.method == "HEAD":
+        return await send_head(request, fill.size, headers)
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = fill.size
     await response.prepare(request)
-    if request.method == "HEAD":
-        await response.write_eof()
-        return response
     timeout = registry(request).config.server.send_timeout
     try:
         async with contextlib.aclosing(fill.follow()) as chunks:
