@@ -14,7 +14,16 @@ import pytest
 
 from aioreg.auth.accounts import Accounts
 from aioreg.domain.reference import Digest
-from tests.conftest import AppFactory, Reg, digest_of, error_codes
+from tests.conftest import (
+    EMPTY_JSON,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    AppFactory,
+    Reg,
+    artifact_manifest,
+    digest_of,
+    error_codes,
+)
 from tests.test_auth import ADMIN_PASSWORD, basic
 from tests.test_management import api
 from tests.test_proxy import get_bytes, proxy_entry, push_multiarch, upstream_blob_gets
@@ -132,3 +141,56 @@ async def test_head_of_an_uncached_blob_asks_upstream_without_downloading(
     await upstream.server.stop()
     async with proxy.client.head(f"/v2/hub/h/blobs/{digest}") as resp:
         assert resp.status == 200 and resp.content_length == len(blob)
+
+
+async def test_tags_and_referrers_of_a_proxy_namespace_come_from_upstream(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    upstream = await make_registry(tmp_path / "up")
+    index, children = await push_multiarch(upstream, "library/alpine", "3.20")
+    for tag in ("edge", "latest"):
+        await upstream.push_manifest("library/alpine", tag, index, OCI_INDEX)
+    await upstream.push_blob("library/alpine", EMPTY_JSON)
+    child = (OCI_MANIFEST, digest_of(children[0]), len(children[0]))
+    signature = artifact_manifest("application/vnd.example.sig", child)
+    await upstream.push_manifest("library/alpine", digest_of(signature), signature)
+    entries = [proxy_entry(upstream), proxy_entry(upstream, namespace="strict", serve_stale=False)]
+    proxy = await make_registry(tmp_path / "px", proxy=entries)
+    assert (await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20"))[0] == 200
+    assert (await get_bytes(proxy, "/v2/strict/alpine/manifests/3.20"))[0] == 200
+    # Every upstream tag, a page at a time (the proxy holds only 3.20).
+    async with proxy.client.get("/v2/hub/alpine/tags/list") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"name": "hub/alpine", "tags": ["3.20", "edge", "latest"]}
+    async with proxy.client.get("/v2/hub/alpine/tags/list?n=2") as resp:
+        assert (await resp.json())["tags"] == ["3.20", "edge"]
+        link = resp.headers["Link"]
+    assert link.startswith("</v2/hub/alpine/tags/list?") and "last=edge" in link
+    async with proxy.client.get("/v2/hub/alpine/tags/list?n=2&last=edge") as resp:
+        assert (await resp.json())["tags"] == ["latest"]
+        assert "Link" not in resp.headers
+    host = f"127.0.0.1:{upstream.server.port}"
+    async with proxy.client.get(f"/v2/library/alpine/tags/list?n=1&ns={host}") as resp:
+        assert await resp.json() == {"name": "library/alpine", "tags": ["3.20"]}
+        assert f"ns={host}" in resp.headers["Link"].replace("%3A", ":")
+    async with proxy.client.get("/v2/hub/nothere/tags/list") as resp:
+        assert resp.status == 404
+        assert error_codes(await resp.json()) == ["NAME_UNKNOWN"]
+    # Referrers of a manifest the proxy never fetched a referrer of.
+    async with proxy.client.get(f"/v2/hub/alpine/referrers/{child[1]}") as resp:
+        assert resp.status == 200
+        found = (await resp.json())["manifests"]
+    assert [(m["digest"], m["artifactType"]) for m in found] == [
+        (digest_of(signature), "application/vnd.example.sig")
+    ]
+    # The upstream down: the cached tags (serve_stale), or a clear error without it.
+    await upstream.server.stop()
+    async with proxy.client.get("/v2/hub/alpine/tags/list") as resp:
+        assert resp.status == 200 and "Warning" in resp.headers
+        assert (await resp.json())["tags"] == ["3.20"]
+    for uncached in ("/v2/strict/alpine/tags/list", "/v2/hub/other/tags/list"):
+        async with proxy.client.get(uncached) as resp:
+            assert resp.status == 503
+            assert error_codes(await resp.json()) == ["UNAVAILABLE"]
+    async with proxy.client.get(f"/v2/hub/alpine/referrers/{child[1]}") as resp:
+        assert resp.status == 200 and (await resp.json())["manifests"] == []

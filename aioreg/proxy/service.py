@@ -18,6 +18,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import aiohttp
+import msgspec
 
 from aioreg.config import ProxyConfig
 from aioreg.domain.manifest import parse_manifest
@@ -25,12 +29,15 @@ from aioreg.domain.reference import Digest, parse_reference, validate_name
 from aioreg.domain.registry import Registry, StoredBlob
 from aioreg.domain.warnings import warn
 from aioreg.errors import ErrorCode, RegistryError, TooLargeError
-from aioreg.index import ManifestRow
+from aioreg.index import ManifestRow, Referrer
 from aioreg.proxy.fill import BlobFill
 from aioreg.proxy.upstream import Upstream, UpstreamError
 from aioreg.storage import UploadWriter, WrittenBlob
 
 log = logging.getLogger("aioreg.proxy")
+# An upstream tag page may hold this many bytes per tag asked for (a tag is up to 128).
+TAG_BYTES = 160
+LISTING_SLACK = 4096
 
 # Every manifest type a registry may hold; the upstream picks what it has.
 MANIFEST_ACCEPT = ", ".join(
@@ -190,6 +197,65 @@ class Proxies:
             name, manifest, body, [tag] if tag else [], time.time(), require_references=False
         )
 
+    # -- listings ------------------------------------------------------------
+
+    async def tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """The upstream's tags a page at a time (``n``/``last`` passed on); the cached
+        tags when the upstream fails and ``serve_stale`` allows it."""
+        proxy = self._proxy(name)
+        query = urlencode({"n": str(limit), **({"last": last} if last else {})})
+        try:
+            async with proxy.upstream.request(
+                "GET", proxy.upstream_name(name), f"tags/list?{query}"
+            ) as response:
+                body = await _bounded_body(response, limit * TAG_BYTES + LISTING_SLACK)
+                more = 'rel="next"' in response.headers.get("Link", "")
+            tags = msgspec.json.decode(body, type=_UpstreamTags).tags or []
+        except (UpstreamError, msgspec.DecodeError) as exc:
+            error = _listing_failure(exc, f"tags of {name}")
+            if isinstance(exc, UpstreamError) and exc.not_found:
+                raise RegistryError(ErrorCode.NAME_UNKNOWN, f"{name} is not upstream") from exc
+            if not proxy.config.serve_stale:
+                raise error from exc
+            try:
+                cached, more = await self.registry.tags(name, last, limit)
+            except RegistryError:  # nothing cached of it: the upstream's failure says why
+                raise error from exc
+            self._stale(f"the tags of {name}", error)
+            return cached, more
+        return tags[:limit], more or len(tags) > limit
+
+    async def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[Referrer]:
+        """The upstream's referrers of ``digest``; the cached ones when the upstream fails
+        (or has no referrers API) and ``serve_stale`` allows it."""
+        proxy = self._proxy(name)
+        subject = Digest.parse(digest)
+        query = f"?{urlencode({'artifactType': artifact_type})}" if artifact_type else ""
+        limit = self.registry.config.limits.manifest_max_bytes
+        try:
+            async with proxy.upstream.request(
+                "GET", proxy.upstream_name(name), f"referrers/{subject}{query}"
+            ) as response:
+                body = await _bounded_body(response, limit)
+            found = msgspec.json.decode(body, type=_UpstreamReferrers).manifests
+        except (UpstreamError, msgspec.DecodeError) as exc:
+            error = _listing_failure(exc, f"referrers of {name}@{subject}")
+            if isinstance(exc, UpstreamError) and exc.not_found:  # no referrers API upstream
+                return await self.registry.referrers(name, digest, artifact_type)
+            if not proxy.config.serve_stale:
+                raise error from exc
+            self._stale(f"the referrers of {name}@{subject}", error)
+            return await self.registry.referrers(name, digest, artifact_type)
+        return [
+            Referrer(r.digest, r.mediaType, r.size, r.artifactType, r.annotations)
+            for r in found
+            if artifact_type is None or r.artifactType == artifact_type
+        ]
+
+    def _stale(self, what: str, error: RegistryError) -> None:
+        log.warning("serving cached %s: %s", what, error.message)
+        warn(f"{what} are served from cache; the upstream failed: {error.message}")
+
     # -- blobs ---------------------------------------------------------------
 
     async def blob(self, name: str, digest: str) -> StoredBlob | BlobFill:
@@ -296,6 +362,38 @@ class Proxies:
         finally:
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]
+
+
+class _UpstreamTags(msgspec.Struct):
+    tags: list[str] | None = None
+
+
+class _UpstreamReferrer(msgspec.Struct):
+    mediaType: str
+    digest: str
+    size: int
+    artifactType: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+class _UpstreamReferrers(msgspec.Struct):
+    manifests: list[_UpstreamReferrer] = msgspec.field(default_factory=list)
+
+
+async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A listing's body, refused (as an upstream failure) past ``limit`` bytes."""
+    body = await response.content.read(limit + 1)
+    if len(body) > limit:
+        raise UpstreamError(
+            RegistryError(ErrorCode.UNAVAILABLE, f"upstream listing is over {limit} bytes")
+        )
+    return body
+
+
+def _listing_failure(exc: UpstreamError | msgspec.DecodeError, what: str) -> RegistryError:
+    if isinstance(exc, UpstreamError):
+        return exc.error
+    return RegistryError(ErrorCode.UNAVAILABLE, f"upstream sent unreadable {what}")
 
 
 def _client_error(exc: UpstreamError, what: str) -> RegistryError:
