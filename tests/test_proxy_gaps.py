@@ -194,3 +194,27 @@ async def test_tags_and_referrers_of_a_proxy_namespace_come_from_upstream(
             assert error_codes(await resp.json()) == ["UNAVAILABLE"]
     async with proxy.client.get(f"/v2/hub/alpine/referrers/{child[1]}") as resp:
         assert resp.status == 200 and (await resp.json())["manifests"] == []
+
+
+async def test_tag_revalidation_times_survive_a_restart(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    """A tag checked upstream moments ago is not rechecked because the proxy restarted:
+    with the upstream gone, a restarted proxy serves it as fresh (no stale Warning)."""
+    upstream = await make_registry(tmp_path / "up")
+    index, _ = await push_multiarch(upstream, "library/alpine", "3.20")
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    assert (await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20"))[0] == 200
+    await proxy.server.stop()
+    await upstream.server.stop()
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    status, body, headers = await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20")
+    assert (status, body) == (200, index)
+    assert "Warning" not in headers
+    # Past the interval it is rechecked: the upstream being down now shows.
+    short = proxy_entry(upstream, revalidate_interval=0)
+    await proxy.server.stop()
+    proxy = await make_registry(tmp_path / "px", proxy=[short])
+    status, body, headers = await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20")
+    assert (status, body) == (200, index)
+    assert "Warning" in headers

@@ -71,7 +71,6 @@ class Proxies:
         self.registry = registry
         self._by_namespace = {c.namespace: Proxy(c, Upstream(c)) for c in configs}
         self._by_host = {p.config.upstream_host: p for p in self._by_namespace.values()}
-        self._checked: dict[tuple[str, str], float] = {}  # (name, tag) -> last upstream check
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._fills: dict[str, BlobFill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -142,10 +141,16 @@ class Proxies:
         return await self.registry.manifest(name, reference, pull=pull, actor=actor)
 
     async def _refresh_tag(self, proxy: Proxy, name: str, tag: str) -> None:
-        cached = await self.registry.index.manifests.by_tag(name, tag)
-        checked = self._checked.get((name, tag), float("-inf"))
-        if cached is not None and time.monotonic() - checked < proxy.config.revalidate_interval:
-            return
+        manifests = self.registry.index.manifests
+        cached = await manifests.by_tag(name, tag)
+        if cached is not None:
+            checked = await manifests.tag_validated_at(name, tag)
+            # A clock set back (checked in the future) rechecks rather than trusts it.
+            if (
+                checked is not None
+                and 0 <= time.time() - checked < proxy.config.revalidate_interval
+            ):
+                return
         try:
             digest = await self._upstream_digest(proxy, name, tag)
             if cached is None or digest != cached.digest:
@@ -156,7 +161,7 @@ class Proxies:
             log.warning("serving cached %s:%s: %s", name, tag, exc.error.message)
             warn(f"{name}:{tag} is served from cache; the upstream failed: {exc.error.message}")
             return
-        self._checked[(name, tag)] = time.monotonic()
+        await manifests.set_tag_validated(name, tag, time.time())
 
     async def _upstream_digest(self, proxy: Proxy, name: str, tag: str) -> str | None:
         repository = proxy.upstream_name(name)
