@@ -21,6 +21,7 @@ from aiohttp import web
 
 from aioreg.api.errors import Handler, error_response, registry_error_response
 from aioreg.api.http import read_form
+from aioreg.api.v2.proxied import authorised_name
 from aioreg.auth.scopes import ACTIONS, Access, parse_scopes
 from aioreg.auth.service import ANONYMOUS, CATALOG_ACTIONS, AuthError, AuthService, Identity
 from aioreg.domain.reference import validate_name
@@ -150,7 +151,7 @@ def _needed(request: web.Request) -> tuple[str | None, frozenset[str]]:
         return None, frozenset()
     tail = _route_pattern(request).partition("/{name}")[2]
     action = ROUTE_ACTIONS.get((request.method, tail))
-    return name, frozenset({action}) if action else frozenset(ACTIONS)
+    return authorised_name(request, name), frozenset({action}) if action else frozenset(ACTIONS)
 
 
 def _mount_source(request: web.Request) -> str | None:

@@ -196,6 +196,24 @@ class ManifestQueries:
         )
         return None if row is None else ManifestRow(*row)
 
+    async def tag_validated_at(self, name: str, tag: str) -> float | None:
+        """When a proxy last checked this cached tag upstream (None: never)."""
+        row = await self._db.one(
+            "SELECT t.validated_at FROM tags t JOIN repositories r ON r.id = t.repository_id "
+            "WHERE r.name = ? AND t.name = ?",
+            (name, tag),
+        )
+        return None if row is None else row[0]
+
+    async def set_tag_validated(self, name: str, tag: str, when: float) -> None:
+        """Record a proxy's upstream check of a tag (no cached read shows it)."""
+        async with self._db.transaction(invalidates=False) as db:
+            await db.execute(
+                "UPDATE tags SET validated_at = ? WHERE name = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?)",
+                (when, tag, name),
+            )
+
     async def tags_of(self, name: str, digest: str) -> list[str]:
         rows = await self._db.all(
             "SELECT t.name FROM tags t JOIN manifests m ON m.id = t.manifest_id "

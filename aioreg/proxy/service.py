@@ -18,6 +18,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import aiohttp
+import msgspec
 
 from aioreg.config import ProxyConfig
 from aioreg.domain.manifest import parse_manifest
@@ -25,12 +29,15 @@ from aioreg.domain.reference import Digest, parse_reference, validate_name
 from aioreg.domain.registry import Registry, StoredBlob
 from aioreg.domain.warnings import warn
 from aioreg.errors import ErrorCode, RegistryError, TooLargeError
-from aioreg.index import ManifestRow
+from aioreg.index import ManifestRow, Referrer
 from aioreg.proxy.fill import BlobFill
 from aioreg.proxy.upstream import Upstream, UpstreamError
 from aioreg.storage import UploadWriter, WrittenBlob
 
 log = logging.getLogger("aioreg.proxy")
+# An upstream tag page may hold this many bytes per tag asked for (a tag is up to 128).
+TAG_BYTES = 160
+LISTING_SLACK = 4096
 
 # Every manifest type a registry may hold; the upstream picks what it has.
 MANIFEST_ACCEPT = ", ".join(
@@ -65,7 +72,6 @@ class Proxies:
         self._configured = configs
         self._by_namespace = {c.namespace: Proxy(c, Upstream(c)) for c in configs}
         self._by_host = {p.config.upstream_host: p for p in self._by_namespace.values()}
-        self._checked: dict[tuple[str, str], float] = {}  # (name, tag) -> last upstream check
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._fills: dict[str, BlobFill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -169,10 +175,16 @@ class Proxies:
         return await self.registry.manifest(name, reference, pull=pull, actor=actor)
 
     async def _refresh_tag(self, proxy: Proxy, name: str, tag: str) -> None:
-        cached = await self.registry.index.manifests.by_tag(name, tag)
-        checked = self._checked.get((name, tag), float("-inf"))
-        if cached is not None and time.monotonic() - checked < proxy.config.revalidate_interval:
-            return
+        manifests = self.registry.index.manifests
+        cached = await manifests.by_tag(name, tag)
+        if cached is not None:
+            checked = await manifests.tag_validated_at(name, tag)
+            # A clock set back (checked in the future) rechecks rather than trusts it.
+            if (
+                checked is not None
+                and 0 <= time.time() - checked < proxy.config.revalidate_interval
+            ):
+                return
         try:
             digest = await self._upstream_digest(proxy, name, tag)
             if cached is None or digest != cached.digest:
@@ -183,7 +195,7 @@ class Proxies:
             log.warning("serving cached %s:%s: %s", name, tag, exc.error.message)
             warn(f"{name}:{tag} is served from cache; the upstream failed: {exc.error.message}")
             return
-        self._checked[(name, tag)] = time.monotonic()
+        await manifests.set_tag_validated(name, tag, time.time())
 
     async def _upstream_digest(self, proxy: Proxy, name: str, tag: str) -> str | None:
         repository = proxy.upstream_name(name)
@@ -224,16 +236,74 @@ class Proxies:
             name, manifest, body, [tag] if tag else [], time.time(), require_references=False
         )
 
+    # -- listings ------------------------------------------------------------
+
+    async def tags(self, name: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """The upstream's tags a page at a time (``n``/``last`` passed on); the cached
+        tags when the upstream fails and ``serve_stale`` allows it."""
+        proxy = self._proxy(name)
+        query = urlencode({"n": str(limit), **({"last": last} if last else {})})
+        try:
+            async with proxy.upstream.request(
+                "GET", proxy.upstream_name(name), f"tags/list?{query}"
+            ) as response:
+                body = await _bounded_body(response, limit * TAG_BYTES + LISTING_SLACK)
+                more = 'rel="next"' in response.headers.get("Link", "")
+            tags = msgspec.json.decode(body, type=_UpstreamTags).tags or []
+        except (UpstreamError, msgspec.DecodeError) as exc:
+            error = _listing_failure(exc, f"tags of {name}")
+            if isinstance(exc, UpstreamError) and exc.not_found:
+                raise RegistryError(ErrorCode.NAME_UNKNOWN, f"{name} is not upstream") from exc
+            if not proxy.config.serve_stale:
+                raise error from exc
+            try:
+                cached, more = await self.registry.tags(name, last, limit)
+            except RegistryError:  # nothing cached of it: the upstream's failure says why
+                raise error from exc
+            self._stale(f"the tags of {name}", error)
+            return cached, more
+        return tags[:limit], more or len(tags) > limit
+
+    async def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[Referrer]:
+        """The upstream's referrers of ``digest``; the cached ones when the upstream fails
+        (or has no referrers API) and ``serve_stale`` allows it."""
+        proxy = self._proxy(name)
+        subject = Digest.parse(digest)
+        query = f"?{urlencode({'artifactType': artifact_type})}" if artifact_type else ""
+        limit = self.registry.config.limits.manifest_max_bytes
+        try:
+            async with proxy.upstream.request(
+                "GET", proxy.upstream_name(name), f"referrers/{subject}{query}"
+            ) as response:
+                body = await _bounded_body(response, limit)
+            found = msgspec.json.decode(body, type=_UpstreamReferrers).manifests
+        except (UpstreamError, msgspec.DecodeError) as exc:
+            error = _listing_failure(exc, f"referrers of {name}@{subject}")
+            if isinstance(exc, UpstreamError) and exc.not_found:  # no referrers API upstream
+                return await self.registry.referrers(name, digest, artifact_type)
+            if not proxy.config.serve_stale:
+                raise error from exc
+            self._stale(f"the referrers of {name}@{subject}", error)
+            return await self.registry.referrers(name, digest, artifact_type)
+        return [
+            Referrer(r.digest, r.mediaType, r.size, r.artifactType, r.annotations)
+            for r in found
+            if artifact_type is None or r.artifactType == artifact_type
+        ]
+
+    def _stale(self, what: str, error: RegistryError) -> None:
+        log.warning("serving cached %s: %s", what, error.message)
+        warn(f"{what} are served from cache; the upstream failed: {error.message}")
+
     # -- blobs ---------------------------------------------------------------
 
     async def blob(self, name: str, digest: str) -> StoredBlob | BlobFill:
         """The cached blob, or the (shared) transfer bringing it, once its size is known."""
         proxy = self._proxy(name)
         parsed = Digest.parse(digest)
-        with contextlib.suppress(RegistryError):
-            return await self.registry.blob(name, digest)
-        if await self.registry.mount_blob(name, str(parsed), None, adopt=True) is not None:
-            return await self.registry.blob(name, digest)
+        stored = await self._cached(name, parsed)
+        if stored is not None:
+            return stored
         fill = self._fills.get(str(parsed))
         if fill is None:
             fill = self._start_fill(proxy, name, parsed)
@@ -241,6 +311,49 @@ class Proxies:
         if fill.finished.is_set() and not fill.succeeded:
             raise fill.failure()
         return fill
+
+    async def _cached(self, name: str, digest: Digest) -> StoredBlob | None:
+        """The blob from this repository's cache, or linked from elsewhere in the store."""
+        with contextlib.suppress(RegistryError):
+            return await self.registry.blob(name, str(digest))
+        if await self.registry.mount_blob(name, str(digest), None, adopt=True) is not None:
+            return await self.registry.blob(name, str(digest))
+        return None
+
+    async def blob_head(self, name: str, digest: str) -> StoredBlob | BlobFill | int:
+        """What a HEAD needs: the cached blob, the transfer already bringing it, or else
+        the size an upstream HEAD gives; nothing is downloaded for a HEAD."""
+        proxy = self._proxy(name)
+        parsed = Digest.parse(digest)
+        stored = await self._cached(name, parsed)
+        if stored is not None:
+            return stored
+        fill = self._fills.get(str(parsed))
+        if fill is not None:
+            await fill.started.wait()
+            if fill.finished.is_set() and not fill.succeeded:
+                raise fill.failure()
+            return fill
+        repository = proxy.upstream_name(name)
+        try:
+            async with proxy.upstream.request("HEAD", repository, f"blobs/{parsed}") as response:
+                size, sent = response.content_length, response.headers.get("Docker-Content-Digest")
+        except UpstreamError as exc:
+            if exc.not_found:
+                raise RegistryError(
+                    ErrorCode.BLOB_UNKNOWN, f"blob {parsed} is not upstream"
+                ) from exc
+            raise exc.error from exc
+        if size is None or (sent is not None and sent != str(parsed)):
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE, f"upstream answered a HEAD of blob {parsed} without its size"
+            )
+        if proxy.config.max_bytes and size > proxy.config.max_bytes:
+            raise RegistryError(
+                ErrorCode.SIZE_INVALID,
+                f"blob {parsed} is {size} bytes, over this proxy's cap of {proxy.config.max_bytes}",
+            )
+        return size
 
     async def complete_blob(self, name: str, digest: str) -> StoredBlob:
         """The blob once cached (a Range request waits for the whole transfer)."""
@@ -288,6 +401,38 @@ class Proxies:
         finally:
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]
+
+
+class _UpstreamTags(msgspec.Struct):
+    tags: list[str] | None = None
+
+
+class _UpstreamReferrer(msgspec.Struct):
+    mediaType: str
+    digest: str
+    size: int
+    artifactType: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+class _UpstreamReferrers(msgspec.Struct):
+    manifests: list[_UpstreamReferrer] = msgspec.field(default_factory=list)
+
+
+async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A listing's body, refused (as an upstream failure) past ``limit`` bytes."""
+    body = await response.content.read(limit + 1)
+    if len(body) > limit:
+        raise UpstreamError(
+            RegistryError(ErrorCode.UNAVAILABLE, f"upstream listing is over {limit} bytes")
+        )
+    return body
+
+
+def _listing_failure(exc: UpstreamError | msgspec.DecodeError, what: str) -> RegistryError:
+    if isinstance(exc, UpstreamError):
+        return exc.error
+    return RegistryError(ErrorCode.UNAVAILABLE, f"upstream sent unreadable {what}")
 
 
 def _client_error(exc: UpstreamError, what: str) -> RegistryError:

@@ -8,10 +8,11 @@ from aiohttp import web
 
 from aioreg.api.errors import error_response
 from aioreg.api.http import registry
-from aioreg.api.v2.proxied import proxied_name, proxies, stream_fill
+from aioreg.api.v2.proxied import proxied_name, proxies, send_head, stream_fill
 from aioreg.api.v2.sendfile import send_file
 from aioreg.domain.registry import StoredBlob
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.proxy.fill import BlobFill
 
 RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
@@ -80,7 +81,13 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         )
     if request.headers.get("Range"):  # from the cache, once the whole blob is there
         return await send_blob(request, await proxies(request).complete_blob(name, digest))
-    found = await proxies(request).blob(name, digest)
+    if request.method == "HEAD":
+        head = await proxies(request).blob_head(name, digest)
+        if isinstance(head, int):  # not cached: the upstream's answer, nothing downloaded
+            return await send_head(request, head, blob_headers(digest))
+        found: StoredBlob | BlobFill = head
+    else:
+        found = await proxies(request).blob(name, digest)
     if isinstance(found, StoredBlob):
         return await send_blob(request, found)
     return await stream_fill(request, found, blob_headers(str(found.digest)))

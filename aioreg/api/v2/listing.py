@@ -7,6 +7,7 @@ from aiohttp import web
 
 from aioreg.api.auth import may_list
 from aioreg.api.http import json_response, next_link, page_params, registry
+from aioreg.api.v2.proxied import proxied_name, proxies
 from aioreg.domain.manifest import OCI_INDEX
 from aioreg.index import Referrer
 
@@ -43,15 +44,19 @@ def _paged(
 ) -> web.Response:
     response = json_response(payload)
     if more and limit > 0 and names:
-        response.headers["Link"] = next_link(request.path, limit, names[-1])
+        ns = {"ns": request.query["ns"]} if "ns" in request.query else None
+        response.headers["Link"] = next_link(request.path, limit, names[-1], ns)
     return response
 
 
 async def tags_list(request: web.Request) -> web.StreamResponse:
+    """A hosted repository's tags, or a proxied one's as its upstream lists them."""
     reg = registry(request)
     name = request.match_info["name"]
     last, limit = page_params(request, reg.config.limits.page_size_max)
-    tags, more = await reg.tags(name, last, limit)
+    proxied = proxied_name(request)
+    source = reg if proxied is None else proxies(request)
+    tags, more = await source.tags(proxied or name, last, limit)
     return _paged(request, TagList(name, tags), tags, limit, more)
 
 
@@ -88,8 +93,10 @@ def _descriptor(referrer: Referrer) -> ReferrerDescriptor:
 
 async def referrers(request: web.Request) -> web.StreamResponse:
     artifact_type = request.query.get("artifactType") or None
-    found = await registry(request).referrers(
-        request.match_info["name"], request.match_info["digest"], artifact_type
+    proxied = proxied_name(request)
+    source = registry(request) if proxied is None else proxies(request)
+    found = await source.referrers(
+        proxied or request.match_info["name"], request.match_info["digest"], artifact_type
     )
     response = json_response(ReferrerIndex([_descriptor(r) for r in found]), content_type=OCI_INDEX)
     if artifact_type is not None:

@@ -33,6 +33,14 @@ def proxied_name(request: web.Request) -> str | None:
     return proxies(request).route(request.match_info["name"], request.query.get("ns"))
 
 
+def authorised_name(request: web.Request, name: str) -> str:
+    """The repository whose access rules a request answers to: a pull routed by ``?ns=``
+    into a proxy namespace is checked there (``hub/library/alpine``), not on the URL's name."""
+    if request.method in READ_METHODS and request.query.get("ns") and PROXIES_KEY in request.app:
+        return proxies(request).route(name, request.query["ns"]) or name
+    return name
+
+
 async def add_namespace_header(request: web.Request, response: web.StreamResponse) -> None:
     """``OCI-Namespace: <host>`` when containerd's ``?ns=`` chose the proxy that answered."""
     ns = request.query.get("ns")
@@ -43,13 +51,39 @@ async def add_namespace_header(request: web.Request, response: web.StreamRespons
             response.headers["OCI-Namespace"] = ns
 
 
+def _purges_cache(request: web.Request) -> bool:
+    """``/api/v1`` deletes of a repository or an artifact purge cached content, as Harbor
+    lets a proxy cache project's artifacts be deleted; the next pull fetches them again.
+    Deprecations are settings on content the upstream owns, so they are refused."""
+    return (
+        request.method == "DELETE"
+        and request.path.startswith("/api/v1/")
+        and not request.path.endswith("/deprecation")
+    )
+
+
 @web.middleware
 async def refuse_proxy_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Uploads, manifest pushes and deletes in a proxy namespace answer 405 UNSUPPORTED."""
+    """Uploads, pushes, deletes, copies into and deprecations in a proxy namespace answer
+    405 UNSUPPORTED, in /v2 and /api/v1 alike; only /api/v1 purges of cached content pass."""
     name = request.match_info.get("name")
-    if name and request.method not in READ_METHODS and request.path.startswith("/v2/"):
+    if (
+        name
+        and request.method not in READ_METHODS
+        and request.path.startswith(("/v2/", "/api/v1/"))
+        and not _purges_cache(request)
+    ):
         proxies(request).refuse_write(name)
     return await handler(request)
+
+
+async def send_head(request: web.Request, size: int, headers: dict[str, str]) -> web.StreamResponse:
+    """A HEAD's headers with the blob's length and no body."""
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = size
+    await response.prepare(request)
+    await response.write_eof()
+    return response
 
 
 async def stream_fill(
@@ -60,12 +94,11 @@ async def stream_fill(
     Past the headers a failure can only show as a short body (the connection
     closes); the transfer goes on for the cache and the other readers.
     """
+    if request.method == "HEAD":
+        return await send_head(request, fill.size, headers)
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = fill.size
     await response.prepare(request)
-    if request.method == "HEAD":
-        await response.write_eof()
-        return response
     timeout = registry(request).config.server.send_timeout
     try:
         async with contextlib.aclosing(fill.follow()) as chunks:

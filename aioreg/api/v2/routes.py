@@ -7,9 +7,10 @@ check the name against the spec's grammar (``NAME_INVALID``).
 A pull may carry ``?ns=<host>``, the registry the client meant to reach (sent by
 containerd and others to a mirror). Hosted repositories ignore it, as the spec
 allows: the answer is the same as without it, with no ``OCI-Namespace`` header.
-When it names the upstream host of a configured proxy, the manifest and blob
-handlers read that proxy's namespace instead (``api/v2/proxied.py``) and answer
-``OCI-Namespace: <host>``; tag lists and referrers do not route on it yet.
+When it names the upstream host of a configured proxy, the manifest, blob, tag
+list and referrers handlers read that proxy's namespace instead
+(``api/v2/proxied.py``), access control checks the routed repository, and the
+answer carries ``OCI-Namespace: <host>``.
 """
 
 from __future__ import annotations
