@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"[bench] work dir {workdir}; measuring machine limits", file=sys.stderr, flush=True)
         machine = limits.measure(workdir, args.scale)
-        ctx = Context(workdir, args.scale, curl, wrk, args.loadgen_procs)
+        ctx = Context(workdir, args.scale, curl, wrk, args.loadgen_procs, aioreg)
         try:
             import uvloop
 

@@ -194,6 +194,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 False,
                 "ms",
             )
+    check(
+        "proxy: cold pull >= 80% of the same pull direct from the upstream",
+        m("proxy", AIOREG, "cold_MBps"),
+        times(m("proxy", AIOREG, "direct_MBps"), 0.8),
+        True,
+        "MB/s vs 0.8 x direct",
+    )
+    check(
+        "proxy: warm pull same as hosted (>= 90% of the direct pull)",
+        m("proxy", AIOREG, "warm_MBps"),
+        times(m("proxy", AIOREG, "direct_MBps"), 0.9),
+        True,
+        "MB/s vs 0.9 x direct",
+    )
+    check(
+        "proxy: 16 concurrent cold pullers cost the upstream 1x the blob",
+        m("proxy", AIOREG, "upstream_blob_x"),
+        1.0,
+        False,
+        "x blob",
+    )
     for name in results["scenarios"]:
         check(
             f"{name}: aioreg peak RSS <= 150 MiB",

@@ -15,7 +15,7 @@ import aiohttp
 
 from benchmarks.client import Client, VerifyError, new_session
 from benchmarks.scenarios import RESOURCE_METRICS, Context, Scenario
-from benchmarks.servers import ServerError, ServerKind
+from benchmarks.servers import Aioreg, ServerError, ServerKind
 from benchmarks.units import MiB, median
 
 
@@ -32,6 +32,8 @@ async def run_once(ctx: Context, kind: ServerKind, scenario: Scenario) -> dict[s
     """One scenario against one fresh server: metrics, or the error that failed it."""
     record: dict[str, Any] = {"ok": False}
     started = time.monotonic()
+    if scenario.access_log and isinstance(kind, Aioreg):
+        kind = kind.configured(kind.config, access_log=True)
     server = await asyncio.to_thread(kind.start, ctx.workdir)
     try:
         async with new_session() as session:
@@ -117,8 +119,17 @@ async def run_all(
             entry["skipped"] = reason
             continue
         runs: dict[str, list[dict[str, Any]]] = {kind.name: [] for kind in kinds}
+        if scenario.aioreg_only:
+            for kind in kinds:
+                if kind.name != "aioreg":
+                    del runs[kind.name]
+                    entry["registries"][kind.name] = {
+                        "status": "skipped",
+                        "reason": "aioreg only (no counterpart)",
+                    }
         for r in range(repeat):
             order = kinds if r % 2 == 0 else list(reversed(kinds))
+            order = [kind for kind in order if kind.name in runs]
             for kind in order:
                 record = await run_once(ctx, kind, scenario)
                 record["repeat"] = r + 1

@@ -26,7 +26,7 @@ from benchmarks.client import (
     sha256_digest,
 )
 from benchmarks.data import BigBlob, BlobPool
-from benchmarks.servers import Running
+from benchmarks.servers import Aioreg, Running
 from benchmarks.units import GiB, KiB, MiB, mbps, median, percentile
 
 clock = time.perf_counter
@@ -60,6 +60,7 @@ class Context:
     curl: str | None
     wrk: str | None
     loadgen_procs: int
+    aioreg: Aioreg | None = None  # how to start more aioreg servers (the proxy scenario)
     _big: BigBlob | None = None
     _pools: dict[int, BlobPool] = field(default_factory=dict)
 
@@ -94,6 +95,8 @@ class Scenario:
     run: Kind
     needs: tuple[str, ...] = ()  # tools without which it is skipped
     big_blob: bool = False  # uses the large random file (made before any server starts)
+    aioreg_only: bool = False  # nothing to compare with: other registries are not run
+    access_log: bool = False  # the server under test logs requests (the scenario counts them)
 
 
 RESOURCE_METRICS = (
@@ -571,6 +574,103 @@ CATALOG_METRICS = (
 )
 
 
+# -- 10: pull-through proxy ---------------------------------------------------
+
+PROXY_REPO = "bench/proxied"
+PROXY_NAMESPACE = "px"
+PROXY_PULLERS = 16
+
+
+def _upstream_gets(server: Running, repo: str, digest: str) -> int:
+    """Whole-blob GETs (status 200) of one blob in the upstream's access log; a GET with any
+    other status fails the run. Each sent the whole blob: the log's ``%b`` cannot say so
+    (it counts only the headers of a sendfile response), the status can."""
+    wanted = f'"GET /v2/{repo}/blobs/{digest} '
+    count = 0
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        if wanted in line:
+            status = line.split(wanted, 1)[1].split('" ', 1)[1].split()[0]
+            if status != "200":
+                raise VerifyError(f"upstream answered a proxy's blob GET with {status}: {line}")
+            count += 1
+    return count
+
+
+async def proxy(ctx: Context, server: Running, client: Client) -> Outcome:
+    """``server`` is the upstream (access log on); fresh aioreg proxies are started in front
+    of it: one for a cold then a warm pull, another for 16 concurrent cold pullers."""
+    assert ctx.aioreg is not None
+    big = ctx.big
+    await client.push_monolithic(
+        PROXY_REPO, big.digest, big.size, file_chunks(big.path, 0, big.size)
+    )
+    await client.head_blob(PROXY_REPO, big.digest, big.size)
+    proxy_kind = ctx.aioreg.configured(
+        f'[[proxy]]\nnamespace = "{PROXY_NAMESPACE}"\nupstream = "{server.url}"\n'
+    )
+    local = f"{PROXY_NAMESPACE}/{PROXY_REPO}"
+
+    async def timed(pull: Client) -> float:
+        t0 = clock()
+        await pull.pull_blob(local if pull is not client else PROXY_REPO, big.digest, big.size)
+        return clock() - t0
+
+    def gets() -> int:
+        return _upstream_gets(server, PROXY_REPO, big.digest)
+
+    outcome = Outcome(details={"bytes": big.size, "pullers": PROXY_PULLERS})
+    direct = await timed(client)  # the same pull, straight from the upstream (hosted)
+    peak_rss = 0.0
+    for phase in ("single", "concurrent"):
+        before = gets()
+        px = await asyncio.to_thread(proxy_kind.start, ctx.workdir)
+        try:
+            pclient = Client(px.url, client.session)
+            if phase == "single":
+                cold = await timed(pclient)
+                if (n := gets() - before) != 1:
+                    raise VerifyError(f"cold pull through the proxy: {n} upstream GETs, expected 1")
+                warm = await timed(pclient)
+                if (n := gets() - before) != 1:
+                    raise VerifyError(f"warm pull through the proxy went upstream ({n} GETs)")
+            else:
+                t0 = clock()
+                await asyncio.gather(*(timed(pclient) for _ in range(PROXY_PULLERS)))
+                crowd = clock() - t0
+                crowd_gets = gets() - before
+                if crowd_gets != 1:
+                    raise VerifyError(
+                        f"{PROXY_PULLERS} concurrent cold pulls: {crowd_gets} upstream GETs of "
+                        "the blob, expected 1"
+                    )
+            px.check_alive()
+            peak_rss = max(peak_rss, px.peak_rss() / MiB)
+        finally:
+            await asyncio.to_thread(px.stop)
+    outcome.metrics = {
+        "direct_MBps": mbps(big.size, direct),
+        "cold_MBps": mbps(big.size, cold),
+        "warm_MBps": mbps(big.size, warm),
+        "crowd_MBps": mbps(big.size * PROXY_PULLERS, crowd),
+        "upstream_blob_x": float(crowd_gets),
+        "proxy_peak_rss_mib": peak_rss,
+    }
+    outcome.details["upstream_gets_for_16"] = crowd_gets
+    outcome.details["seconds"] = {"direct": direct, "cold": cold, "warm": warm, "crowd": crowd}
+    outcome.notes.append("client: aiohttp hashing every pull with sha256 (one core for all)")
+    return outcome
+
+
+PROXY_METRICS = (
+    Metric("cold_MBps", "cold pull through the proxy", "MB/s", True),
+    Metric("direct_MBps", "same pull direct from the upstream", "MB/s", True),
+    Metric("warm_MBps", "warm pull through the proxy (cached)", "MB/s", True),
+    Metric("crowd_MBps", "16 concurrent cold pullers, aggregate", "MB/s", True),
+    Metric("upstream_blob_x", "upstream bytes for the 16 pullers", "x blob", False),
+    Metric("proxy_peak_rss_mib", "proxy peak RSS (VmHWM)", "MiB", False),
+)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "push_monolithic",
@@ -617,6 +717,15 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("manifest", "manifest GET/HEAD, 64 connections", MANIFEST_METRICS, manifest_rate),
     Scenario("tags", "10,000 tags: PUT, list whole and paginated", TAGS_METRICS, tags),
     Scenario("catalog", "1,000 repositories: list whole and paginated", CATALOG_METRICS, catalog),
+    Scenario(
+        "proxy",
+        "1 GiB blob through a pull-through proxy (aioreg upstream)",
+        PROXY_METRICS,
+        proxy,
+        big_blob=True,
+        aioreg_only=True,
+        access_log=True,
+    ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}

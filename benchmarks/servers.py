@@ -224,8 +224,14 @@ class Aioreg(ServerKind):
 
     name = "aioreg"
 
-    def __init__(self, src: Path | None = None) -> None:
+    def __init__(self, src: Path | None = None, config: str = "", access_log: bool = False) -> None:
         self.src = src
+        self.config = config  # TOML written to the run's dir and passed as --config
+        self.access_log = access_log
+
+    def configured(self, config: str = "", access_log: bool = False) -> Aioreg:
+        """The same aioreg (same source) with a config file and/or the access log on."""
+        return Aioreg(self.src, config, access_log)
 
     def _env(self) -> dict[str, str | None]:
         # Nothing from the caller's environment may change the configuration.
@@ -248,9 +254,16 @@ class Aioreg(ServerKind):
             "--data",
             str(data),
         ]
-        # Production settings: no access log; uvloop is picked up when installed.
+        if self.config:
+            config = root / "aioreg.toml"
+            config.write_text(self.config)
+            argv += ["--config", str(config)]
+        # Production settings: no access log (unless a scenario counts requests with it);
+        # uvloop is picked up when installed.
         env = self._env()
-        env.update(AIOREG_SERVER_ACCESS_LOG="false", PYTHONUNBUFFERED="1")
+        env.update(
+            AIOREG_SERVER_ACCESS_LOG="true" if self.access_log else "false", PYTHONUNBUFFERED="1"
+        )
         return argv, env
 
     def check_started(self, running: Running) -> None:
