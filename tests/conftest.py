@@ -6,6 +6,9 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -245,3 +248,29 @@ def servers() -> Iterator[list[Server]]:
         server.stop()
         if os.environ.get("AIOREG_KEEP_LOGS") is None:
             server.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[list[str]]:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (.ci/run installs it)")
+    runroot = tempfile.mkdtemp(prefix="aioreg-podman-", dir="/tmp")
+    base = [
+        "podman",
+        "--storage-driver",
+        "vfs",
+        "--root",
+        str(tmp_path / "podman-root"),
+        "--runroot",
+        runroot,  # podman refuses a runroot path longer than 50 characters
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "file",
+    ]
+    result = subprocess.run([*base, "info"], capture_output=True, text=True, timeout=180)
+    if result.returncode != 0:
+        pytest.skip(f"podman cannot run on this machine: {result.stderr.strip()[:500]}")
+    yield base
+    subprocess.run([*base, "rmi", "--all", "--force"], capture_output=True, timeout=180)
+    shutil.rmtree(runroot, ignore_errors=True)

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,32 +128,6 @@ def test_skopeo_copy_between_repositories_mounts_blobs(registry: str, tmp_path: 
         assert skopeo("inspect", "--raw", "--tls-verify=false", ref).encode() == image.manifest
         skopeo("copy", "--src-tls-verify=false", ref, f"oci:{tmp_path / f'back{i}'}:latest")
         assert files_by_hash(tmp_path / f"back{i}") == files_by_hash(tmp_path / "src")
-
-
-@pytest.fixture
-def podman(tmp_path: Path) -> Iterator[list[str]]:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (.ci/run installs it)")
-    runroot = tempfile.mkdtemp(prefix="aioreg-podman-", dir="/tmp")
-    base = [
-        "podman",
-        "--storage-driver",
-        "vfs",
-        "--root",
-        str(tmp_path / "podman-root"),
-        "--runroot",
-        runroot,  # podman refuses a runroot path longer than 50 characters
-        "--cgroup-manager",
-        "cgroupfs",
-        "--events-backend",
-        "file",
-    ]
-    result = subprocess.run([*base, "info"], capture_output=True, text=True, timeout=TIMEOUT)
-    if result.returncode != 0:
-        pytest.skip(f"podman cannot run on this machine: {result.stderr.strip()[:500]}")
-    yield base
-    subprocess.run([*base, "rmi", "--all", "--force"], capture_output=True, timeout=TIMEOUT)
-    shutil.rmtree(runroot, ignore_errors=True)
 
 
 def test_podman_pull_tag_push_pull(registry: str, tmp_path: Path, podman: list[str]) -> None:

@@ -30,7 +30,7 @@ from tests.conftest import (
     digest_of,
     error_codes,
 )
-from tests.images import multi_platform
+from tests.images import Image, multi_platform
 from tests.test_clients import files_by_hash
 
 PASSWORD = "upstream-secret-1"
@@ -203,7 +203,7 @@ async def test_concurrent_pulls_of_an_uncached_blob_go_upstream_once(
     make_registry: AppFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream = await make_registry(tmp_path / "up", server={"access_log": True})
-    blob = os.urandom(4 << 20)
+    blob = os.urandom(64 << 20)  # the issue's size: 16 x 64 MiB to the clients, 64 MiB upstream
     digest = await upstream.push_blob("library/big", blob)
     proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
     caplog.set_level(logging.INFO, logger="aioreg.access")
@@ -377,11 +377,10 @@ async def test_writes_to_a_proxy_namespace_are_405(
     await proxy.push_image("team/app", "v1")
 
 
-async def test_skopeo_copies_a_multiarch_image_through_the_proxy(
+async def _multiarch_upstream(
     make_registry: AppFactory, tmp_path: Path
-) -> None:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed (.ci/run installs it)")
+) -> tuple[Reg, str, bytes, list[Image]]:
+    """An upstream aioreg holding a two-platform image (real layers) as library/multi:1.0."""
     digest, index, images = multi_platform(tmp_path / "src", "multi")
     upstream = await make_registry(tmp_path / "up")
     manifests = {image.manifest_digest for image in images} | {digest}
@@ -391,18 +390,48 @@ async def test_skopeo_copies_a_multiarch_image_through_the_proxy(
     for image in images:
         await upstream.push_manifest("library/multi", image.manifest_digest, image.manifest)
     await upstream.push_manifest("library/multi", "1.0", index, OCI_INDEX)
+    return upstream, digest, index, images
+
+
+async def _run(*args: str) -> str:
+    """A client command, without blocking the loop the in-process servers run on."""
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 180)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+async def test_skopeo_copies_a_multiarch_image_through_the_proxy(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed (.ci/run installs it)")
+    upstream, digest, _, _ = await _multiarch_upstream(make_registry, tmp_path)
     proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
     ref = f"docker://127.0.0.1:{proxy.server.port}/hub/multi:1.0"
-    copy = await asyncio.create_subprocess_exec(
-        *("skopeo", "copy", "--all", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'back'}:1.0"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    await _run(
+        "skopeo", "copy", "--all", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'back'}:1.0"
     )
-    _, stderr = await asyncio.wait_for(copy.communicate(), 120)
-    assert copy.returncode == 0, stderr.decode()
     assert files_by_hash(tmp_path / "back") == files_by_hash(tmp_path / "src")
     back_index = json.loads((tmp_path / "back" / "index.json").read_text())
     assert back_index["manifests"][0]["digest"] == digest
+
+
+async def test_podman_pulls_a_multiarch_image_through_the_proxy(
+    make_registry: AppFactory, tmp_path: Path, podman: list[str]
+) -> None:
+    upstream, digest, _, images = await _multiarch_upstream(make_registry, tmp_path)
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    ref = f"127.0.0.1:{proxy.server.port}/hub/multi:1.0"
+    await _run(*podman, "pull", "--tls-verify=false", "--arch", "amd64", ref)
+    inspected = json.loads(await _run(*podman, "image", "inspect", ref))[0]
+    amd64 = next(image for image in images if image.platform.get("architecture") == "amd64")
+    # The image podman stored is the upstream's amd64 image: same config, same layers.
+    assert "sha256:" + inspected["Id"] == digest_of(amd64.config)
+    assert inspected["RootFS"]["Layers"] == amd64.diff_ids
+    assert any(d.endswith(digest) for d in inspected["RepoDigests"]), inspected["RepoDigests"]
 
 
 async def test_tags_revalidate_after_the_interval_and_gc_keeps_cached_content(

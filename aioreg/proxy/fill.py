@@ -70,14 +70,17 @@ class BlobFill:
                     )
                 self.size = response.content_length
                 self.started.set()
-                pending = bytearray()
-                async for chunk in response.content.iter_any():
-                    pending += chunk
-                    if len(pending) >= buffer_bytes:
-                        await self._append(writer, pending)
-                        pending = bytearray()
-                if pending:
-                    await self._append(writer, pending)
+                streaming = writer
+
+                async def body() -> AsyncIterator[bytes]:
+                    async for chunk in response.content.iter_any():
+                        yield chunk
+                        # The writer's offset moves once a batch is on disk.
+                        await self._advance(streaming.offset)
+
+                # One write over the whole body: the writer hashes and writes one batch
+                # on a worker thread while the next is read from the upstream.
+                await self._advance(await writer.write(body(), None, buffer_bytes))
             blob = await writer.commit(self.digest, self.size)
             await publish(blob, writer)
             self._final_path = str(store.path(self.digest))
@@ -98,13 +101,12 @@ class BlobFill:
             async with self._changed:
                 self._changed.notify_all()
 
-    async def _append(self, writer: UploadWriter, data: bytearray) -> None:
-        async def one() -> AsyncIterator[bytes]:
-            yield bytes(data)
-
-        self.progress = await writer.write(one(), None, len(data))
-        async with self._changed:
-            self._changed.notify_all()
+    async def _advance(self, on_disk: int) -> None:
+        """Tell the readers when more of the blob is on disk."""
+        if on_disk > self.progress:
+            self.progress = on_disk
+            async with self._changed:
+                self._changed.notify_all()
 
     def available(self) -> int:
         """Bytes a reader may send: all once verified, else all but the last one.
