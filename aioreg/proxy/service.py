@@ -304,13 +304,8 @@ class Proxies:
         stored = await self._cached(name, parsed)
         if stored is not None:
             return stored
-        fill = self._fills.get(str(parsed))
-        if fill is None:
-            fill = self._start_fill(proxy, name, parsed)
-        await fill.started.wait()
-        if fill.finished.is_set() and not fill.succeeded:
-            raise fill.failure()
-        return fill
+        fill = self._fills.get(str(parsed)) or self._start_fill(proxy, name, parsed)
+        return await _joined(fill)
 
     async def _cached(self, name: str, digest: Digest) -> StoredBlob | None:
         """The blob from this repository's cache, or linked from elsewhere in the store."""
@@ -330,10 +325,7 @@ class Proxies:
             return stored
         fill = self._fills.get(str(parsed))
         if fill is not None:
-            await fill.started.wait()
-            if fill.finished.is_set() and not fill.succeeded:
-                raise fill.failure()
-            return fill
+            return await _joined(fill)
         repository = proxy.upstream_name(name)
         try:
             async with proxy.upstream.request("HEAD", repository, f"blobs/{parsed}") as response:
@@ -444,3 +436,11 @@ def _client_error(exc: UpstreamError, what: str) -> RegistryError:
 def _hub_alias(host: str) -> str:
     """containerd says ``docker.io`` for Docker Hub, whose registry is registry-1.docker.io."""
     return "registry-1.docker.io" if host == "docker.io" else host
+
+
+async def _joined(fill: BlobFill) -> BlobFill:
+    """A transfer once its size is known, or its error if it has already failed."""
+    await fill.started.wait()
+    if fill.finished.is_set() and not fill.succeeded:
+        raise fill.failure()
+    return fill
