@@ -21,14 +21,13 @@ from aiohttp import web
 from aioreg.config import ConfigError, load_config
 from aioreg.domain.reference import Digest
 from tests.conftest import (
-    OCI_CONFIG,
     OCI_INDEX,
-    OCI_LAYER,
     OCI_MANIFEST,
     AppFactory,
     Reg,
     digest_of,
     error_codes,
+    image_manifest,
 )
 from tests.images import Image, multi_platform
 from tests.test_clients import files_by_hash
@@ -51,15 +50,8 @@ async def push_platform(reg: Reg, name: str, seed: str, layer_size: int = 3000) 
     layer = (seed.encode() * layer_size)[:layer_size]
     await reg.push_blob(name, config)
     await reg.push_blob(name, layer)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}],
-        },
-        indent=3,  # unusual formatting: any re-encoding would change the digest
-    ).encode()
+    # Unusual formatting: any re-encoding on the way would change the digest.
+    manifest = json.dumps(json.loads(image_manifest(config, [layer])), indent=3).encode()
     await reg.push_manifest(name, digest_of(manifest), manifest)
     return manifest
 

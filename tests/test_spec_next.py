@@ -13,13 +13,12 @@ from aioreg.auth.accounts import Accounts
 from aioreg.domain.reference import Digest
 from aioreg.storage import BlobStore
 from tests.conftest import (
-    OCI_CONFIG,
-    OCI_LAYER,
     OCI_MANIFEST,
     AppFactory,
     Reg,
     digest_of,
     error_codes,
+    image_manifest,
 )
 
 
@@ -30,14 +29,7 @@ async def image(reg: Reg, name: str, seed: str, algorithm: str = "sha256") -> tu
     layer = f"layer-{seed}".encode() * 50
     for blob in (config, layer):
         await reg.push_blob(name, blob)
-    body = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}],
-        }
-    ).encode()
+    body = image_manifest(config, [layer])
     return body, f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
 
 
