@@ -18,6 +18,7 @@ from aioreg.config import ProxyConfig
 from aioreg.domain.manifest import ParsedManifest
 from aioreg.index.blobs import FileExists, PlaceFile
 from aioreg.index.gc import RemoveFile
+from aioreg.index.proxies import Evicted
 from aioreg.index.rows import (
     ArtifactRow,
     AuditRow,
@@ -319,6 +320,10 @@ class ProxyIndex(Protocol):
     async def add(self, proxy: ProxyConfig, now: float) -> bool: ...
 
     async def remove(self, namespace: str) -> bool: ...
+
+    async def cached_bytes(self, namespace: str) -> int: ...
+
+    async def evict_oldest(self, namespace: str, keep: Collection[str]) -> Evicted | None: ...
 
 
 class GcIndex(Protocol):

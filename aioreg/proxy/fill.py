@@ -6,6 +6,10 @@ file with their own descriptor, so each gets the bytes as soon as they are on
 disk and none holds more than one block in memory. The blob is placed and
 indexed only after its digest verifies; any failure removes the temp file and
 every reader ends with an error. Readers leaving never stop the fill.
+
+Once the size is known the proxy decides whether the blob is cached at all
+(``admit``: its size cap and quota); a blob that is not is streamed the same
+way and its temp file dropped at the end, the readers' descriptors still open.
 """
 
 from __future__ import annotations
@@ -24,19 +28,25 @@ from aioreg.storage.writer import READ_BLOCK
 
 log = logging.getLogger("aioreg.proxy")
 
-Publish = Callable[[WrittenBlob, UploadWriter], Awaitable[None]]
+# Index a verified blob; False when it could not be cached after all (a quota).
+Publish = Callable[[WrittenBlob, UploadWriter], Awaitable[bool]]
+# Whether a blob of this size is cached (True) or only streamed (False).
+Admit = Callable[[int], Awaitable[bool]]
 
 
 class BlobFill:
     """The transfer of one digest; ``started`` once its size is known, ``finished`` at the end."""
 
-    def __init__(self, digest: Digest, repository: str) -> None:
+    def __init__(self, digest: Digest, repository: str, namespace: str) -> None:
         self.digest = digest
         self.repository = repository  # upstream name
+        self.namespace = namespace  # the local proxy namespace it fills
         self.size = 0
         self.progress = 0  # bytes on disk in the temp file
         self.error: BaseException | None = None
         self.succeeded = False
+        self.caching = False  # admitted into the cache (decided once the size is known)
+        self.cached = False  # verified and indexed
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -47,9 +57,9 @@ class BlobFill:
         self,
         upstream: Upstream,
         store: BlobStorage,
+        admit: Admit,
         publish: Publish,
         buffer_bytes: int,
-        max_bytes: int,
     ) -> None:
         """The whole transfer; its outcome is ``succeeded``/``error`` (only cancellation raises)."""
         writer: UploadWriter | None = None
@@ -62,13 +72,8 @@ class BlobFill:
                     raise RegistryError(
                         ErrorCode.UNAVAILABLE, "upstream sent the blob without a length"
                     )
-                if max_bytes and response.content_length > max_bytes:
-                    raise RegistryError(
-                        ErrorCode.SIZE_INVALID,
-                        f"blob {self.digest} is {response.content_length} bytes, over this "
-                        f"proxy's cap of {max_bytes}",
-                    )
                 self.size = response.content_length
+                self.caching = await admit(self.size)
                 self.started.set()
                 streaming = writer
 
@@ -82,8 +87,11 @@ class BlobFill:
                 # on a worker thread while the next is read from the upstream.
                 await self._advance(await writer.write(body(), None, buffer_bytes))
             blob = await writer.commit(self.digest, self.size)
-            await publish(blob, writer)
-            self._final_path = str(store.path(self.digest))
+            if self.caching and await publish(blob, writer):
+                self._final_path = str(store.path(self.digest))
+                self.cached = True
+            else:  # streamed only: the readers hold their own descriptors of the file
+                await writer.cancel()
             self.succeeded = True
         except BaseException as exc:
             self.error = exc
@@ -116,7 +124,7 @@ class BlobFill:
         """
         return self.size if self.succeeded else min(self.progress, self.size - 1)
 
-    async def _beyond(self, offset: int) -> None:
+    async def beyond(self, offset: int) -> None:
         """Wait until more than ``offset`` bytes may be sent, or the fill is over."""
         async with self._changed:
             await self._changed.wait_for(
@@ -136,32 +144,52 @@ class BlobFill:
             ErrorCode.UNAVAILABLE, f"fetching blob {self.digest} from upstream failed"
         )
 
-    def follow(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes]:
-        """The blob's bytes [start, end) as they arrive; raises if the fill fails midway."""
-        return self._follow(start, self.size if end is None else end)
+    def reader(self) -> FillReader:
+        """A reader of the blob, with its own descriptor of the file from now on.
 
-    async def _follow(self, start: int, end: int) -> AsyncGenerator[bytes]:
-        # Opened at the first step, in the loop: the fill's descriptor (or, once it
-        # succeeded, the placed file) is there, as nothing else runs in between.
+        Called with no await since the fill was found running, so the temp file
+        is still open; once the fill is over, only a cached blob can be read.
+        """
         if self._fd is not None:
-            fd = os.dup(self._fd)
-        elif self.succeeded and self._final_path is not None:
-            fd = os.open(self._final_path, os.O_RDONLY)
-        else:
+            return FillReader(self, os.dup(self._fd))
+        if self.cached and self._final_path is not None:
+            try:
+                return FillReader(self, os.open(self._final_path, os.O_RDONLY))
+            except OSError:
+                pass  # evicted and collected meanwhile
+        if self.finished.is_set() and not self.succeeded:
             raise self.failure()
-        try:
-            offset = start
-            while offset < end:
-                await self._beyond(offset)
-                if self.finished.is_set() and not self.succeeded:
-                    raise self.failure()
-                limit = min(end, self.available())
-                chunk = await asyncio.to_thread(
-                    os.pread, fd, min(limit - offset, READ_BLOCK), offset
-                )
-                if not chunk:
-                    raise self.failure()
-                offset += len(chunk)
-                yield chunk
-        finally:
-            os.close(fd)
+        raise RegistryError(
+            ErrorCode.UNAVAILABLE, f"the transfer of blob {self.digest} ended; pull it again"
+        )
+
+
+class FillReader:
+    """One client's view of a fill: the bytes it may send, as they arrive."""
+
+    def __init__(self, fill: BlobFill, fd: int) -> None:
+        self.fill = fill
+        self._fd: int | None = fd
+
+    async def follow(self, start: int, end: int) -> AsyncGenerator[bytes]:
+        """The blob's bytes [start, end) as they arrive; raises if the fill fails midway."""
+        fill = self.fill
+        assert self._fd is not None, "closed"
+        offset = start
+        while offset < end:
+            await fill.beyond(offset)
+            if fill.finished.is_set() and not fill.succeeded:
+                raise fill.failure()
+            limit = min(end, fill.available())
+            chunk = await asyncio.to_thread(
+                os.pread, self._fd, min(limit - offset, READ_BLOCK), offset
+            )
+            if not chunk:
+                raise fill.failure()
+            offset += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

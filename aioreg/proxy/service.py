@@ -28,8 +28,9 @@ from aioreg.domain.manifest import parse_manifest
 from aioreg.domain.reference import Digest, parse_reference, validate_name
 from aioreg.domain.registry import Registry, StoredBlob
 from aioreg.domain.warnings import warn
-from aioreg.errors import ErrorCode, RegistryError, TooLargeError
-from aioreg.index import ManifestRow, Referrer
+from aioreg.errors import ErrorCode, QuotaExceededError, RegistryError, TooLargeError
+from aioreg.index import Event, ManifestRow, Referrer
+from aioreg.index.proxies import Evicted
 from aioreg.proxy.fill import BlobFill
 from aioreg.proxy.upstream import Upstream, UpstreamError
 from aioreg.storage import UploadWriter, WrittenBlob
@@ -38,6 +39,7 @@ log = logging.getLogger("aioreg.proxy")
 # An upstream tag page may hold this many bytes per tag asked for (a tag is up to 128).
 TAG_BYTES = 160
 LISTING_SLACK = 4096
+WARNED_MAX = 4096  # digests and namespaces a once-only warning is remembered for
 
 # Every manifest type a registry may hold; the upstream picks what it has.
 MANIFEST_ACCEPT = ", ".join(
@@ -75,6 +77,9 @@ class Proxies:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._fills: dict[str, BlobFill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reserved: dict[str, int] = {}  # namespace -> bytes of cached fills in progress
+        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._warned: set[str] = set()
 
     async def open(self) -> None:
         for proxy in self._by_namespace.values():
@@ -232,6 +237,10 @@ class Proxies:
                 ErrorCode.UNAVAILABLE,
                 f"upstream sent a manifest of digest {manifest.digest} for {wanted}",
             )
+        async with self._room_lock(proxy.config.namespace):
+            # Stored even without room: a pull needs it, and it is small beside its blobs.
+            reserved = self._reserved.get(proxy.config.namespace, 0)
+            await self._evict_for(proxy, reserved + len(body), str(manifest.digest))
         await self.registry.index.manifests.put(
             name, manifest, body, [tag] if tag else [], time.time(), require_references=False
         )
@@ -298,34 +307,48 @@ class Proxies:
     # -- blobs ---------------------------------------------------------------
 
     async def blob(self, name: str, digest: str) -> StoredBlob | BlobFill:
-        """The cached blob, or the (shared) transfer bringing it, once its size is known."""
+        """The cached blob, or the (shared) transfer bringing it, once its size is known.
+
+        A transfer that has ended is not joined (its file may be gone): a new one starts.
+        """
         proxy = self._proxy(name)
         parsed = Digest.parse(digest)
-        stored = await self._cached(name, parsed)
+        stored = await self._cached(proxy, name, parsed)
         if stored is not None:
             return stored
-        fill = self._fills.get(str(parsed)) or self._start_fill(proxy, name, parsed)
+        fill = self._fills.get(str(parsed))
+        if fill is None or fill.finished.is_set():
+            fill = self._start_fill(proxy, name, parsed)
         return await _joined(fill)
 
-    async def _cached(self, name: str, digest: Digest) -> StoredBlob | None:
-        """The blob from this repository's cache, or linked from elsewhere in the store."""
+    async def _cached(self, proxy: Proxy, name: str, digest: Digest) -> StoredBlob | None:
+        """The blob from this repository's cache, or linked from elsewhere in the store
+        when the namespace has room for it (else it is fetched and streamed)."""
         with contextlib.suppress(RegistryError):
             return await self.registry.blob(name, str(digest))
-        if await self.registry.mount_blob(name, str(digest), None, adopt=True) is not None:
-            return await self.registry.blob(name, str(digest))
-        return None
+        row = await self.registry.index.blobs.get(str(digest))
+        if row is None or not await self._make_room(proxy, name, digest, row.size):
+            return None
+        try:
+            mounted = await self.registry.mount_blob(name, str(digest), None, adopt=True)
+        except QuotaExceededError:
+            return None
+        finally:
+            self._release(proxy, row.size)
+        return None if mounted is None else await self.registry.blob(name, str(digest))
 
     async def blob_head(self, name: str, digest: str) -> StoredBlob | BlobFill | int:
         """What a HEAD needs: the cached blob, the transfer already bringing it, or else
         the size an upstream HEAD gives; nothing is downloaded for a HEAD."""
         proxy = self._proxy(name)
         parsed = Digest.parse(digest)
-        stored = await self._cached(name, parsed)
-        if stored is not None:
-            return stored
+        with contextlib.suppress(RegistryError):
+            return await self.registry.blob(name, str(parsed))
         fill = self._fills.get(str(parsed))
-        if fill is not None:
+        if fill is not None and not fill.finished.is_set():
             return await _joined(fill)
+        if (row := await self.registry.index.blobs.get(str(parsed))) is not None:
+            return row.size  # stored for another repository: a GET links it
         repository = proxy.upstream_name(name)
         try:
             async with proxy.upstream.request("HEAD", repository, f"blobs/{parsed}") as response:
@@ -340,41 +363,149 @@ class Proxies:
             raise RegistryError(
                 ErrorCode.UNAVAILABLE, f"upstream answered a HEAD of blob {parsed} without its size"
             )
-        if proxy.config.max_bytes and size > proxy.config.max_bytes:
-            raise RegistryError(
-                ErrorCode.SIZE_INVALID,
-                f"blob {parsed} is {size} bytes, over this proxy's cap of {proxy.config.max_bytes}",
-            )
         return size
 
-    async def complete_blob(self, name: str, digest: str) -> StoredBlob:
-        """The blob once cached (a Range request waits for the whole transfer)."""
-        found = await self.blob(name, digest)
-        if isinstance(found, BlobFill):
-            await found.finished.wait()
-            if not found.succeeded:
-                raise found.failure()
-            return await self.registry.blob(name, digest)
-        return found
+    # -- the cache's size ----------------------------------------------------
+
+    async def _make_room(self, proxy: Proxy, name: str, digest: Digest, size: int) -> bool:
+        """Whether a blob of ``size`` may be cached in ``name``'s proxy namespace; if so,
+        its bytes are reserved until ``_release``.
+
+        Under ``max_bytes`` the least recently pulled cached content goes first
+        (``evict_oldest``), never what a transfer in progress belongs to; a blob
+        larger than the cap, or one that still does not fit, is only streamed. A
+        namespace quota is never made room under: past it, blobs are streamed uncached.
+        """
+        config = proxy.config
+        namespace = config.namespace
+        if config.max_bytes and size > config.max_bytes:
+            self._warn_once(
+                str(digest),
+                f"blob {digest} of {name} is {size} bytes, over proxy {namespace}'s cap of "
+                f"{config.max_bytes}: streamed, not cached",
+            )
+            return False
+        index = self.registry.index
+        async with self._room_lock(namespace):
+            reserved = self._reserved.get(namespace, 0)
+            if not await self._evict_for(proxy, reserved + size, str(digest)):
+                log.warning(
+                    "proxy %s: no room for blob %s (%d bytes) under its cap of %d beside "
+                    "transfers in progress: streamed, not cached",
+                    namespace,
+                    digest,
+                    size,
+                    config.max_bytes,
+                )
+                return False
+            quota = await self.registry.quotas.limit(name)
+            if quota is not None:
+                used = await index.usage.namespace(namespace)
+                if used + reserved + size > quota:
+                    log.warning(
+                        "proxy %s: blob %s (%d bytes) would pass the namespace's quota "
+                        "(%d of %d bytes used): streamed, not cached",
+                        namespace,
+                        digest,
+                        size,
+                        used,
+                        quota,
+                    )
+                    return False
+            self._reserved[namespace] = reserved + size
+            return True
+
+    def _room_lock(self, namespace: str) -> asyncio.Lock:
+        """Held while room is made and reserved: concurrent fills cannot both take it."""
+        return self._room_locks.setdefault(namespace, asyncio.Lock())
+
+    async def _evict_for(self, proxy: Proxy, adding: int, digest: str) -> bool:
+        """Evict least recently pulled content until ``adding`` more bytes fit under the
+        cap (under ``_room_lock``); False when what may go is not enough.
+
+        What transfers in progress belong to stays, and so does whatever names
+        ``digest`` (the index whose child manifest is being fetched).
+        """
+        cap, namespace = proxy.config.max_bytes, proxy.config.namespace
+        if not cap:
+            return True
+        index = self.registry.index
+        await index.activity.flush()  # pull times decide what goes first
+        keep = {str(f.digest) for f in self._fills.values() if f.namespace == namespace}
+        keep.add(digest)
+        while await index.proxies.cached_bytes(namespace) + adding > cap:
+            evicted = await index.proxies.evict_oldest(namespace, keep)
+            if evicted is None:
+                return False
+            self._note_eviction(evicted)
+        return True
+
+    def _release(self, proxy: Proxy, size: int) -> None:
+        namespace = proxy.config.namespace
+        self._reserved[namespace] = max(self._reserved.get(namespace, 0) - size, 0)
+
+    def _note_eviction(self, evicted: Evicted) -> None:
+        log.info(
+            "proxy cache: evicted %s@%s (%d manifests, %d blobs unlinked), least recently pulled",
+            evicted.repository,
+            evicted.digest,
+            len(evicted.manifests),
+            len(evicted.blobs),
+        )
+        self.registry.index.activity.note_event(
+            Event(
+                time.time(),
+                "delete",
+                evicted.repository,
+                None,
+                evicted.digest,
+                "proxy-cache",
+                "evicted from the proxy cache: least recently pulled, over its max_bytes",
+            )
+        )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        """A warning logged once per ``key`` in this process (a bounded memory of them)."""
+        if key in self._warned:
+            return
+        if len(self._warned) >= WARNED_MAX:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning("%s", message)
 
     def _start_fill(self, proxy: Proxy, name: str, digest: Digest) -> BlobFill:
-        fill = BlobFill(digest, proxy.upstream_name(name))
+        fill = BlobFill(digest, proxy.upstream_name(name), proxy.config.namespace)
         key = str(digest)
+        admitted = 0
 
-        async def publish(blob: WrittenBlob, writer: UploadWriter) -> None:
-            await self.registry.uploads.publish(name, blob, writer)
+        async def admit(size: int) -> bool:
+            nonlocal admitted
+            if await self._make_room(proxy, name, digest, size):
+                admitted = size
+                return True
+            return False
+
+        async def publish(blob: WrittenBlob, writer: UploadWriter) -> bool:
+            try:
+                await self.registry.uploads.publish(name, blob, writer)
+            except QuotaExceededError as exc:  # another process took the room meanwhile
+                log.warning("proxy blob %s of %s streamed, not cached: %s", digest, name, exc)
+                return False
+            return True
 
         async def run() -> None:
             try:
                 await fill.run(
                     proxy.upstream,
                     self.registry.store,
+                    admit,
                     publish,
                     self.registry.config.storage.write_buffer_bytes,
-                    proxy.config.max_bytes,
                 )
             finally:
-                self._fills.pop(key, None)
+                self._release(proxy, admitted)
+                if self._fills.get(key) is fill:
+                    del self._fills[key]
 
         self._fills[key] = fill
         task = asyncio.get_running_loop().create_task(run(), name=f"proxy fill {key}")

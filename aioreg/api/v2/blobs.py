@@ -79,8 +79,6 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         return await send_blob(
             request, await registry(request).blob(request.match_info["name"], digest)
         )
-    if request.headers.get("Range"):  # from the cache, once the whole blob is there
-        return await send_blob(request, await proxies(request).complete_blob(name, digest))
     if request.method == "HEAD":
         head = await proxies(request).blob_head(name, digest)
         if isinstance(head, int):  # not cached: the upstream's answer, nothing downloaded
@@ -90,7 +88,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         found = await proxies(request).blob(name, digest)
     if isinstance(found, StoredBlob):
         return await send_blob(request, found)
-    return await stream_fill(request, found, blob_headers(str(found.digest)))
+    headers = blob_headers(str(found.digest))
+    try:
+        span = _byte_range(request.headers.get("Range"), found.size)
+    except _Unsatisfiable:
+        return _unsatisfiable(request, found.size)
+    return await stream_fill(request, found, headers, span)
 
 
 async def send_blob(request: web.Request, blob: StoredBlob) -> web.StreamResponse:
@@ -101,14 +104,7 @@ async def send_blob(request: web.Request, blob: StoredBlob) -> web.StreamRespons
     try:
         span = _byte_range(request.headers.get("Range"), blob.size)
     except _Unsatisfiable:
-        refusal = error_response(
-            ErrorCode.SIZE_INVALID,
-            f"range {request.headers.get('Range', '')[:100]!r} is outside a blob of "
-            f"{blob.size} bytes",
-            status=416,
-        )
-        refusal.headers["Content-Range"] = f"bytes */{blob.size}"
-        return refusal
+        return _unsatisfiable(request, blob.size)
     start, end = span if span is not None else (0, blob.size)
     response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
     response.content_length = end - start
@@ -133,6 +129,17 @@ async def send_blob(request: web.Request, blob: StoredBlob) -> web.StreamRespons
     else:
         response.force_close()  # the client is gone or stalled; the body is short
     return response
+
+
+def _unsatisfiable(request: web.Request, size: int) -> web.Response:
+    """416 for a range starting past the end of a blob of ``size`` bytes."""
+    refusal = error_response(
+        ErrorCode.SIZE_INVALID,
+        f"range {request.headers.get('Range', '')[:100]!r} is outside a blob of {size} bytes",
+        status=416,
+    )
+    refusal.headers["Content-Range"] = f"bytes */{size}"
+    return refusal
 
 
 async def delete_blob(request: web.Request) -> web.StreamResponse:

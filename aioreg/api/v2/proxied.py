@@ -87,27 +87,39 @@ async def send_head(request: web.Request, size: int, headers: dict[str, str]) ->
 
 
 async def stream_fill(
-    request: web.Request, fill: BlobFill, headers: dict[str, str]
+    request: web.Request,
+    fill: BlobFill,
+    headers: dict[str, str],
+    span: tuple[int, int] | None = None,
 ) -> web.StreamResponse:
-    """A blob not cached yet: the bytes as the shared transfer brings them.
+    """A blob not cached yet (or never to be): the bytes as the shared transfer brings them,
+    all of them or the ``span`` [start, end) of a Range request.
 
     Past the headers a failure can only show as a short body (the connection
     closes); the transfer goes on for the cache and the other readers.
     """
     if request.method == "HEAD":
         return await send_head(request, fill.size, headers)
-    response = web.StreamResponse(status=200, headers=headers)
-    response.content_length = fill.size
-    await response.prepare(request)
-    timeout = registry(request).config.server.send_timeout
+    # Before any await: the transfer found running still has its file open.
+    reader = fill.reader()
     try:
-        async with contextlib.aclosing(fill.follow()) as chunks:
-            async for chunk in chunks:
-                async with asyncio.timeout(timeout):
-                    await response.write(chunk)
-    except Exception as exc:  # the headers are sent: only a short body can say it
-        log.warning("proxied blob %s to a client ended early: %r", fill.digest, exc)
-        response.force_close()
+        start, end = span if span is not None else (0, fill.size)
+        response = web.StreamResponse(status=200 if span is None else 206, headers=headers)
+        response.content_length = end - start
+        if span is not None:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fill.size}"
+        await response.prepare(request)
+        timeout = registry(request).config.server.send_timeout
+        try:
+            async with contextlib.aclosing(reader.follow(start, end)) as chunks:
+                async for chunk in chunks:
+                    async with asyncio.timeout(timeout):
+                        await response.write(chunk)
+        except Exception as exc:  # the headers are sent: only a short body can say it
+            log.warning("proxied blob %s to a client ended early: %r", fill.digest, exc)
+            response.force_close()
+            return response
+        await response.write_eof()
         return response
-    await response.write_eof()
-    return response
+    finally:
+        reader.close()
