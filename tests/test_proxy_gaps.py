@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from aioreg.auth.accounts import Accounts
 from aioreg.domain.reference import Digest
@@ -218,3 +219,64 @@ async def test_tag_revalidation_times_survive_a_restart(
     status, body, headers = await get_bytes(proxy, "/v2/hub/alpine/manifests/3.20")
     assert (status, body) == (200, index)
     assert "Warning" in headers
+
+
+async def test_head_and_get_of_an_upstream_manifest_honour_if_none_match(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    upstream = await make_registry(tmp_path / "up")
+    index, _ = await push_multiarch(upstream, "library/alpine", "3.20")
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    etag = {"If-None-Match": f'"{digest_of(index)}"'}
+    # The first request of all is a HEAD: the manifest comes from upstream for it.
+    for method in ("HEAD", "GET", "HEAD"):
+        async with proxy.client.request(
+            method, "/v2/hub/alpine/manifests/3.20", headers=etag
+        ) as resp:
+            assert resp.status == 304, method
+            assert resp.headers["Docker-Content-Digest"] == digest_of(index)
+            assert await resp.read() == b""
+    other = {"If-None-Match": f'"{digest_of(b"other")}"'}
+    async with proxy.client.head("/v2/hub/alpine/manifests/3.20", headers=other) as resp:
+        assert resp.status == 200 and resp.content_length == len(index)
+
+
+async def test_names_outside_the_tag_grammar_are_refused_never_asked_or_listed(
+    tmp_path: Path, make_registry: AppFactory
+) -> None:
+    """An upstream (a small aiohttp server standing for one) that lists tags no OCI registry
+    may hold: they are left out of the listing, and a pull by one is refused without asking."""
+    asked: list[str] = []
+
+    async def tags(request: web.Request) -> web.Response:
+        listed = ["1.0", "-bad", "a" * 129, "ok_2", "with space"]
+        return web.json_response({"name": "library/x", "tags": listed})
+
+    async def manifest(request: web.Request) -> web.Response:
+        asked.append(request.match_info["reference"])
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/v2/{name:.+}/tags/list", tags)
+    app.router.add_route("*", "/v2/{name:.+}/manifests/{reference}", manifest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        entry = {"namespace": "hub", "upstream": f"http://127.0.0.1:{port}"}
+        proxy = await make_registry(tmp_path / "px", proxy=[entry])
+        async with proxy.client.get("/v2/hub/x/tags/list") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["tags"] == ["1.0", "ok_2"]
+        for bad in ("-bad", "a" * 129, "with%20space"):
+            async with proxy.client.get(f"/v2/hub/x/manifests/{bad}") as resp:
+                assert resp.status == 404, bad
+                body = await resp.json()
+                assert error_codes(body) == ["MANIFEST_UNKNOWN"]
+                assert "neither a valid tag" in body["errors"][0]["message"]
+        assert asked == []
+        assert await proxy.registry.index.repositories.id("hub/x") is None
+    finally:
+        await runner.cleanup()

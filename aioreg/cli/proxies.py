@@ -48,9 +48,11 @@ def add_parsers(commands: Subparsers) -> None:
     add.add_argument("--upstream-prefix", default="", help="e.g. library for Docker Hub")
     add.add_argument("--revalidate-interval", type=float, help="seconds a tag is served unchecked")
     add.add_argument("--no-serve-stale", action="store_true", help="fail pulls when upstream fails")
-    add.add_argument("--max-bytes", type=parse_size, help="largest blob fetched, e.g. 2G")
+    add.add_argument(
+        "--max-bytes", type=parse_size, help="cap on what the cache holds, e.g. 20G (0: none)"
+    )
     bind(
-        actions.add_parser("rm", help="remove an added proxy (its cached repositories stay)"),
+        actions.add_parser("rm", help="remove an added proxy and purge its cache (gc frees blobs)"),
         on_management(_rm),
     ).add_argument("namespace")
     bind(
@@ -90,12 +92,17 @@ async def _add(m: Management, args: argparse.Namespace) -> None:
         raise RegistryError(ErrorCode.BAD_REQUEST, f"invalid proxy: {exc}") from None
     definition = await m.proxies.add(proxy)
     cap = format_size(definition.config.max_bytes) if definition.config.max_bytes else "none"
-    print(f"added proxy {args.namespace} -> {args.upstream} (blob cap {cap})")
+    print(f"added proxy {args.namespace} -> {args.upstream} (cache cap {cap})")
 
 
 async def _rm(m: Management, args: argparse.Namespace) -> None:
-    await m.proxies.remove(args.namespace)
-    print(f"removed proxy {args.namespace}; 'aioreg proxy purge' was not run, its cache stays")
+    purged = await m.proxies.remove(args.namespace, "cli")
+    print(
+        f"removed proxy {args.namespace} and purged its {len(purged)} cached repositories; "
+        "gc frees their blobs"
+    )
+    for name in purged:
+        print(f"  {name}")
 
 
 async def _purge(m: Management, args: argparse.Namespace) -> None:

@@ -72,16 +72,25 @@ class ProxyDefinitions:
             raise RegistryError(ErrorCode.DENIED, f"namespace {proxy.namespace} is already a proxy")
         return ProxyDefinition(proxy, "api")
 
-    async def remove(self, namespace: str) -> None:
-        """Forget a stored proxy; its cached repositories stay until purged or deleted."""
+    async def remove(self, namespace: str, actor: str | None = None) -> list[str]:
+        """Forget a stored proxy and purge its cache; the cached repositories removed.
+
+        The cache goes with the proxy: left behind, it would turn into hosted
+        repositories of a namespace now free for pushes. GC frees the blobs.
+        """
         definition = await self.get(namespace)
         if definition.source == "config":
             raise RegistryError(
                 ErrorCode.DENIED,
                 f"proxy {namespace} is defined in the config file; remove it there",
             )
+        # Purged first, so a refusal (an immutable tag) leaves the proxy as it was, and
+        # again after: what a server filled meanwhile goes too.
+        purged = await self.repositories.delete_namespace(namespace, actor)
         if not await self.registry.index.proxies.remove(namespace):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"{namespace} is not a proxy namespace")
+        late = await self.repositories.delete_namespace(namespace, actor)
+        return sorted({*purged, *late})
 
     async def purge(self, namespace: str, actor: str | None = None) -> list[str]:
         """Remove the proxy's cached repositories; GC then frees their blobs."""

@@ -25,7 +25,7 @@ import msgspec
 
 from aioreg.config import ProxyConfig
 from aioreg.domain.manifest import parse_manifest
-from aioreg.domain.reference import Digest, parse_reference, validate_name
+from aioreg.domain.reference import TAG_RE, Digest, parse_reference, validate_name
 from aioreg.domain.registry import Registry, StoredBlob
 from aioreg.domain.warnings import warn
 from aioreg.errors import ErrorCode, QuotaExceededError, RegistryError, TooLargeError
@@ -106,8 +106,13 @@ class Proxies:
                 try:
                     await proxy.upstream.open()
                 except OSError as exc:  # its password_file: unreadable, tried again next time
-                    log.warning("proxy %s is not usable: %s", namespace, exc.strerror)
+                    self._warn_once(
+                        f"unusable:{namespace}",
+                        f"proxy {namespace} is not usable until its password file can be "
+                        f"read: {exc.strerror}",
+                    )
                     continue
+                self._warned.discard(f"unusable:{namespace}")
                 added[namespace] = proxy
         self._by_namespace = {**kept, **added}
         self._by_host = {p.config.upstream_host: p for p in self._by_namespace.values()}
@@ -169,8 +174,15 @@ class Proxies:
         proxy = self._proxy(name)
         try:
             ref: str | Digest = parse_reference(reference)
-        except RegistryError:
-            return await self.registry.manifest(name, reference, pull=pull, actor=actor)
+        except RegistryError as invalid:
+            # 404 as for a hosted repository (the spec's only answer to a fetch), never
+            # asked upstream: a name outside the grammar is never stored as a tag.
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN,
+                f"{reference[:200]!r} is neither a valid tag nor a digest; proxy "
+                f"{proxy.config.namespace} does not ask its upstream for it",
+                invalid.detail,
+            ) from invalid
         async with self._lock(name, str(ref)):
             if isinstance(ref, Digest):
                 if await self.registry.index.manifests.by_digest(name, str(ref)) is None:
@@ -207,7 +219,16 @@ class Proxies:
         async with proxy.upstream.request(
             "HEAD", repository, f"manifests/{tag}", MANIFEST_ACCEPT
         ) as response:
-            return response.headers.get("Docker-Content-Digest")
+            sent = response.headers.get("Docker-Content-Digest")
+        if sent is None:
+            return None
+        try:
+            return str(Digest.parse(sent))
+        except RegistryError:  # not a digest: fetch by tag and let the bytes say
+            log.warning(
+                "upstream %s sent a malformed digest for %s:%s", proxy.upstream.base, name, tag
+            )
+            return None
 
     async def _fetch_manifest(
         self, proxy: Proxy, name: str, reference: str, tag: str | None, expected: str | None
@@ -271,7 +292,14 @@ class Proxies:
                 raise error from exc
             self._stale(f"the tags of {name}", error)
             return cached, more
-        return tags[:limit], more or len(tags) > limit
+        valid = [t for t in tags if TAG_RE.fullmatch(t)]
+        if len(valid) < len(tags):
+            self._warn_once(
+                f"tags:{name}",
+                f"upstream of {name} lists {len(tags) - len(valid)} tags outside the OCI tag "
+                "grammar; they are left out",
+            )
+        return valid[:limit], more or len(tags) > limit
 
     async def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[Referrer]:
         """The upstream's referrers of ``digest``; the cached ones when the upstream fails

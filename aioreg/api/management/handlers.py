@@ -347,11 +347,12 @@ async def add_proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def remove_proxy(request: web.Request) -> web.StreamResponse:
-    await _require(request, None, "delete")
+    """Remove an added proxy and purge its cache: the namespace, then its repositories."""
+    actor = await _require(request, None, "delete")
     namespace = request.match_info["namespace"]
-    await _management(request).proxies.remove(namespace)
+    purged = await _management(request).proxies.remove(namespace, actor)
     await proxies(request).reload()
-    return _json(Deleted([namespace]))
+    return _json(Deleted([namespace, *purged]))
 
 
 async def purge_proxy(request: web.Request) -> web.StreamResponse:

@@ -263,7 +263,7 @@ ENDPOINTS: list[Endpoint] = [
         "DELETE",
         "/proxies/{namespace}",
         remove_proxy,
-        "Remove a proxy added through the API or CLI (admin)",
+        "Remove a proxy added through the API or CLI, and purge its cache (admin)",
         Deleted,
     ),
     Endpoint(
