@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from aioreg.api.management.routes import PREFIX
+from aioreg.api.v2.proxied import PROXIES_KEY
 from aioreg.auth.accounts import Accounts, TokenScope
 from aioreg.domain.reference import Digest
 from tests.conftest import AppFactory, Reg, error_codes
@@ -79,7 +80,7 @@ async def test_api_added_proxy_pulls_through_and_never_shows_its_password(
     upstream = await make_registry(tmp_path / "up")
     index, children = await push_multiarch(upstream, "library/alpine", "3.20")
     await push_multiarch(upstream, "library/busybox", "1")
-    proxy = await make_registry(tmp_path / "px")
+    proxy = await make_registry(tmp_path / "px", gc={"grace_period": 0})
     assert await manifest_status(proxy, "hub/alpine", "3.20") == (404, ["NAME_UNKNOWN"])
 
     entry = proxy_entry(upstream, username="puller", password=SECRET)
@@ -110,11 +111,15 @@ async def test_api_added_proxy_pulls_through_and_never_shows_its_password(
     status, text = await api(proxy, "POST", "/proxies", json=entry)
     assert status == 403 and "already a proxy" in text
 
-    # Removed: the namespace is hosted again; what was never cached is unknown.
+    # Removed: the namespace is hosted again, and the cache went with the proxy.
     status, text = await api(proxy, "DELETE", "/proxies/hub")
-    assert (status, json.loads(text)) == (200, {"deleted": ["hub"]})
+    assert (status, json.loads(text)) == (200, {"deleted": ["hub", "hub/alpine"]})
     assert await manifest_status(proxy, "hub/busybox", "1") == (404, ["NAME_UNKNOWN"])
-    assert await manifest_status(proxy, "hub/alpine", "latest") == (404, ["MANIFEST_UNKNOWN"])
+    assert await manifest_status(proxy, "hub/alpine", "3.20") == (404, ["NAME_UNKNOWN"])
+    layers = [json.loads(c)["layers"][0]["digest"] for c in children]
+    status, text = await api(proxy, "POST", "/gc")
+    assert status == 200, text
+    assert [await _stored(proxy, layer) for layer in layers] == [False, False]
     status, text = await api(proxy, "DELETE", "/proxies/hub")
     assert status == 404 and error_codes(json.loads(text)) == ["NAME_UNKNOWN"]
     assert SECRET not in caplog.text
@@ -204,8 +209,10 @@ async def test_cli_changes_reach_a_running_server(
 
     code, out, err = await cli(proxy.data_dir, "rm", "hub")
     assert code == 0, err
+    assert "purged its 1 cached repositories" in out and "  hub/alpine" in out
     # Proxied, a name upstream lacks is MANIFEST_UNKNOWN; hosted, NAME_UNKNOWN.
     await until(lambda: manifest_status(proxy, "hub/ghost", "1"), (404, ["NAME_UNKNOWN"]))
+    assert await manifest_status(proxy, "hub/alpine", "3.20") == (404, ["NAME_UNKNOWN"])
     assert await manifest_status(proxy, "hub/busybox", "1") == (404, ["NAME_UNKNOWN"])
     code, _, err = await cli(proxy.data_dir, "rm", "hub")
     assert code == 1 and "not a proxy" in err
@@ -262,3 +269,26 @@ async def test_cli_debug_log_never_carries_the_password(tmp_path: Path) -> None:
     assert code == 0, err
     assert "added proxy hub" in out and "DEBUG" in err
     assert SECRET not in out + err
+
+
+async def test_an_unreadable_password_file_warns_once_until_it_can_be_read(
+    make_registry: AppFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = await make_registry(tmp_path / "up")
+    index, children = await push_multiarch(upstream, "library/alpine", "3.20")
+    proxy = await make_registry(tmp_path / "px")
+    secret = tmp_path / "secret"
+    entry = proxy_entry(upstream, username="puller", password_file=str(secret))
+    caplog.set_level(logging.WARNING, logger="aioreg.proxy")
+    status, text = await api(proxy, "POST", "/proxies", json=entry)
+    assert status == 201, text
+    service = proxy.server.app[PROXIES_KEY]
+    for _ in range(5):  # what the periodic re-read does every few seconds
+        await service.reload()
+    unusable = [r for r in caplog.records if "not usable" in r.getMessage()]
+    assert len(unusable) == 1
+    assert await manifest_status(proxy, "hub/alpine", "3.20") == (404, ["NAME_UNKNOWN"])
+    secret.write_text(SECRET)
+    await service.reload()
+    await pull_all(proxy, "hub/alpine", "3.20", index, children)
+    assert len([r for r in caplog.records if "not usable" in r.getMessage()]) == 1
