@@ -219,3 +219,38 @@ async def test_retention_by_last_pull_expires_cached_content_and_gc_frees_it(
     assert all(stored(proxy, d) for d in blobs_of(kept))  # "latest" is protected
     sizes = [d["size"] for d in [json.loads(kept)["config"], *json.loads(kept)["layers"]]]
     assert await physical(proxy) == sum(sizes) + len(kept)
+
+
+async def test_concurrent_fills_never_take_the_cache_over_its_cap(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    """Two images whose layers each fit the cap but not together, their layers pulled at
+    once: both clients get every byte, and one layer stays cached. Which one depends on
+    timing: a transfer in progress is never evicted (the other layer is then streamed
+    uncached); one already over may be, as the least recently pulled."""
+    upstream = await make_registry(tmp_path / "up")
+    images = [await push_image(upstream, tag, tag, 60_000) for tag in ("x", "y")]
+    proxy = await make_registry(
+        tmp_path / "px",
+        proxy=[proxy_entry(upstream, max_bytes=100_000)],
+        gc={"grace_period": 0},
+    )
+    for tag, manifest in zip(("x", "y"), images, strict=True):
+        status, body, _ = await get_bytes(proxy, f"/v2/hub/app/manifests/{tag}")
+        assert (status, body) == (200, manifest)
+    layers = [json.loads(m)["layers"][0]["digest"] for m in images]
+
+    async def pull(digest: str) -> str:
+        status, body, _ = await get_bytes(proxy, f"/v2/hub/app/blobs/{digest}")
+        assert status == 200
+        return digest_of(body)
+
+    assert await asyncio.gather(*(pull(d) for d in layers)) == layers
+    uploads = proxy.data_dir / "uploads"
+    deadline = time.monotonic() + 10
+    while any(uploads.iterdir()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # transfers end after their last byte went out
+    assert await physical(proxy) <= 100_000
+    await gc(proxy)
+    assert sorted(stored(proxy, d) for d in layers) == [False, True]
+    assert await physical(proxy) <= 100_000
