@@ -202,6 +202,7 @@ async def test_cli_changes_reach_a_running_server(
     assert await manifest_status(proxy, "hub/ghost", "1") == (404, ["MANIFEST_UNKNOWN"])
     code, out, _ = await cli(proxy.data_dir, "ls")
     assert code == 0 and "hub" in out and "api" in out and "set" in out
+    assert " / no cap" in out and " 0 B / no cap" not in out  # what the cache holds
     assert SECRET not in out
     status, text = await api(proxy, "GET", "/proxies")
     assert status == 200 and SECRET not in text

@@ -62,12 +62,17 @@ def add_parsers(commands: Subparsers) -> None:
 
 
 async def _ls(m: Management, args: argparse.Namespace) -> None:
-    print(f"{'NAMESPACE':20} {'SOURCE':7} {'UPSTREAM':40} {'PREFIX':10} {'USER':12} PASSWORD")
+    print(
+        f"{'NAMESPACE':20} {'SOURCE':7} {'UPSTREAM':40} {'PREFIX':10} {'USER':12} "
+        f"{'PASSWORD':8} CACHE (USED / CAP)"
+    )
     for d in await m.proxies.all():
         c = d.config
+        used = format_size(await m.registry.index.proxies.cached_bytes(c.namespace))
+        cap = format_size(c.max_bytes) if c.max_bytes else "no cap"
         print(
             f"{c.namespace:20} {d.source:7} {c.upstream:40} {c.upstream_prefix:10} "
-            f"{c.username or '-':12} {'set' if d.password_set else '-'}"
+            f"{c.username or '-':12} {'set' if d.password_set else '-':8} {used} / {cap}"
         )
 
 
