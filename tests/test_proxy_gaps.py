@@ -280,3 +280,28 @@ async def test_names_outside_the_tag_grammar_are_refused_never_asked_or_listed(
         assert await proxy.registry.index.repositories.id("hub/x") is None
     finally:
         await runner.cleanup()
+
+
+async def test_a_blob_stored_only_for_another_namespace_is_not_served_unless_upstream_has_it(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    """Knowing a digest is no right to its bytes: a proxy links a blob stored for another
+    namespace only once the upstream confirms it has that blob, so a private blob
+    cannot be read (or its existence probed) through a proxy namespace."""
+    upstream = await make_registry(tmp_path / "up")
+    shared = b"shared layer " * 100
+    await upstream.push_blob("library/app", shared)
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    secret = b"private layer " * 100
+    secret_digest = await proxy.push_blob("private/app", secret)
+    shared_digest = await proxy.push_blob("private/app", shared)
+    for method in ("HEAD", "GET"):
+        async with proxy.client.request(method, f"/v2/hub/app/blobs/{secret_digest}") as resp:
+            assert resp.status == 404, method
+            if method == "GET":
+                assert (await resp.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert await proxy.registry.index.blobs.in_repository("hub/app", secret_digest) is None
+    # A blob the upstream has is linked from the local store, not downloaded again.
+    status, body, _ = await get_bytes(proxy, f"/v2/hub/app/blobs/{shared_digest}")
+    assert (status, body) == (200, shared)
+    assert await proxy.registry.index.blobs.in_repository("hub/app", shared_digest) is not None

@@ -355,7 +355,13 @@ class Proxies:
         with contextlib.suppress(RegistryError):
             return await self.registry.blob(name, str(digest))
         row = await self.registry.index.blobs.get(str(digest))
-        if row is None or not await self._make_room(proxy, name, digest, row.size):
+        if row is None:
+            return None
+        # Knowing a digest is no right to bytes stored for another namespace: link
+        # them only once the upstream shows it has this blob too.
+        if await self._upstream_size(proxy, name, digest) != row.size:
+            return None
+        if not await self._make_room(proxy, name, digest, row.size):
             return None
         try:
             mounted = await self.registry.mount_blob(name, str(digest), None, adopt=True)
@@ -375,21 +381,24 @@ class Proxies:
         fill = self._fills.get(str(parsed))
         if fill is not None and not fill.finished.is_set():
             return await _joined(fill)
-        if (row := await self.registry.index.blobs.get(str(parsed))) is not None:
-            return row.size  # stored for another repository: a GET links it
+        return await self._upstream_size(proxy, name, parsed)
+
+    async def _upstream_size(self, proxy: Proxy, name: str, digest: Digest) -> int:
+        """The blob's size by an upstream HEAD (nothing downloaded); BLOB_UNKNOWN when the
+        upstream lacks it, whatever is stored locally for other namespaces."""
         repository = proxy.upstream_name(name)
         try:
-            async with proxy.upstream.request("HEAD", repository, f"blobs/{parsed}") as response:
+            async with proxy.upstream.request("HEAD", repository, f"blobs/{digest}") as response:
                 size, sent = response.content_length, response.headers.get("Docker-Content-Digest")
         except UpstreamError as exc:
             if exc.not_found:
                 raise RegistryError(
-                    ErrorCode.BLOB_UNKNOWN, f"blob {parsed} is not upstream"
+                    ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not upstream"
                 ) from exc
             raise exc.error from exc
-        if size is None or (sent is not None and sent != str(parsed)):
+        if size is None or (sent is not None and sent != str(digest)):
             raise RegistryError(
-                ErrorCode.UNAVAILABLE, f"upstream answered a HEAD of blob {parsed} without its size"
+                ErrorCode.UNAVAILABLE, f"upstream answered a HEAD of blob {digest} without its size"
             )
         return size
 
