@@ -1,0 +1,279 @@
+"""``aioreg backup`` / ``aioreg restore`` next to a real ``aioreg serve`` process taking pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from aioreg.backup.snapshot import take_backup
+from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
+from tests.process import Server, free_port, start
+
+PUSHERS = 8
+
+
+@dataclass
+class Image:
+    repository: str
+    tag: str
+    manifest: bytes
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioreg",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def serve(servers: list[Server], data: Path, env: dict[str, str] | None = None) -> str:
+    port = free_port()
+    start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(data)], env)
+    return f"http://127.0.0.1:{port}"
+
+
+async def push(session: aiohttp.ClientSession, repository: str, tag: str) -> Image:
+    """Config and one layer of random bytes, then the manifest: acknowledged when this returns."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "id": os.urandom(8).hex()})
+    layer = os.urandom(2048 + int.from_bytes(os.urandom(2), "big") % 8192)
+    image = Image(repository, tag, image_manifest(config.encode(), [layer]))
+    for data in (config.encode(), layer):
+        digest = digest_of(data)
+        async with session.post(
+            f"/v2/{repository}/blobs/uploads/?digest={digest}", data=data
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+        image.blobs[digest] = data
+    async with session.put(
+        f"/v2/{repository}/manifests/{tag}",
+        data=image.manifest,
+        headers={"Content-Type": OCI_MANIFEST},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+    return image
+
+
+async def push_many(url: str, count: int, prefix: str) -> list[Image]:
+    async with aiohttp.ClientSession(url) as session:
+        return [await push(session, f"{prefix}/app{i % 3}", f"v{i}") for i in range(count)]
+
+
+async def assert_pulls(url: str, images: list[Image]) -> None:
+    """Every image's manifest and blobs, byte for byte."""
+    async with aiohttp.ClientSession(url) as session:
+        for image in images:
+            async with session.get(
+                f"/v2/{image.repository}/manifests/{image.tag}", headers={"Accept": OCI_MANIFEST}
+            ) as resp:
+                assert resp.status == 200, (image.repository, image.tag)
+                assert await resp.read() == image.manifest
+            for digest, data in image.blobs.items():
+                async with session.get(f"/v2/{image.repository}/blobs/{digest}") as resp:
+                    assert resp.status == 200, digest
+                    assert await resp.read() == data
+
+
+async def assert_every_tag_complete(url: str) -> int:
+    """Nothing half-present: each tag's manifest is served and so is every blob it names,
+    with the bytes of its digest. Returns how many tags there are."""
+    tags = 0
+    async with aiohttp.ClientSession(url) as session:
+        async with session.get("/v2/_catalog?n=10000") as resp:
+            repositories = (await resp.json())["repositories"]
+        for repository in repositories:
+            async with session.get(f"/v2/{repository}/tags/list?n=10000") as resp:
+                names = (await resp.json())["tags"] or []
+            for tag in names:
+                async with session.get(
+                    f"/v2/{repository}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}
+                ) as resp:
+                    assert resp.status == 200, (repository, tag)
+                    body = json.loads(await resp.read())
+                for descriptor in [body["config"], *body["layers"]]:
+                    async with session.get(
+                        f"/v2/{repository}/blobs/{descriptor['digest']}"
+                    ) as resp:
+                        assert resp.status == 200, (repository, tag, descriptor)
+                        data = await resp.read()
+                    assert "sha256:" + hashlib.sha256(data).hexdigest() == descriptor["digest"]
+                tags += 1
+    return tags
+
+
+async def restore_and_check(
+    servers: list[Server], backup: Path, target: Path, images: list[Image]
+) -> None:
+    """Restore ``backup`` into ``target``: scrub --full is clean, every image pulls."""
+    code, out, err = await cli("restore", str(backup), "--data", str(target))
+    assert code == 0, out + err
+    code, out, err = await cli("scrub", "--full", "--data", str(target))
+    assert code == 0, out + err
+    assert " 0 corrupt, 0 missing" in out
+    url = serve(servers, target)
+    await assert_pulls(url, images)
+    assert await assert_every_tag_complete(url) >= len(images)
+
+
+def blob_files(backup: Path) -> list[Path]:
+    return [p for p in (backup / "blobs").rglob("*") if p.is_file()]
+
+
+async def test_backup_while_eight_clients_push_restores_every_acknowledged_image(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    url = serve(servers, tmp_path / "data")
+    acknowledged: list[Image] = []
+    stop = asyncio.Event()
+
+    async def pusher(n: int) -> None:
+        async with aiohttp.ClientSession(url) as session:
+            i = 0
+            while not stop.is_set():
+                acknowledged.append(await push(session, f"team{n}/app", f"v{i}"))
+                i += 1
+
+    tasks = [asyncio.create_task(pusher(n)) for n in range(PUSHERS)]
+    try:
+        while len(acknowledged) < 2 * PUSHERS:
+            await asyncio.sleep(0.05)
+            assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+        before = list(acknowledged)
+        code, out, err = await cli("backup", str(tmp_path / "b1"), "--data", str(tmp_path / "data"))
+        assert code == 0, out + err
+        during = len(acknowledged) - len(before)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert during > 0, "pushes went on while the backup ran"
+    manifest = json.loads((tmp_path / "b1" / "backup.json").read_text())
+    assert manifest["missing"] == []
+    assert manifest["counts"]["tags"] >= len(before)
+    assert len(blob_files(tmp_path / "b1")) == manifest["taken_blobs"] == len(manifest["blobs"])
+    await restore_and_check(servers, tmp_path / "b1", tmp_path / "r1", before)
+
+
+async def test_incremental_backup_takes_only_new_blobs(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    first = await push_many(url, 6, "inc")
+    code, out, err = await cli("backup", str(tmp_path / "full"), "--data", str(data))
+    assert code == 0, out + err
+    second = await push_many(url, 4, "more")
+    code, out, err = await cli(
+        "backup", str(tmp_path / "incr"), "--since", str(tmp_path / "full"), "--data", str(data)
+    )
+    assert code == 0, out + err
+    new_blobs = {d for image in second for d in image.blobs}
+    taken = {f"sha256:{p.name}" for p in blob_files(tmp_path / "incr")}
+    assert taken == new_blobs
+    full = json.loads((tmp_path / "full" / "backup.json").read_text())
+    incr = json.loads((tmp_path / "incr" / "backup.json").read_text())
+    assert incr["base"]["id"] == full["id"]
+    assert incr["taken_blobs"] == len(new_blobs)
+    await restore_and_check(servers, tmp_path / "incr", tmp_path / "r", first + second)
+
+
+async def test_restore_refuses_a_non_empty_data_dir(servers: list[Server], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    await push_many(url, 1, "x")
+    code, out, err = await cli("backup", str(tmp_path / "b"), "--data", str(data))
+    assert code == 0, out + err
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    code, out, err = await cli("restore", str(tmp_path / "b"), "--data", str(target))
+    assert code == 1
+    assert "is not empty: restore only into a new or empty data directory" in err
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+async def test_backup_next_to_a_running_gc_loses_nothing(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    """Between the index snapshot and the copying of its blobs, every image it holds is
+    deleted and ``aioreg gc`` (grace 0) runs: the backup still holds every blob."""
+    data = tmp_path / "data"
+    gc_env = {"AIOREG_GC_GRACE_PERIOD": "0"}
+    url = serve(servers, data, gc_env)
+    images = await push_many(url, 6, "gc")
+    gc_output: list[str] = []
+
+    def delete_and_collect(_: int) -> None:
+        """Called (on the backup's loop) after its first blob: the rest are still to copy."""
+        if gc_output:
+            return
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _delete_all(url, images)).result()
+            code, out, err = pool.submit(
+                asyncio.run, cli("gc", "--data", str(data), env=gc_env)
+            ).result()
+        assert code == 0, out + err
+        gc_output.append(out)
+
+    manifest = await take_backup(data, tmp_path / "b", on_blob=delete_and_collect)
+    assert manifest.missing == []
+    assert "holds GC off: nothing removed" in gc_output[0]
+    assert manifest.taken_blobs == len({d for image in images for d in image.blobs})
+    # Once the backup is done, GC removes what it held off.
+    code, out, err = await cli("gc", "--data", str(data), env=gc_env)
+    assert code == 0 and f"removed {manifest.taken_blobs} blobs" in out, out + err
+    await restore_and_check(servers, tmp_path / "b", tmp_path / "r", images)
+
+
+async def _delete_all(url: str, images: list[Image]) -> None:
+    async with aiohttp.ClientSession(url) as session:
+        for image in images:
+            async with session.delete(
+                f"/v2/{image.repository}/manifests/{digest_of(image.manifest)}"
+            ) as resp:
+                assert resp.status == 202, await resp.text()
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+async def test_zstd_archive_restores(
+    servers: list[Server], tmp_path: Path, incremental: bool
+) -> None:
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    images = await push_many(url, 4, "z")
+    archive = tmp_path / "full.tar.zst"
+    code, out, err = await cli("backup", str(archive), "--zstd", "--data", str(data))
+    assert code == 0, out + err
+    assert archive.is_file()
+    assert archive.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # the zstd frame magic
+    if incremental:
+        images += await push_many(url, 3, "z2")
+        archive = tmp_path / "incr.tar.zst"
+        code, out, err = await cli(
+            "backup",
+            str(archive),
+            "--zstd",
+            "--since",
+            str(tmp_path / "full.tar.zst"),
+            "--data",
+            str(data),
+        )
+        assert code == 0, out + err
+        assert "took 6 blobs" in out
+    await restore_and_check(servers, archive, tmp_path / "r", images)
