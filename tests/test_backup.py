@@ -7,7 +7,9 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,8 +181,9 @@ async def test_incremental_backup_takes_only_new_blobs(
     code, out, err = await cli("backup", str(tmp_path / "full"), "--data", str(data))
     assert code == 0, out + err
     second = await push_many(url, 4, "more")
+    (tmp_path / "latest").symlink_to("full")  # as the README's cron example does
     code, out, err = await cli(
-        "backup", str(tmp_path / "incr"), "--since", str(tmp_path / "full"), "--data", str(data)
+        "backup", str(tmp_path / "incr"), "--since", str(tmp_path / "latest"), "--data", str(data)
     )
     assert code == 0, out + err
     new_blobs = {d for image in second for d in image.blobs}
@@ -189,6 +192,7 @@ async def test_incremental_backup_takes_only_new_blobs(
     full = json.loads((tmp_path / "full" / "backup.json").read_text())
     incr = json.loads((tmp_path / "incr" / "backup.json").read_text())
     assert incr["base"]["id"] == full["id"]
+    assert incr["base"]["name"] == "full"
     assert incr["taken_blobs"] == len(new_blobs)
     await restore_and_check(servers, tmp_path / "incr", tmp_path / "r", first + second)
 
@@ -277,3 +281,74 @@ async def test_zstd_archive_restores(
         assert code == 0, out + err
         assert "took 6 blobs" in out
     await restore_and_check(servers, archive, tmp_path / "r", images)
+
+
+async def test_restore_verifies_every_blob_and_quarantines_a_corrupt_one(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    good, bad = await push_many(url, 2, "v")
+    code, out, err = await cli("backup", str(tmp_path / "b"), "--data", str(data))
+    assert code == 0, out + err
+    layer = next(
+        d for d, blob in bad.blobs.items() if d != json.loads(bad.manifest)["config"]["digest"]
+    )
+    in_backup = tmp_path / "b" / "blobs" / "sha256" / layer[7:9] / layer[7:]
+    in_backup.unlink()  # a hard link to the served file: replace it, leave the server's alone
+    in_backup.write_bytes(bad.blobs[layer][:-1] + b"!")
+    code, out, err = await cli("restore", str(tmp_path / "b"), "--data", str(tmp_path / "r"))
+    assert code == 1, out + err
+    assert f"corrupt in the backup, quarantined: {layer}" in out
+    code, out, err = await cli("scrub", "--full", "--data", str(tmp_path / "r"))
+    assert code == 0 and " 0 corrupt, 0 missing" in out, out + err
+    restored = serve(servers, tmp_path / "r")
+    await assert_pulls(restored, [good])
+    async with (
+        aiohttp.ClientSession(restored) as session,
+        session.get(f"/v2/{bad.repository}/blobs/{layer}") as resp,
+    ):
+        assert resp.status == 404  # never served; a push of the same bytes heals it
+
+
+async def test_backup_to_another_filesystem_copies_and_verifies(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    elsewhere = Path("/dev/shm")
+    if not os.access(elsewhere, os.W_OK) or elsewhere.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second writable filesystem (/dev/shm) to copy to")
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    images = await push_many(url, 3, "fs")
+    target = Path(tempfile.mkdtemp(prefix="aioreg-bk-", dir=elsewhere))
+    try:
+        code, out, err = await cli("backup", str(target / "b"), "--data", str(data))
+        assert code == 0, out + err
+        manifest = json.loads((target / "b" / "backup.json").read_text())
+        assert manifest["linked_blobs"] == 0
+        assert manifest["taken_blobs"] == len(blob_files(target / "b")) == 6
+        await restore_and_check(servers, target / "b", tmp_path / "r", images)
+    finally:
+        shutil.rmtree(target)
+
+
+async def test_restore_of_an_incremental_backup_needs_its_base(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    images = await push_many(url, 2, "chain")
+    for name, since in (("full", []), ("incr", ["--since", str(tmp_path / "full")])):
+        code, out, err = await cli("backup", str(tmp_path / name), *since, "--data", str(data))
+        assert code == 0, out + err
+    # Moved together, the chain is found next to the incremental backup.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "full").rename(moved / "full")
+    (tmp_path / "incr").rename(moved / "incr")
+    await restore_and_check(servers, moved / "incr", tmp_path / "r", images)
+    (moved / "full").rename(tmp_path / "gone")
+    code, out, err = await cli("restore", str(moved / "incr"), "--data", str(tmp_path / "r2"))
+    assert code == 1
+    assert "its base backup full" in err and "is neither next to it nor at" in err
+    assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())

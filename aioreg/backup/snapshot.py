@@ -114,9 +114,8 @@ def _plan(work: Path, data_dir: Path, previous: BackupSource | None) -> Plan:
     )
     held: dict[str, str] = {}
     if previous is not None:
-        manifest.base = BaseRef(
-            previous.manifest.id, previous.path.name, str(previous.path.resolve())
-        )
+        where = previous.path.resolve()  # through a "latest" symlink: the backup itself
+        manifest.base = BaseRef(previous.manifest.id, where.name, str(where))
         held = {b.digest: b.backup for b in previous.manifest.blobs}
     plan = Plan(manifest)
     for digest, size in snapshot.servable_blobs():

@@ -35,7 +35,12 @@ def add_parsers(commands: Subparsers) -> None:
         "--zstd", action="store_true", help="write one tar.zst archive instead of a directory"
     )
     backup.add_argument(
-        "--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})"
+        "--level",
+        type=int,
+        choices=range(1, 23),
+        default=DEFAULT_LEVEL,
+        metavar="1-22",
+        help=f"zstd level (default {DEFAULT_LEVEL})",
     )
     restore_cmd = bind(
         commands.add_parser(
