@@ -229,6 +229,8 @@ async def test_backup_next_to_a_running_gc_loses_nothing(
             return
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, _delete_all(url, images)).result()
+            served = pool.submit(asyncio.run, _server_gc(url)).result()
+            assert served["held_by_backup"] and served["blobs_removed"] == 0, served
             code, out, err = pool.submit(
                 asyncio.run, cli("gc", "--data", str(data), env=gc_env)
             ).result()
@@ -243,6 +245,14 @@ async def test_backup_next_to_a_running_gc_loses_nothing(
     code, out, err = await cli("gc", "--data", str(data), env=gc_env)
     assert code == 0 and f"removed {manifest.taken_blobs} blobs" in out, out + err
     await restore_and_check(servers, tmp_path / "b", tmp_path / "r", images)
+
+
+async def _server_gc(url: str) -> dict[str, object]:
+    """The server's own GC, as the scheduled one runs."""
+    async with aiohttp.ClientSession(url) as session, session.post("/api/v1/gc") as resp:
+        assert resp.status == 200, await resp.text()
+        report: dict[str, object] = await resp.json()
+        return report
 
 
 async def _delete_all(url: str, images: list[Image]) -> None:

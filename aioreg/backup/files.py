@@ -30,7 +30,7 @@ def take_blob(source: Path, target: Path, digest: Digest, size: int) -> Taken | 
     """Put the blob file ``source`` at ``target``: a hard link if the filesystem allows,
     else a copy whose digest is verified. None if the file is gone or not the blob's
     bytes (a link is checked by size: its bytes are the served file's own)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         if os.stat(source).st_size != size:
             return None
@@ -51,12 +51,12 @@ def take_blob(source: Path, target: Path, digest: Digest, size: int) -> Taken | 
 def copy_verified(reader: IO[bytes], target: Path, digest: Digest, size: int) -> bool:
     """Copy ``reader`` to ``target`` if its bytes are exactly the blob's (digest and size);
     False, with nothing left at ``target``, if they are not."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.partial")
     hasher = hashlib.new(digest.algorithm)
     written = 0
     try:
-        with open(temp, "wb") as out:
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             while block := reader.read(READ_BLOCK):
                 hasher.update(block)
                 out.write(block)
