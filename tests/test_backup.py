@@ -362,3 +362,23 @@ async def test_restore_of_an_incremental_backup_needs_its_base(
     assert code == 1
     assert "its base backup full" in err and "is neither next to it nor at" in err
     assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())
+
+
+async def test_restore_of_a_truncated_archive_fails_and_writes_nothing(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    await push_many(url, 4, "t")
+    archive = tmp_path / "a.tar.zst"
+    code, out, err = await cli("backup", str(archive), "--zstd", "--data", str(data))
+    assert code == 0, out + err
+    assert archive.stat().st_mode & 0o777 == 0o600  # it holds the index's password hashes
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[: len(whole) * 2 // 3])
+    code, out, err = await cli("restore", str(archive), "--data", str(tmp_path / "r"))
+    assert code == 1, out + err
+    assert f"archive {archive} is damaged or truncated" in err
+    assert "Traceback" not in err
+    assert list((tmp_path / "r").iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir() if "restoring" in p.name] == []

@@ -18,6 +18,7 @@ from typing import IO
 import zstandard
 
 from aioreg.backup.errors import BackupError
+from aioreg.backup.files import Reader
 
 DEFAULT_LEVEL = 3
 
@@ -26,7 +27,8 @@ class ArchiveWriter:
     """Members appended to ``path`` as a PAX tar inside one zstd frame (all cores compress)."""
 
     def __init__(self, path: Path, level: int = DEFAULT_LEVEL) -> None:
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        # The index holds password hashes: the archive is for this user alone.
+        self._file = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # noqa: SIM115 - closed in close()
         self._zstd = zstandard.ZstdCompressor(level=level, threads=-1).stream_writer(
             self._file, closefd=False
         )
@@ -70,7 +72,7 @@ class ArchiveWriter:
         return info
 
 
-def members(path: Path) -> Generator[tuple[str, IO[bytes]], None, None]:
+def members(path: Path) -> Generator[tuple[str, Reader], None, None]:
     """(name, reader) of each regular file in the archive, in order; a reader is valid
     only until the next member. A damaged archive raises ``BackupError``."""
     try:
@@ -82,9 +84,31 @@ def members(path: Path) -> Generator[tuple[str, IO[bytes]], None, None]:
                         continue
                     extracted = tar.extractfile(member)
                     assert extracted is not None
-                    yield member.name, extracted
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-        raise BackupError(f"archive {path} is damaged or truncated: {exc}") from None
+                    yield member.name, _Checked(extracted, path)
+    except DAMAGED as exc:
+        raise damaged(path, exc) from None
+
+
+DAMAGED = (tarfile.TarError, zstandard.ZstdError, EOFError)
+
+
+def damaged(path: Path, exc: BaseException) -> BackupError:
+    return BackupError(f"archive {path} is damaged or truncated: {exc}")
+
+
+class _Checked:
+    """A member's reader whose read errors (a truncated or corrupt stream, found while
+    the caller reads) say which archive is damaged."""
+
+    def __init__(self, reader: IO[bytes], path: Path) -> None:
+        self._reader = reader
+        self._path = path
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._reader.read(size)
+        except DAMAGED as exc:
+            raise damaged(self._path, exc) from None
 
 
 def is_archive(path: Path) -> bool:

@@ -10,7 +10,7 @@ import errno
 import hashlib
 import os
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal, Protocol
 
 from aioreg.domain.reference import Digest
 from aioreg.storage.writer import READ_BLOCK
@@ -19,6 +19,12 @@ from aioreg.storage.writer import READ_BLOCK
 COPY_INSTEAD = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP}
 
 Taken = Literal["linked", "copied"]
+
+
+class Reader(Protocol):
+    """Where bytes are copied from: an open file, or an archive member."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def blob_path(root: Path, digest: Digest) -> Path:
@@ -48,7 +54,7 @@ def take_blob(source: Path, target: Path, digest: Digest, size: int) -> Taken | 
         return None
 
 
-def copy_verified(reader: IO[bytes], target: Path, digest: Digest, size: int) -> bool:
+def copy_verified(reader: Reader, target: Path, digest: Digest, size: int) -> bool:
     """Copy ``reader`` to ``target`` if its bytes are exactly the blob's (digest and size);
     False, with nothing left at ``target``, if they are not."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -73,7 +79,7 @@ def copy_verified(reader: IO[bytes], target: Path, digest: Digest, size: int) ->
         temp.unlink(missing_ok=True)
 
 
-def copy_file(reader: IO[bytes], target: Path) -> None:
+def copy_file(reader: Reader, target: Path) -> None:
     """A plain file (the index snapshot, the signing key), copied durably, for this user alone."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator
 from pathlib import Path
-from typing import IO
 
 from aioreg.backup.archive import members
 from aioreg.backup.errors import BackupError
+from aioreg.backup.files import Reader
 from aioreg.backup.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, BackupManifest, decode
 
 
@@ -61,7 +61,7 @@ class BackupSource:
             chain.append(base)
         return chain
 
-    def files(self, wanted: set[str]) -> Generator[tuple[str, IO[bytes]], None, None]:
+    def files(self, wanted: set[str]) -> Generator[tuple[str, Reader], None, None]:
         """(name, reader) of each wanted file the backup holds (names relative to its root),
         in archive order or sorted; wanted files it lacks are not yielded."""
         if self.archive:
