@@ -129,6 +129,8 @@ async def restore_and_check(
     code, out, err = await cli("scrub", "--full", "--data", str(target))
     assert code == 0, out + err
     assert " 0 corrupt, 0 missing" in out
+    code, out, err = await cli("check", "--dry-run", "--data", str(target))
+    assert (code, out) == (0, "index and disk agree\n"), out + err
     url = serve(servers, target)
     await assert_pulls(url, images)
     assert await assert_every_tag_complete(url) >= len(images)
