@@ -156,7 +156,9 @@ async def test_backup_while_eight_clients_push_restores_every_acknowledged_image
 
     tasks = [asyncio.create_task(pusher(n)) for n in range(PUSHERS)]
     try:
+        deadline = asyncio.get_running_loop().time() + 60
         while len(acknowledged) < 2 * PUSHERS:
+            assert asyncio.get_running_loop().time() < deadline, "pushes did not get going"
             await asyncio.sleep(0.05)
             assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
         before = list(acknowledged)
