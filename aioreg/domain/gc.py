@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from aioreg.domain.reference import Digest
 from aioreg.domain.registry import Registry
 from aioreg.domain.trash import recover_trash
-from aioreg.index import Event
+from aioreg.index import Event, GcResult
 
 log = logging.getLogger("aioreg.gc")
 
@@ -28,6 +28,7 @@ class GcReport:
     bytes: int = 0
     uploads_expired: int = 0
     seconds: float = 0.0
+    held: bool = False  # a backup held sweeps off: nothing was removed
 
 
 class GarbageCollector:
@@ -43,27 +44,12 @@ class GarbageCollector:
         started = time.monotonic()
         store = self.registry.store
         async with self._lock:
-            await recover_trash(self.index, store)  # what a killed sweep left, first
-            run = store.trash_run()
-            try:
-                result = await self.index.gc.collect(
-                    config.grace_period,
-                    untagged,
-                    dry_run,
-                    lambda digest: store.trash(Digest.parse(digest), run),
-                )
-            except BaseException:
-                # The sweep rolled back: its files go back where they were.
-                await recover_trash(self.index, store)
-                raise
-            # The sweep has committed: cleaning up after it must not turn its answer into a 500.
-            expired = 0
-            try:
-                await asyncio.to_thread(store.empty_trash, run)
-                if not dry_run:
-                    expired = await self.registry.uploads.expire()
-            except Exception:
-                log.exception("gc: cleanup after the sweep failed; the next run retries it")
+            with store.sweep_guard() as free:
+                if not free and not dry_run:
+                    # A backup is copying the blobs its snapshot names: remove nothing now.
+                    log.info("gc: a backup holds sweeps off; nothing removed this run")
+                    return GcReport(dry_run, held=True, seconds=time.monotonic() - started)
+                result, expired = await self._sweep(config.grace_period, untagged, dry_run)
         report = GcReport(
             dry_run=dry_run,
             manifests=result.manifests,
@@ -85,3 +71,29 @@ class GarbageCollector:
                 )
             )
         return report
+
+    async def _sweep(self, grace: float, untagged: bool, dry_run: bool) -> tuple[GcResult, int]:
+        """Mark, sweep and clean up after it: (what the sweep removed, expired uploads)."""
+        store = self.registry.store
+        await recover_trash(self.index, store)  # what a killed sweep left, first
+        run = store.trash_run()
+        try:
+            result = await self.index.gc.collect(
+                grace,
+                untagged,
+                dry_run,
+                lambda digest: store.trash(Digest.parse(digest), run),
+            )
+        except BaseException:
+            # The sweep rolled back: its files go back where they were.
+            await recover_trash(self.index, store)
+            raise
+        # The sweep has committed: cleaning up after it must not turn its answer into a 500.
+        expired = 0
+        try:
+            await asyncio.to_thread(store.empty_trash, run)
+            if not dry_run:
+                expired = await self.registry.uploads.expire()
+        except Exception:
+            log.exception("gc: cleanup after the sweep failed; the next run retries it")
+        return result, expired

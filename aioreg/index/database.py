@@ -98,6 +98,27 @@ class Database:
     def schema_version(self) -> int:
         return len(MIGRATIONS)
 
+    async def online_backup(self, dest: Path) -> None:
+        """Copy the whole database into the new file ``dest``, while servers use it.
+
+        SQLite's online backup API, on a connection of its own, in one step: the
+        copy is read in one read transaction, so it is the state after some
+        commit and never part of one, and in WAL mode it neither blocks writers
+        nor waits for them. The copy is left in rollback-journal mode, one
+        self-contained file (a server opening it switches it back to WAL).
+        """
+
+        def copy() -> None:
+            _make_private(dest)
+            with (
+                contextlib.closing(sqlite3.connect(self.path, timeout=self.busy_timeout)) as src,
+                contextlib.closing(sqlite3.connect(dest)) as target,
+            ):
+                src.backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")
+
+        await asyncio.to_thread(copy)
+
     # -- writes ----------------------------------------------------------
 
     @contextlib.asynccontextmanager

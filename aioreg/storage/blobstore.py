@@ -12,6 +12,10 @@ in any process) follows: never a file someone holds, never a young one.
 GC moves swept blobs to ``trash/<run>/`` inside its index transaction and
 empties that run's directory after the commit; whatever a crash leaves there
 is settled by ``aioreg.domain.trash.recover_trash``.
+
+A backup keeps sweeps from removing any blob file while it copies the ones its
+index snapshot names: it holds ``gc.lock`` shared (``hold_sweeps``), and a sweep
+removes files only while it holds it exclusively (``sweep_guard``).
 """
 
 from __future__ import annotations
@@ -163,6 +167,40 @@ class BlobStore:
         run.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.path(digest), run / f"{digest.algorithm}-{digest.hex}")
+
+    @contextlib.contextmanager
+    def hold_sweeps(self) -> Iterator[None]:
+        """Keep every GC sweep, in any process, from removing blob files until the block ends.
+
+        A shared ``flock`` on ``gc.lock``: taking it waits for a sweep in progress
+        to finish, and a sweep that starts meanwhile finds it taken and removes
+        nothing. The kernel drops it when its holder dies, so a killed backup
+        never keeps GC off. Blocking: call it from a worker thread.
+        """
+        fd = self._open_gc_lock()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def sweep_guard(self) -> Iterator[bool]:
+        """Whether a sweep may remove blob files (True) for as long as the block runs;
+        False while someone holds sweeps off (``hold_sweeps``). Never waits."""
+        fd = self._open_gc_lock()
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+            else:
+                yield True
+        finally:
+            os.close(fd)
+
+    def _open_gc_lock(self) -> int:
+        return os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     def has_trash(self) -> bool:
         return self.trash_dir.is_dir()

@@ -7,6 +7,7 @@ Failures a client can act on are raised as ``aioreg.storage.errors`` types.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -90,6 +91,14 @@ class BlobStorage(Protocol):
     def trashed(self) -> list[tuple[Path, Digest]]: ...
 
     def has_trash(self) -> bool: ...
+
+    def hold_sweeps(self) -> contextlib.AbstractContextManager[None]:
+        """Keep GC sweeps (any process) from removing blob files while the block runs."""
+        ...
+
+    def sweep_guard(self) -> contextlib.AbstractContextManager[bool]:
+        """True while a sweep may remove blob files; False if sweeps are held off."""
+        ...
 
     def restore(self, trashed: Path, digest: Digest) -> None: ...
 

@@ -222,6 +222,7 @@ class GcResult(msgspec.Struct):
     manifests_removed: list[str]
     uploads_expired: int
     seconds: float
+    held_by_backup: bool = False  # a running backup held sweeps off: nothing was removed
 
     @classmethod
     def from_domain(cls, report: GcReport) -> GcResult:
@@ -232,6 +233,7 @@ class GcResult(msgspec.Struct):
             [f"{repository}@{digest}" for repository, digest in report.manifests],
             report.uploads_expired,
             report.seconds,
+            report.held,
         )
 
 
