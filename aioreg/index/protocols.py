@@ -10,7 +10,7 @@ lock a GC sweep takes, so file placement and sweeping never interleave.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from aioreg.index.rows import (
     NamespaceRow,
     Referrer,
     RepositorySummary,
+    StoreTotals,
     TagInfo,
     TokenRow,
     UploadRow,
@@ -286,6 +287,8 @@ class UsageIndex(Protocol):
         self, namespace: str | None = None
     ) -> tuple[list[Usage], list[Usage], Usage]: ...
 
+    async def totals(self) -> StoreTotals: ...
+
 
 class ListingIndex(Protocol):
     """Read-only management listings."""
@@ -372,6 +375,10 @@ class IndexProtocol(Protocol):
 
     @property
     def schema_version(self) -> int: ...
+
+    def observe_write_waits(self, observer: Callable[[float], None]) -> None: ...
+
+    async def ping(self) -> None: ...
 
     async def open(self) -> None: ...
 

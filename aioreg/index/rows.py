@@ -138,6 +138,17 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreTotals:
+    """What the registry stores, for metrics: counts and bytes (blob bytes per namespace)."""
+
+    blobs: int
+    blob_bytes: int  # each blob once, quarantined ones left out
+    manifests: int
+    repositories: int
+    namespace_bytes: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class GcResult:
     manifests: list[tuple[str, str]]  # (repository, digest) of untagged manifests removed
     blobs: list[tuple[str, int]]  # (digest, size) of blobs removed
