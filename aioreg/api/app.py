@@ -9,6 +9,7 @@ from aiohttp import web
 
 from aioreg.api.auth import AUTH_KEY, auth_middleware
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
+from aioreg.api.health import add_routes as add_health_routes
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
 from aioreg.api.management.handlers import MANAGEMENT_KEY
@@ -98,6 +99,7 @@ def create_app(config: Config) -> web.Application:
     management.gc.observers.append(metrics.observe_gc)
     registry.index.observe_write_waits(metrics.index_wait.observe)
     install_metrics(app, metrics)
+    add_health_routes(app)
     app[REGISTRY_KEY] = registry
     app[AUTH_KEY] = auth
     app[MANAGEMENT_KEY] = management
