@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -233,7 +234,7 @@ class Metrics:
         try:
             response = await handler(request)
             status = str(response.status)
-            sent = _sent_bytes(request, response)
+            sent = sent_bytes(request, response)
             return response
         except web.HTTPException as exc:  # redirects and the like, past error_middleware
             status = str(exc.status)
@@ -265,7 +266,7 @@ def _commit_kind(request: web.Request, route: str, method: str) -> str | None:
     return None
 
 
-def _sent_bytes(request: web.Request, response: web.StreamResponse) -> int:
+def sent_bytes(request: BaseRequest, response: web.StreamResponse) -> int:
     """The body bytes this response carries (a streamed file's Content-Length included)."""
     if request.method == "HEAD" or response.status in (204, 304):
         return 0
