@@ -26,6 +26,7 @@ from aioreg.index.rows import (
     GcResult,
     ManifestRow,
     NamespaceRow,
+    PullCounts,
     Referrer,
     RepositorySummary,
     StoreTotals,
@@ -269,6 +270,22 @@ class ActivityIndex(Protocol):
 
     async def events(
         self, limit: int, repository: str | None = None, kinds: list[str] | None = None
+    ) -> list[Event]: ...
+
+    async def pull_counts(self, name: str) -> PullCounts | None: ...
+
+    async def pull_days(self, name: str, tag: str | None, since_day: int) -> dict[int, int]: ...
+
+    async def feed(
+        self,
+        limit: int,
+        *,
+        before: int | None = None,
+        repositories: list[str] | None = None,
+        kinds: list[str] | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[Event]: ...
 
 
