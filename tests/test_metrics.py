@@ -69,10 +69,12 @@ async def test_counters_match_a_known_sequence_of_requests(reg: Reg) -> None:
     sep = "&" if "?" in location else "?"
     resp = await reg.client.put(f"{location}{sep}digest={digest_of(chunk)}")
     assert resp.status == 201, await resp.text()
+    # One more upload started and left open.
+    assert (await reg.client.post("/v2/team/app/blobs/uploads/")).status == 202
 
     samples = await scrape(reg)
     assert requests(samples, UPLOADS, "POST", 201) == 2  # config and layer, monolithic
-    assert requests(samples, UPLOADS, "POST", 202) == 1
+    assert requests(samples, UPLOADS, "POST", 202) == 2
     assert requests(samples, UPLOAD, "PATCH", 202) == 1
     assert requests(samples, UPLOAD, "PUT", 201) == 1
     assert requests(samples, MANIFEST, "PUT", 201) == 1
@@ -83,7 +85,7 @@ async def test_counters_match_a_known_sequence_of_requests(reg: Reg) -> None:
     assert requests(samples, "(unmatched)", "GET", 404) == 1
     assert not [key for key in samples if "team/app" in str(key)], "raw paths leaked"
     total = sum(v for (n, _), v in samples.items() if n == "aioreg_http_requests_total")
-    assert total == 15
+    assert total == 16
     # Latency: one observation per request, by route and method.
     latency = "aioreg_http_request_duration_seconds_count"
     assert value(samples, latency, route=MANIFEST, method="GET") == 6
@@ -98,7 +100,7 @@ async def test_counters_match_a_known_sequence_of_requests(reg: Reg) -> None:
     # Uploads: none left in flight; each upload request and each commit timed.
     assert value(samples, "aioreg_upload_requests_in_progress") == 0
     upload = "aioreg_upload_request_duration_seconds_count"
-    assert value(samples, upload, method="POST") == 3
+    assert value(samples, upload, method="POST") == 4
     assert value(samples, upload, method="PATCH") == 1
     assert value(samples, upload, method="PUT") == 1
     commit = "aioreg_commit_duration_seconds_count"
@@ -108,6 +110,7 @@ async def test_counters_match_a_known_sequence_of_requests(reg: Reg) -> None:
     assert value(samples, "aioreg_blobs") == 3
     assert value(samples, "aioreg_manifests") == 1
     assert value(samples, "aioreg_repositories") == 1
+    assert value(samples, "aioreg_upload_sessions") == 1
     stored = len(config) + len(layer) + len(chunk)
     assert value(samples, "aioreg_stored_bytes") == stored
     assert value(samples, "aioreg_namespace_stored_bytes", namespace="team") == stored

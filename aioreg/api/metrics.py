@@ -89,6 +89,11 @@ class StoredCollector(Collector):
             ("manifests", "Manifests stored (per repository)", totals.manifests),
             ("repositories", "Repositories", totals.repositories),
             ("stored_bytes", "Bytes of blobs stored, each blob once", totals.blob_bytes),
+            (
+                "upload_sessions",
+                "Upload sessions open (started, not ended)",
+                totals.upload_sessions,
+            ),
         ):
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
         per_namespace = GaugeMetricFamily(
@@ -278,10 +283,16 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
 def _loopback(remote: str | None) -> bool:
+    """A loopback peer, IPv4-mapped IPv6 (``::ffff:127.0.0.1``) included."""
+    if remote is None:
+        return False
     try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
+        address = ipaddress.ip_address(remote)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 async def _authorise(request: web.Request, config: MetricsConfig) -> None:

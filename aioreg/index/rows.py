@@ -156,6 +156,7 @@ class StoreTotals:
     manifests: int
     repositories: int
     namespace_bytes: dict[str, int]
+    upload_sessions: int  # started, not yet finished, cancelled or expired
 
 
 @dataclass(frozen=True, slots=True)

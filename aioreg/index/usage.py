@@ -143,7 +143,8 @@ class UsageQueries:
         row = await self._db.one(
             "SELECT (SELECT count(*) FROM blobs WHERE quarantined_at IS NULL),"
             " (SELECT coalesce(sum(size), 0) FROM blobs WHERE quarantined_at IS NULL),"
-            " (SELECT count(*) FROM manifests), (SELECT count(*) FROM repositories)"
+            " (SELECT count(*) FROM manifests), (SELECT count(*) FROM repositories),"
+            " (SELECT count(*) FROM uploads)"
         )
         assert row is not None
         namespaces = await self._db.all("SELECT namespace, blob_bytes FROM namespace_usage")
@@ -153,4 +154,5 @@ class UsageQueries:
             int(row[2]),
             int(row[3]),
             {r[0]: int(r[1]) for r in namespaces},
+            int(row[4]),
         )
