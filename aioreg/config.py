@@ -106,6 +106,41 @@ class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_rows: NonNegativeInt = 1000000
 
 
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``/metrics``: open to loopback peers; others need ``token`` (or ``token_env``) or an admin."""
+
+    enabled: bool = True
+    open_on_loopback: bool = True
+    token: str = ""
+    token_env: str = ""
+    storage_refresh_seconds: NonNegativeFloat = 15.0
+    namespace_series_max: NonNegativeInt = 100
+
+    def __repr__(self) -> str:
+        return f"MetricsConfig(enabled={self.enabled!r})"
+
+    def secret(self) -> str:
+        """The scrape token, from the file or the environment variable the config names."""
+        if self.token_env:
+            return os.environ.get(self.token_env, "")
+        return self.token
+
+
+class HealthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``/readyz`` reports unready below this much free space in the data directory."""
+
+    min_free_bytes: NonNegativeInt = 104857600
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``plain`` lines, ``json`` objects (one per line), or ``auto``: plain on a terminal."""
+
+    format: str = "plain"
+
+
+LOG_FORMATS = ("plain", "json", "auto")
+
+
 class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One pull-through proxy: a read-only local namespace in front of an upstream registry.
 
@@ -152,6 +187,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gc: GcConfig = msgspec.field(default_factory=GcConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
     proxy: list[ProxyConfig] = msgspec.field(default_factory=list)
 
     @property
@@ -260,6 +298,10 @@ def load_config(
     _refuse_infinite(config)
     if config.auth.default_visibility not in ("public", "private"):
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
+    if config.log.format not in LOG_FORMATS:
+        raise ConfigError(f"log.format must be one of {', '.join(LOG_FORMATS)}")
+    if config.metrics.token and config.metrics.token_env:
+        raise ConfigError("give one of metrics.token, metrics.token_env")
     _validate_memory(config)
     _validate_proxies(config)
     return config

@@ -44,12 +44,15 @@ def context_suffix() -> str:
 
 
 def install() -> None:
-    """Give every log record a ``context`` attribute (empty outside a request)."""
+    """Give every log record a ``context`` attribute (empty outside a request), and the
+    ids themselves as ``request_id`` and ``upload_id`` (None outside one)."""
     previous = logging.getLogRecordFactory()
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         record.context = context_suffix()
+        record.request_id = request_id.get()
+        record.upload_id = upload_id.get()
         return record
 
     logging.setLogRecordFactory(factory)

@@ -123,9 +123,12 @@ def make_config(
     auth: dict[str, object] | None = None,
     gc: dict[str, object] | None = None,
     proxy: list[dict[str, object]] | None = None,
+    sections: dict[str, dict[str, object]] | None = None,
     **limits: float,
 ) -> Config:
+    """``sections``: any other config sections, e.g. ``{"metrics": {"token": "t"}}``."""
     overrides: dict[str, object] = {"storage": {"data_dir": str(data_dir), **(storage or {})}}
+    overrides.update(sections or {})
     if limits:
         overrides["limits"] = dict(limits)
     if server:
@@ -206,6 +209,7 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
         auth: dict[str, object] | None = None,
         gc: dict[str, object] | None = None,
         proxy: list[dict[str, object]] | None = None,
+        sections: dict[str, dict[str, object]] | None = None,
         **limits: float,
     ) -> Reg:
         config = make_config(
@@ -215,6 +219,7 @@ async def make_registry(tmp_path: Path) -> AsyncIterator[AppFactory]:
             auth,
             gc,
             proxy,
+            sections,
             **limits,
         )
         loop = asyncio.get_running_loop()

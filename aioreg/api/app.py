@@ -9,10 +9,13 @@ from aiohttp import web
 
 from aioreg.api.auth import AUTH_KEY, auth_middleware
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
+from aioreg.api.health import add_routes as add_health_routes
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.api.management.routes import add_routes as add_management_routes
+from aioreg.api.metrics import Metrics
+from aioreg.api.metrics import install as install_metrics
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.v2.proxied import PROXIES_KEY, add_namespace_header, refuse_proxy_writes
@@ -76,9 +79,11 @@ PROXY_RELOAD_SECONDS = 2.0
 
 def create_app(config: Config) -> web.Application:
     in_flight = InFlight()
+    metrics = Metrics(config.metrics)
     app = web.Application(
         middlewares=[
             request_id_middleware,
+            metrics.middleware,
             in_flight.middleware,
             warnings_middleware,
             error_middleware,
@@ -91,6 +96,10 @@ def create_app(config: Config) -> web.Application:
     registry = Registry(config)
     auth = AuthService(config.auth, registry.index, config.data_path)
     management = Management(registry)
+    management.gc.observers.append(metrics.observe_gc)
+    registry.index.observe_write_waits(metrics.index_wait.observe)
+    install_metrics(app, metrics)
+    add_health_routes(app)
     app[REGISTRY_KEY] = registry
     app[AUTH_KEY] = auth
     app[MANAGEMENT_KEY] = management

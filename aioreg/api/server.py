@@ -18,10 +18,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from aioreg import __version__
+from aioreg import __version__, logformat
+from aioreg.api.access_log import JsonAccessLogger
 from aioreg.api.app import IN_FLIGHT_KEY, create_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
 from aioreg.config import Config
@@ -54,11 +56,13 @@ REQUEST_TIMEOUT = (
 def make_runner(app: web.Application, config: Config) -> web.AppRunner:
     """The runner ``aioreg serve`` uses: no handler cancellation, bounded headers,
     and every stage of a connection under a timeout."""
+    json_log = logformat.effective(config.log.format) == "json"
     return _Runner(
         app,
         config.server.header_read_timeout,
         access_log=log.getChild("access") if config.server.access_log else None,
         access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=JsonAccessLogger if json_log else AccessLogger,
         shutdown_timeout=config.server.shutdown_timeout,
         handle_signals=False,
         handler_cancellation=False,

@@ -60,6 +60,8 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, dict[str, str | bool]]
         overrides.setdefault("storage", {})["data_dir"] = args.data
     if getattr(args, "auth", False):
         overrides.setdefault("auth", {})["enabled"] = True
+    if getattr(args, "log_format", None):
+        overrides.setdefault("log", {})["format"] = args.log_format
     return overrides
 
 

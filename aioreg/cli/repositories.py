@@ -79,14 +79,19 @@ async def _repo(m: Management, args: argparse.Namespace) -> None:
     elif args.action == "show":
         detail = await m.listings.repository(args.name)
         print(
-            f"{detail.name}: {detail.tag_count} tags, {detail.artifact_count} artifacts, {format_size(detail.size)}"
+            f"{detail.name}: {detail.tag_count} tags, {detail.artifact_count} artifacts, "
+            f"{format_size(detail.size)}, {detail.pull_count} pulls"
         )
+        busy = [f"{d.day} {d.pulls}" for d in detail.pulls_by_day if d.pulls]
+        if busy:
+            print(f"pulls per day (UTC, last {len(detail.pulls_by_day)} days): {', '.join(busy)}")
         if detail.deprecation is not None:
             print(f"deprecated: {detail.deprecation}")
-        print(f"\n{'TAG':30} {'DIGEST':20} {'SIZE':>10}  {'PUSHED':16}  PULLED")
+        print(f"\n{'TAG':30} {'DIGEST':20} {'SIZE':>10}  {'PUSHED':16}  {'PULLED':16}  PULLS")
         for t in detail.tags:
             print(
-                f"{t.name:30} {t.digest[:19]:20} {format_size(t.size):>10}  {format_time(t.pushed_at):16}  {format_time(t.last_pulled_at)}"
+                f"{t.name:30} {t.digest[:19]:20} {format_size(t.size):>10}  "
+                f"{format_time(t.pushed_at):16}  {format_time(t.last_pulled_at):16}  {t.pull_count}"
             )
             if t.deprecation is not None:
                 print(f"  deprecated: {t.deprecation}")

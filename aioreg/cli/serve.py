@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from aioreg import logformat
 from aioreg.api.server import ListenError, run
 from aioreg.cli.command import Subparsers, bind
-from aioreg.config import Config
+from aioreg.config import LOG_FORMATS, Config
 
 
 def add_parsers(commands: Subparsers) -> None:
@@ -16,9 +17,16 @@ def add_parsers(commands: Subparsers) -> None:
     serve.add_argument(
         "--auth", action="store_true", help="turn on access control (same as [auth] enabled)"
     )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="plain lines, one JSON object per line, or auto: plain on a terminal "
+        "(overrides [log] format)",
+    )
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
+    logformat.install(config.log.format)
     try:
         run(config)
     except ListenError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aioreg.domain.reference import Digest
@@ -31,13 +32,31 @@ class GcReport:
     held: bool = False  # a backup held sweeps off: nothing was removed
 
 
+# Told of each run: its report (None when it failed) and how long it took, in seconds.
+GcObserver = Callable[[GcReport | None, float], None]
+
+
 class GarbageCollector:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.index = registry.index
         self._lock = asyncio.Lock()
+        self.observers: list[GcObserver] = []  # metrics listen here, the domain knows none
 
     async def run(self, *, dry_run: bool = False, untagged: bool | None = None) -> GcReport:
+        """Mark and sweep while pushes and pulls go on; observers hear of every run."""
+        started = time.monotonic()
+        try:
+            report = await self._run(dry_run, untagged)
+        except Exception:
+            for observe in self.observers:
+                observe(None, time.monotonic() - started)
+            raise
+        for observe in self.observers:
+            observe(report, report.seconds)
+        return report
+
+    async def _run(self, dry_run: bool, untagged: bool | None) -> GcReport:
         """Mark and sweep while pushes and pulls go on; see ``Index.collect_garbage``."""
         config = self.registry.config.gc
         untagged = config.delete_untagged if untagged is None else untagged

@@ -8,14 +8,17 @@ them to its own schemas.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import msgspec
 
+from aioreg.domain.activity import HISTORY_DAYS, DayPulls, day_series
 from aioreg.domain.manifest import INDEX_TYPES, ImageIndex, ImageManifest
 from aioreg.domain.reference import Digest, validate_name
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.index import ArtifactRow, Event, RepositorySummary, Usage
+from aioreg.index import ArtifactRow, Event, PullCounts, RepositorySummary, Usage
+from aioreg.index.pull_stats import day_of
 
 
 class TagDetail(msgspec.Struct):
@@ -25,6 +28,7 @@ class TagDetail(msgspec.Struct):
     pushed_at: float
     last_pulled_at: float | None
     deprecation: str | None = None
+    pull_count: int = 0  # pulls by this tag
 
 
 class ArtifactDetail(msgspec.Struct):
@@ -38,6 +42,7 @@ class ArtifactDetail(msgspec.Struct):
     subject: str | None
     pushed_at: float
     last_pulled_at: float | None
+    pull_count: int = 0  # pulls of this manifest, by tag and by digest
 
 
 class LayerDetail(msgspec.Struct):
@@ -56,6 +61,8 @@ class RepositoryDetail(msgspec.Struct):
     tags: list[TagDetail]
     artifacts: list[ArtifactDetail]
     deprecation: str | None = None  # an admin's notice; pulls carry it as a warning
+    pull_count: int = 0  # pulls by tag and by digest since statistics began
+    pulls_by_day: list[DayPulls] = msgspec.field(default_factory=list)  # HISTORY_DAYS, UTC
 
 
 class Listings:
@@ -97,6 +104,10 @@ class Listings:
 
     async def repository(self, name: str) -> RepositoryDetail:
         summary = await self._summary(name)
+        pulls = await self.index.activity.pull_counts(name) or PullCounts(0, {}, {})
+        days = await self.index.activity.pull_days(
+            name, None, day_of(time.time()) - HISTORY_DAYS + 1
+        )
         artifacts = await self.index.listings.artifacts(name)
         by_digest = {a.digest: a for a in artifacts}
         tags = await self.index.listings.tag_infos(name)
@@ -119,6 +130,7 @@ class Listings:
                 subject=a.subject,
                 pushed_at=a.pushed_at,
                 last_pulled_at=a.last_pull_at,
+                pull_count=pulls.artifacts.get(a.digest, 0),
             )
             for a in artifacts
         ]
@@ -139,11 +151,14 @@ class Listings:
                     t.pushed_at,
                     t.last_pull_at,
                     deprecated.get(t.name),
+                    pulls.tags.get(t.name, 0),
                 )
                 for t in tags
             ],
             artifacts=details,
             deprecation=await self.index.repositories.deprecation(name),
+            pull_count=pulls.total,
+            pulls_by_day=day_series(days, HISTORY_DAYS),
         )
 
     @staticmethod

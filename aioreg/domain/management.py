@@ -1,11 +1,13 @@
 """The operations behind /api/v1 and the CLI, one object per noun.
 
 Both hold one ``Management`` built over a ``Registry``; each operation lives on
-its noun: ``listings``, ``repositories``, ``gc``, ``retention``, ``proxies``.
+its noun: ``listings``, ``repositories``, ``gc``, ``retention``, ``proxies``,
+``activity`` (pull statistics, the activity feed).
 """
 
 from __future__ import annotations
 
+from aioreg.domain.activity import Activity
 from aioreg.domain.gc import GarbageCollector
 from aioreg.domain.listings import Listings
 from aioreg.domain.proxies import ProxyDefinitions
@@ -22,3 +24,4 @@ class Management:
         self.gc = GarbageCollector(registry)
         self.retention = Retention(registry)
         self.proxies = ProxyDefinitions(registry, self.repositories)
+        self.activity = Activity(registry)

@@ -6,10 +6,13 @@ Batched in memory and written by ``flush`` (which ``Index`` runs every
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
 
 from aioreg.index.database import Database
-from aioreg.index.rows import Event, ManifestRow
+from aioreg.index.pull_stats import PendingPulls, PullKey, pull_counts, pull_days, write_counts
+from aioreg.index.rows import Event, ManifestRow, PullCounts
 
 MAX_PENDING_EVENTS = 100000  # kept across failed flushes; the oldest go beyond it
 
@@ -21,9 +24,15 @@ class ActivityQueries:
         self._pending_events: list[Event] = []
         self._pending_pull_events: set[tuple[str, str | None, str | None, str | None]] = set()
         self._token_uses: dict[str, float] = {}  # token id -> last used, see touch_token
+        self._pull_counts = PendingPulls()
+        # One flush at a time: a reader that flushes first (listings) then sees every
+        # pull noted before, even while the periodic flush is writing them.
+        self._flushing = asyncio.Lock()
 
     def note_pull(self, manifest: ManifestRow, tag: str | None) -> None:
-        self._pending_pulls[(manifest.repository_id, manifest.id, tag)] = time.time()
+        now = time.time()
+        self._pending_pulls[(manifest.repository_id, manifest.id, tag)] = now
+        self._pull_counts.note(manifest.repository_id, manifest.id, tag, now)
 
     def note_event(self, event: Event) -> None:
         """Activity is batched like pulls: recording it must not cost a transaction each.
@@ -45,6 +54,10 @@ class ActivityQueries:
     async def flush(self) -> None:
         """Write the batched bookkeeping. What a failed or cancelled flush (a shutdown while
         another process holds the lock) was writing stays pending for the next one."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if self._pending_events:
             events, self._pending_events = self._pending_events, []
             self._pending_pull_events = set()
@@ -53,13 +66,15 @@ class ActivityQueries:
             except BaseException:
                 self._pending_events = (events + self._pending_events)[-MAX_PENDING_EVENTS:]
                 raise
-        if not self._pending_pulls and not self._token_uses:
+        if not self._pending_pulls and not self._token_uses and not self._pull_counts:
             return
         pending, self._pending_pulls = self._pending_pulls, {}
         token_uses, self._token_uses = self._token_uses, {}
+        counts = self._pull_counts.take()
         try:
-            await self._write_pulls(pending, token_uses)
+            await self._write_pulls(pending, token_uses, counts)
         except BaseException:
+            self._pull_counts.give_back(counts)
             for key, when in pending.items():
                 self._pending_pulls[key] = max(when, self._pending_pulls.get(key, when))
             for token_id, when in token_uses.items():
@@ -70,8 +85,10 @@ class ActivityQueries:
         self,
         pending: dict[tuple[int, int, str | None], float],
         token_uses: dict[str, float],
+        counts: Counter[PullKey],
     ) -> None:
         async with self._db.transaction(invalidates=False) as db:
+            await write_counts(db, counts, self._db.history.max_age_days)
             await db.executemany(
                 "UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
                 [(when, token_id) for token_id, when in token_uses.items()],
@@ -99,6 +116,16 @@ class ActivityQueries:
         )
         return (None, None) if row is None else (row[0], row[1])
 
+    async def pull_counts(self, name: str) -> PullCounts | None:
+        """Pulls of a repository, its tags and artifacts (None: no such repository)."""
+        await self.flush()
+        return await pull_counts(self._db, name)
+
+    async def pull_days(self, name: str, tag: str | None, since_day: int) -> dict[int, int]:
+        """Pulls per UTC day since ``since_day``: of the repository, a tag, or by digest."""
+        await self.flush()
+        return await pull_days(self._db, name, tag, since_day)
+
     async def add_events(self, events: list[Event]) -> None:
         if not events:
             return
@@ -125,6 +152,39 @@ class ActivityQueries:
         if kinds:
             where.append(f"kind IN ({','.join('?' * len(kinds))})")
             params.extend(kinds)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = await self._db.all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [Event(*r) for r in rows]
+
+    async def feed(
+        self,
+        limit: int,
+        *,
+        before: int | None = None,
+        repositories: list[str] | None = None,
+        kinds: list[str] | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Event]:
+        """Events newest first, each with its id; ``before`` an id (the cursor) to go on from."""
+        where: list[str] = []
+        params: list[object] = []
+        for clause, value in (
+            ("id < ?", before),
+            ("actor = ?", actor),
+            ("at >= ?", since),
+            ("at < ?", until),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        for column, values in (("repository", repositories), ("kind", kinds)):
+            if values:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params.extend(values)
+        sql = "SELECT at, kind, repository, reference, digest, actor, detail, id FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = await self._db.all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))

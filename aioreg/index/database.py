@@ -13,7 +13,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import aiosqlite
@@ -51,6 +51,9 @@ class Database:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._writer_version: int | None = None  # see _note_bookkeeping_commit
+        # Called with the seconds each write transaction waited for the write lock
+        # (this process's lock, then SQLite's): how the API layer counts busy waits.
+        self.wait_observers: list[Callable[[float], None]] = []
         self.cache = ReadCache(
             self.data_version,
             LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
@@ -125,10 +128,14 @@ class Database:
     async def transaction(self, *, invalidates: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction; ``invalidates=False`` for bookkeeping no cached read shows."""
         assert self._writer is not None, "index is not open"
+        asked = time.monotonic()
         async with self._write_lock:
             db = self._writer
             try:
                 await db.execute("BEGIN IMMEDIATE")
+                waited = time.monotonic() - asked
+                for observe in self.wait_observers:
+                    observe(waited)
                 yield db
                 await db.execute("COMMIT")
             except BaseException:

@@ -10,7 +10,7 @@ lock a GC sweep takes, so file placement and sweeping never interleave.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -27,8 +27,10 @@ from aioreg.index.rows import (
     GcResult,
     ManifestRow,
     NamespaceRow,
+    PullCounts,
     Referrer,
     RepositorySummary,
+    StoreTotals,
     TagInfo,
     TokenRow,
     UploadRow,
@@ -271,6 +273,22 @@ class ActivityIndex(Protocol):
         self, limit: int, repository: str | None = None, kinds: list[str] | None = None
     ) -> list[Event]: ...
 
+    async def pull_counts(self, name: str) -> PullCounts | None: ...
+
+    async def pull_days(self, name: str, tag: str | None, since_day: int) -> dict[int, int]: ...
+
+    async def feed(
+        self,
+        limit: int,
+        *,
+        before: int | None = None,
+        repositories: list[str] | None = None,
+        kinds: list[str] | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Event]: ...
+
 
 class UsageIndex(Protocol):
     """Per-namespace usage, quotas, usage reports."""
@@ -286,6 +304,8 @@ class UsageIndex(Protocol):
     async def report(
         self, namespace: str | None = None
     ) -> tuple[list[Usage], list[Usage], Usage]: ...
+
+    async def totals(self) -> StoreTotals: ...
 
 
 class ListingIndex(Protocol):
@@ -377,6 +397,10 @@ class IndexProtocol(Protocol):
 
     @property
     def schema_version(self) -> int: ...
+
+    def observe_write_waits(self, observer: Callable[[float], None]) -> None: ...
+
+    async def ping(self) -> None: ...
 
     async def open(self) -> None: ...
 

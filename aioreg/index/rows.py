@@ -128,6 +128,7 @@ class Event:
     digest: str | None
     actor: str | None
     detail: str | None = None
+    id: int | None = None  # its row, once written: the activity feed's cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,27 @@ class Usage:
     name: str
     logical: int  # what every artifact references, shared layers counted per artifact
     physical: int  # distinct bytes, each blob once
+
+
+@dataclass(frozen=True, slots=True)
+class PullCounts:
+    """Pulls since the statistics began: of a repository, per tag, per artifact digest."""
+
+    total: int
+    tags: dict[str, int]
+    artifacts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTotals:
+    """What the registry stores, for metrics: counts and bytes (blob bytes per namespace)."""
+
+    blobs: int
+    blob_bytes: int  # each blob once, quarantined ones left out
+    manifests: int
+    repositories: int
+    namespace_bytes: dict[str, int]
+    upload_sessions: int  # started, not yet finished, cancelled or expired
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from aioreg.config import EventsConfig
@@ -64,6 +65,14 @@ class Index:
     @property
     def schema_version(self) -> int:
         return self.db.schema_version
+
+    def observe_write_waits(self, observer: Callable[[float], None]) -> None:
+        """Have ``observer`` called with each write transaction's wait for the lock."""
+        self.db.wait_observers.append(observer)
+
+    async def ping(self) -> None:
+        """One read on the reader connection; raises when the index cannot be read."""
+        await self.db.one("SELECT 1 FROM schema_version LIMIT 1")
 
     async def open(self) -> None:
         await self.db.open()

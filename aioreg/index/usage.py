@@ -10,7 +10,7 @@ import aiosqlite
 from aioreg.domain.rules import namespace_of
 from aioreg.index.database import Database
 from aioreg.index.errors import QuotaWouldExceed
-from aioreg.index.rows import Usage
+from aioreg.index.rows import StoreTotals, Usage
 
 NAMESPACE_REPOS = "(r.name = ? OR r.name LIKE ? ESCAPE '\\')"
 # The bytes repository ``r`` holds: its manifests and each blob it links, counted once.
@@ -136,3 +136,23 @@ class UsageQueries:
             int(total[0]) + int(manifest_total[0]),
         )
         return namespaces, repositories, whole
+
+    async def totals(self) -> StoreTotals:
+        """Counts and bytes for metrics: aggregates over primary keys and the per-namespace
+        figures the quota triggers keep, never a walk of every repository."""
+        row = await self._db.one(
+            "SELECT (SELECT count(*) FROM blobs WHERE quarantined_at IS NULL),"
+            " (SELECT coalesce(sum(size), 0) FROM blobs WHERE quarantined_at IS NULL),"
+            " (SELECT count(*) FROM manifests), (SELECT count(*) FROM repositories),"
+            " (SELECT count(*) FROM uploads)"
+        )
+        assert row is not None
+        namespaces = await self._db.all("SELECT namespace, blob_bytes FROM namespace_usage")
+        return StoreTotals(
+            int(row[0]),
+            int(row[1]),
+            int(row[2]),
+            int(row[3]),
+            {r[0]: int(r[1]) for r in namespaces},
+            int(row[4]),
+        )

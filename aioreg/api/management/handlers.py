@@ -9,6 +9,8 @@ credential's scope (``AuthService.effective_actions``).
 
 from __future__ import annotations
 
+import datetime
+import math
 from typing import TypeVar
 
 import msgspec
@@ -17,6 +19,8 @@ from aiohttp import web
 from aioreg.api.auth import AUTH_KEY, IDENTITY, identify, may_list
 from aioreg.api.http import query_int, read_limited, registry
 from aioreg.api.management.schemas import (
+    ActivityEvent,
+    ActivityPage,
     Copied,
     CopyRequest,
     Deleted,
@@ -33,6 +37,7 @@ from aioreg.api.management.schemas import (
     Proxy,
     ProxyList,
     ProxyRequest,
+    PullHistory,
     QuotaRequest,
     RemovalItem,
     RepositoryDetail,
@@ -47,7 +52,9 @@ from aioreg.api.management.schemas import (
 )
 from aioreg.api.v2.proxied import proxies
 from aioreg.auth.service import AuthError, Identity
+from aioreg.domain.activity import HISTORY_DAYS, MAX_DAYS, FeedQuery
 from aioreg.domain.management import Management
+from aioreg.domain.reference import validate_name
 from aioreg.errors import ErrorCode, RegistryError
 
 MANAGEMENT_KEY = web.AppKey("management", Management)
@@ -360,3 +367,86 @@ async def purge_proxy(request: web.Request) -> web.StreamResponse:
     actor = await _require(request, None, "delete")
     removed = await _management(request).proxies.purge(request.match_info["namespace"], actor)
     return _json(Deleted(removed))
+
+
+# -- activity -------------------------------------------------------------------------
+
+ACTIVITY_FILTER_MAX = 20  # actions one feed request may name
+
+
+async def get_pulls(request: web.Request) -> web.StreamResponse:
+    """Pull statistics of a repository, a tag (``/tags/{tag}/pulls`` or ``?tag=``), or of
+    the pulls by digest (``?by_digest=true``): total, last pull, per day."""
+    name = request.match_info["name"]
+    tag = request.match_info.get("tag") or request.query.get("tag") or None
+    by_digest = _choice(request, "by_digest", "false", ("true", "false")) == "true"
+    if by_digest and tag is not None:
+        raise RegistryError(ErrorCode.BAD_REQUEST, "give a tag or by_digest, not both")
+    await _require(request, name, "pull")
+    history = await _management(request).activity.pulls(
+        name, tag, query_int(request, "days", HISTORY_DAYS, MAX_DAYS), by_digest
+    )
+    return _json(PullHistory.from_domain(history))
+
+
+def _time(request: web.Request, key: str) -> float | None:
+    """A point in time: Unix seconds, or RFC 3339 (``2026-11-26T18:00:00Z``)."""
+    raw = request.query.get(key)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = datetime.datetime.fromisoformat(raw)
+        except ValueError:
+            raise RegistryError(
+                ErrorCode.BAD_REQUEST,
+                f"{key} must be Unix seconds or an RFC 3339 time",
+                {key: raw[:100]},
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return when.timestamp()
+    if not math.isfinite(value):
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"{key} must be finite", {key: raw[:100]})
+    return value
+
+
+async def get_activity(request: web.Request) -> web.StreamResponse:
+    """What happened, newest first, in repositories the caller may pull (everything for
+    an admin), filtered by repository, action, actor and time; one page per cursor."""
+    repository = request.query.get("repository") or None
+    if repository is not None:
+        validate_name(repository)
+        await _require(request, repository, "pull")
+    kinds = [k for raw in request.query.getall("action", []) for k in raw.split(",") if k]
+    if len(kinds) > ACTIVITY_FILTER_MAX:
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"name at most {ACTIVITY_FILTER_MAX} actions")
+    service = request.app[AUTH_KEY]
+    everything = not service.enabled
+    if service.enabled:
+        await _identity(request)
+        everything = await _is_admin(request)
+
+    async def visible(name: str) -> bool:
+        if everything:
+            return True
+        return bool(name) and await may_list(request, name)  # "" (gc) is for admins
+
+    query = FeedQuery(
+        limit=query_int(request, "limit", 100, 1000) or 1,
+        before=query_int(request, "cursor", 0, 1 << 62) or None,
+        repository=repository,
+        kinds=kinds or None,
+        actor=request.query.get("actor") or None,
+        since=_time(request, "since"),
+        until=_time(request, "until"),
+    )
+    events, cursor = await _management(request).activity.feed(query, visible)
+    return _json(
+        ActivityPage(
+            [ActivityEvent.from_domain(e) for e in events],
+            None if cursor is None else str(cursor),
+        )
+    )

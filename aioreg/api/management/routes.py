@@ -22,9 +22,11 @@ from aioreg.api.management.handlers import (
     delete_namespace,
     delete_policy,
     delete_repository,
+    get_activity,
     get_events,
     get_layers,
     get_policies,
+    get_pulls,
     get_repository,
     get_usage,
     list_namespaces,
@@ -41,6 +43,7 @@ from aioreg.api.management.handlers import (
 )
 from aioreg.api.management.openapi import build_openapi
 from aioreg.api.management.schemas import (
+    ActivityPage,
     Copied,
     CopyRequest,
     Deleted,
@@ -55,6 +58,7 @@ from aioreg.api.management.schemas import (
     Proxy,
     ProxyList,
     ProxyRequest,
+    PullHistory,
     QuotaRequest,
     RepositoryDetail,
     RepositoryPage,
@@ -180,6 +184,23 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "GET",
+        f"{SUB}/pulls",
+        get_pulls,
+        "Pull statistics of a repository (or ?tag=, or ?by_digest=true): total, last, per day",
+        PullHistory,
+        query=("tag", "by_digest", "days"),
+    ),
+    Endpoint(
+        "GET",
+        f"{SUB}/tags/{{tag}}/pulls",
+        get_pulls,
+        "Pull statistics of a tag: total, last pull, pulls per day",
+        PullHistory,
+        query=("days",),
+        operation_id="get_tag_pulls",
+    ),
+    Endpoint(
+        "GET",
         f"/repositories/{NAME}",
         get_repository,
         "A repository: tags, artifacts, sizes, referrers",
@@ -207,6 +228,14 @@ ENDPOINTS: list[Endpoint] = [
         "Recent activity: pushes, pulls, tag changes, deletes",
         EventList,
         query=("repository", "limit"),
+    ),
+    Endpoint(
+        "GET",
+        "/activity",
+        get_activity,
+        "Activity feed, newest first, of repositories the caller may pull; cursor pagination",
+        ActivityPage,
+        query=("repository", "action", "actor", "since", "until", "limit", "cursor"),
     ),
     Endpoint(
         "GET",

@@ -18,6 +18,7 @@ from aioreg.domain.repositories import DEPRECATION_MESSAGE_MAX
 from aioreg.domain.retention import RetentionPolicy as DomainPolicy
 
 if TYPE_CHECKING:
+    from aioreg.domain.activity import PullHistory as DomainPullHistory
     from aioreg.domain.gc import GcReport
     from aioreg.domain.listings import ArtifactDetail as DomainArtifact
     from aioreg.domain.listings import LayerDetail as DomainLayer
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 
 
 # -- repositories -------------------------------------------------------------------
+
+
+class DayPulls(msgspec.Struct):
+    day: str  # YYYY-MM-DD, UTC
+    pulls: int
 
 
 class NamespaceList(msgspec.Struct):
@@ -70,11 +76,18 @@ class TagDetail(msgspec.Struct):
     pushed_at: float
     last_pulled_at: float | None
     deprecation: str | None = None
+    pull_count: int = 0  # pulls by this tag
 
     @classmethod
     def from_domain(cls, tag: DomainTag) -> TagDetail:
         return cls(
-            tag.name, tag.digest, tag.size, tag.pushed_at, tag.last_pulled_at, tag.deprecation
+            tag.name,
+            tag.digest,
+            tag.size,
+            tag.pushed_at,
+            tag.last_pulled_at,
+            tag.deprecation,
+            tag.pull_count,
         )
 
 
@@ -89,6 +102,7 @@ class ArtifactDetail(msgspec.Struct):
     subject: str | None
     pushed_at: float
     last_pulled_at: float | None
+    pull_count: int = 0  # pulls of this manifest, by tag and by digest
 
     @classmethod
     def from_domain(cls, artifact: DomainArtifact) -> ArtifactDetail:
@@ -103,6 +117,7 @@ class ArtifactDetail(msgspec.Struct):
             artifact.subject,
             artifact.pushed_at,
             artifact.last_pulled_at,
+            artifact.pull_count,
         )
 
 
@@ -116,6 +131,8 @@ class RepositoryDetail(msgspec.Struct):
     tags: list[TagDetail]
     artifacts: list[ArtifactDetail]
     deprecation: str | None = None
+    pull_count: int = 0  # pulls by tag and by digest since statistics began
+    pulls_by_day: list[DayPulls] = msgspec.field(default_factory=list)  # last 30 UTC days
 
     @classmethod
     def from_domain(cls, detail: DomainRepository) -> RepositoryDetail:
@@ -129,6 +146,8 @@ class RepositoryDetail(msgspec.Struct):
             [TagDetail.from_domain(t) for t in detail.tags],
             [ArtifactDetail.from_domain(a) for a in detail.artifacts],
             detail.deprecation,
+            detail.pull_count,
+            [DayPulls(d.day, d.pulls) for d in detail.pulls_by_day],
         )
 
 
@@ -350,3 +369,56 @@ class Proxy(msgspec.Struct):
 
 class ProxyList(msgspec.Struct):
     proxies: list[Proxy]
+
+
+# -- activity -------------------------------------------------------------------------
+
+
+class PullHistory(msgspec.Struct):
+    repository: str
+    tag: str | None  # None: the whole repository
+    by_digest: bool  # only pulls by digest
+    total: int  # since statistics began, not only the days shown
+    last_pull_at: float | None
+    days: list[DayPulls]  # oldest first, ending today (UTC)
+
+    @classmethod
+    def from_domain(cls, history: DomainPullHistory) -> PullHistory:
+        return cls(
+            history.repository,
+            history.tag,
+            history.by_digest,
+            history.total,
+            history.last_pull_at,
+            [DayPulls(d.day, d.pulls) for d in history.days],
+        )
+
+
+class ActivityEvent(msgspec.Struct):
+    id: int
+    at: float
+    action: str  # push, pull, untag, delete, retention, gc
+    repository: str
+    reference: str | None
+    digest: str | None
+    actor: str | None
+    detail: str | None
+
+    @classmethod
+    def from_domain(cls, row: EventRow) -> ActivityEvent:
+        assert row.id is not None
+        return cls(
+            row.id,
+            row.at,
+            row.kind,
+            row.repository,
+            row.reference,
+            row.digest,
+            row.actor,
+            row.detail,
+        )
+
+
+class ActivityPage(msgspec.Struct):
+    events: list[ActivityEvent]  # newest first
+    next_cursor: str | None  # pass as ?cursor= for the next (older) page; None at the end

@@ -1,0 +1,344 @@
+"""``/metrics``: the registry's Prometheus metrics, in the text exposition format.
+
+Each app has a ``CollectorRegistry`` of its own (never prometheus-client's global
+one), so several servers in one process (the test suite) keep separate figures.
+Requests are counted by route template (the aiohttp resource's canonical form,
+never the raw path: repository names and digests would make the series
+unbounded), method and status. Figures about what is stored are read from the
+index at scrape time, reused for ``metrics.storage_refresh_seconds``. The domain
+knows nothing of Prometheus: garbage collection and the index report to
+observers registered here.
+
+Other components add their own metrics on ``app[METRICS_KEY].registry``
+(``Metrics.register`` for a custom collector).
+TODO(webhooks): queue depth, deliveries, failures and dead letters go here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from collections.abc import Iterator
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from aioreg.api.auth import AUTH_KEY, IDENTITY, identify
+from aioreg.api.errors import Handler, error_response
+from aioreg.api.http import registry
+from aioreg.auth.service import AuthError
+from aioreg.config import MetricsConfig
+from aioreg.domain.gc import GcReport
+from aioreg.errors import ErrorCode, RegistryError
+from aioreg.index.protocols import IndexProtocol
+from aioreg.index.rows import StoreTotals
+
+PREFIX = "aioreg"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "(unmatched)"  # no route: one series for every unknown path
+OTHER_NAMESPACES = "(other)"
+# Request latencies run from cached manifest reads to multi-gigabyte uploads.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30)
+GC_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+UPLOAD_ROUTES = frozenset(
+    {
+        "/v2/{name}/blobs/uploads/",
+        "/v2/{name}/blobs/uploads",
+        "/v2/{name}/blobs/uploads/{upload_id}",
+    }
+)
+UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
+MANIFEST_ROUTE = "/v2/{name}/manifests/{reference}"
+CLIENT_GONE = "499"  # the client went away before an answer (nginx's figure)
+
+
+def route_of(request: web.Request) -> str:
+    """The matched route's template, bounded whatever the client sends."""
+    resource = request.match_info.route.resource
+    return UNMATCHED if resource is None else resource.canonical
+
+
+class StoredCollector(Collector):
+    """Gauges of what is stored, from the last snapshot the scrape handler took."""
+
+    def __init__(self, namespace_series_max: int) -> None:
+        self.totals: StoreTotals | None = None
+        self.taken = 0.0  # monotonic time of the snapshot
+        self._namespace_series_max = namespace_series_max
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.totals
+        if totals is None:
+            return
+        for name, doc, value in (
+            ("blobs", "Blobs stored (each digest once)", totals.blobs),
+            ("manifests", "Manifests stored (per repository)", totals.manifests),
+            ("repositories", "Repositories", totals.repositories),
+            ("stored_bytes", "Bytes of blobs stored, each blob once", totals.blob_bytes),
+            (
+                "upload_sessions",
+                "Upload sessions open (started, not ended)",
+                totals.upload_sessions,
+            ),
+        ):
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        per_namespace = GaugeMetricFamily(
+            f"{PREFIX}_namespace_stored_bytes",
+            "Distinct blob bytes linked in each namespace (the largest ones; the rest summed "
+            f'under namespace="{OTHER_NAMESPACES}")',
+            labels=["namespace"],
+        )
+        ranked = sorted(totals.namespace_bytes.items(), key=lambda kv: (-kv[1], kv[0]))
+        kept, rest = ranked[: self._namespace_series_max], ranked[self._namespace_series_max :]
+        for namespace, size in kept:
+            per_namespace.add_metric([namespace], size)
+        if rest:
+            per_namespace.add_metric([OTHER_NAMESPACES], sum(size for _, size in rest))
+        yield per_namespace
+
+
+class Metrics:
+    """The metrics of one app, and the middleware and observers that feed them."""
+
+    def __init__(self, config: MetricsConfig) -> None:
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from a request's arrival to its handler's return (bodies included)",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.received = Counter(
+            f"{PREFIX}_http_request_bytes",
+            "Request body bytes read",
+            ["route", "method"],
+            registry=reg,
+        )
+        self.sent = Counter(
+            f"{PREFIX}_http_response_bytes",
+            "Response body bytes sent",
+            ["route", "method"],
+            registry=reg,
+        )
+        self.uploads_in_progress = Gauge(
+            f"{PREFIX}_upload_requests_in_progress",
+            "Upload requests (POST, PATCH, PUT of blob uploads) being handled",
+            registry=reg,
+        )
+        self.upload_duration = Histogram(
+            f"{PREFIX}_upload_request_duration_seconds",
+            "Duration of blob upload requests (POST, PATCH, PUT), by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.commit_duration = Histogram(
+            f"{PREFIX}_commit_duration_seconds",
+            "Duration of successful commits: a blob upload's final request, a manifest PUT",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.gc_runs = Counter(
+            f"{PREFIX}_gc_runs",
+            "Garbage collection runs, by result (success, dry_run, failure)",
+            ["result"],
+            registry=reg,
+        )
+        self.gc_duration = Histogram(
+            f"{PREFIX}_gc_duration_seconds",
+            "Duration of garbage collection runs",
+            buckets=GC_BUCKETS,
+            registry=reg,
+        )
+        self.gc_freed = Counter(
+            f"{PREFIX}_gc_freed_bytes", "Blob bytes garbage collection removed", registry=reg
+        )
+        self.gc_blobs = Counter(
+            f"{PREFIX}_gc_removed_blobs", "Blobs garbage collection removed", registry=reg
+        )
+        self.gc_manifests = Counter(
+            f"{PREFIX}_gc_removed_manifests",
+            "Untagged manifests garbage collection removed",
+            registry=reg,
+        )
+        self.index_wait = Histogram(
+            f"{PREFIX}_index_write_wait_seconds",
+            "Time each index write transaction waited for the write lock (this process's "
+            "writers, then other processes')",
+            buckets=WAIT_BUCKETS,
+            registry=reg,
+        )
+        self.stored = StoredCollector(config.namespace_series_max)
+        reg.register(self.stored)
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+
+    def register(self, collector: Collector) -> None:
+        """Add another component's collector (webhook queues, say) to this app's metrics."""
+        self.registry.register(collector)
+
+    def observe_gc(self, report: GcReport | None, seconds: float) -> None:
+        if report is None:
+            self.gc_runs.labels("failure").inc()
+        elif report.dry_run:
+            self.gc_runs.labels("dry_run").inc()
+        else:
+            self.gc_runs.labels("success").inc()
+            self.gc_freed.inc(report.bytes)
+            self.gc_blobs.inc(report.blobs)
+            self.gc_manifests.inc(len(report.manifests))
+        self.gc_duration.observe(seconds)
+
+    async def refresh_stored(self, index: IndexProtocol) -> None:
+        """Read the stored-content figures again when the snapshot is older than allowed."""
+        now = time.monotonic()
+        stored = self.stored
+        if stored.totals is not None and now - stored.taken < self.config.storage_refresh_seconds:
+            return
+        stored.totals = await index.usage.totals()
+        stored.taken = now
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        route = route_of(request)
+        method = request.method if request.method in METHODS else "other"
+        upload = method in UPLOAD_METHODS and route in UPLOAD_ROUTES
+        if upload:
+            self.uploads_in_progress.inc()
+        status = CLIENT_GONE
+        sent = 0
+        try:
+            response = await handler(request)
+            status = str(response.status)
+            sent = sent_bytes(request, response)
+            return response
+        except web.HTTPException as exc:  # redirects and the like, past error_middleware
+            status = str(exc.status)
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            if upload:
+                self.uploads_in_progress.dec()
+                self.upload_duration.labels(method).observe(elapsed)
+            self.requests.labels(route, method, status).inc()
+            self.latency.labels(route, method).observe(elapsed)
+            self.received.labels(route, method).inc(request.content.total_bytes)
+            if sent:
+                self.sent.labels(route, method).inc(sent)
+            if status.startswith("2"):
+                kind = _commit_kind(request, route, method)
+                if kind is not None:
+                    self.commit_duration.labels(kind).observe(elapsed)
+
+
+def _commit_kind(request: web.Request, route: str, method: str) -> str | None:
+    """What a successful request committed: a blob (an upload's last request), a manifest."""
+    if route == MANIFEST_ROUTE and method == "PUT":
+        return "manifest"
+    if route in UPLOAD_ROUTES and (
+        method == "PUT" or (method == "POST" and "digest" in request.query)
+    ):
+        return "blob"
+    return None
+
+
+def sent_bytes(request: BaseRequest, response: web.StreamResponse) -> int:
+    """The body bytes this response carries (a streamed file's Content-Length included)."""
+    if request.method == "HEAD" or response.status in (204, 304):
+        return 0
+    length = response.content_length
+    return length if length is not None else response.body_length
+
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
+def _loopback(remote: str | None) -> bool:
+    """A loopback peer, IPv4-mapped IPv6 (``::ffff:127.0.0.1``) included."""
+    if remote is None:
+        return False
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+async def _authorise(request: web.Request, config: MetricsConfig) -> None:
+    """Loopback peers (unless turned off), the configured bearer token, or an admin."""
+    if config.open_on_loopback and _loopback(request.remote):
+        return
+    header = request.headers.get("Authorization", "")
+    kind, _, value = header.partition(" ")
+    secret = config.secret()
+    if (
+        secret
+        and kind.lower() == "bearer"
+        and hmac.compare_digest(value.strip().encode(), secret.encode())
+    ):
+        return
+    service = request.app[AUTH_KEY]
+    if not service.enabled:
+        if not secret:
+            raise RegistryError(
+                ErrorCode.DENIED,
+                "metrics are served to loopback only; set [metrics] token to scrape from elsewhere",
+            )
+        raise AuthError("wrong metrics token" if header else "metrics need the metrics token")
+    identity, how = await identify(request, service)
+    request[IDENTITY] = identity
+    if await service.registry_admin(identity):
+        return
+    if how == "none":
+        raise AuthError("metrics need the metrics token or an admin's credentials")
+    raise RegistryError(ErrorCode.DENIED, "metrics are for admins and the metrics token")
+
+
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[METRICS_KEY]
+    try:
+        await _authorise(request, metrics.config)
+    except AuthError as exc:
+        response = error_response(ErrorCode.UNAUTHORIZED, exc.message)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    await metrics.refresh_stored(registry(request).index)
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def install(app: web.Application, metrics: Metrics) -> None:
+    """The route, when metrics are on; the middleware is the app's (``create_app``)."""
+    app[METRICS_KEY] = metrics
+    if metrics.config.enabled:
+        app.router.add_get("/metrics", metrics_handler)

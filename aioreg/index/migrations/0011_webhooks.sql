@@ -1,0 +1,2 @@
+-- Placeholder: number 11 belongs to the webhooks branch (0011_webhooks.sql there).
+-- This file only keeps the numbering unbroken on its own branch; at merge, take theirs.
