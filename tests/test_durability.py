@@ -23,7 +23,7 @@ from tests.process import Server, free_port, start
 
 HOLD_LOCK = """
 import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
 conn.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)
 sys.stdin.readline()
@@ -32,7 +32,15 @@ conn.execute("ROLLBACK")
 
 
 class WriteLockHolder:
-    """Another process holding the index's write lock until told to let go."""
+    """Another process holding the index's write lock until told to let go.
+
+    Build it off the event loop (``await WriteLockHolder.start(db)``): while it waits
+    for the lock, the in-process server must be free to finish a transaction it is in.
+    """
+
+    @classmethod
+    async def start(cls, db: Path) -> WriteLockHolder:
+        return await asyncio.to_thread(cls, db)
 
     def __init__(self, db: Path) -> None:
         self.proc = subprocess.Popen(
@@ -84,7 +92,7 @@ async def test_reads_answer_while_another_process_holds_the_write_lock(
         )
         secret = base64.b64encode(f"ci:{pat.value}".encode()).decode()
         headers = {"Authorization": f"Basic {secret}"}
-    holder = WriteLockHolder(reg.data_dir / "index.db")
+    holder = await WriteLockHolder.start(reg.data_dir / "index.db")
     try:
         # A write (a new upload session) now waits for the lock inside the server.
         upload = asyncio.ensure_future(reg.client.post("/v2/app/blobs/uploads/", headers=headers))
@@ -119,7 +127,7 @@ async def test_shutdown_while_another_process_holds_the_lock_keeps_pull_records(
     mid-BEGIN, neither leaves a transaction open nor loses what it was writing."""
     reg = await make_registry(tmp_path / "data", storage={"index_busy_timeout": 60.0})
     await reg.push_image("app", "v1")
-    holder = WriteLockHolder(reg.data_dir / "index.db")
+    holder = await WriteLockHolder.start(reg.data_dir / "index.db")
     try:
         resp = await reg.client.get("/v2/app/manifests/v1")
         assert resp.status == 200
