@@ -23,6 +23,7 @@ from aioreg.config import Config
 from aioreg.domain.management import Management
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.registry import Registry
+from aioreg.domain.workers import WorkerIdentity
 from aioreg.proxy.service import Proxies
 
 
@@ -74,7 +75,12 @@ IN_FLIGHT_KEY = web.AppKey("in_flight", InFlight)
 PROXY_RELOAD_SECONDS = 2.0
 
 
-def create_app(config: Config) -> web.Application:
+# Which worker process answered (``server.workers`` > 1 only): shows how connections spread.
+WORKER_HEADER = "X-Aioreg-Worker"
+
+
+def create_app(config: Config, worker: WorkerIdentity | None = None) -> web.Application:
+    """The registry's app; ``worker``: this process's place among ``server.workers``."""
     in_flight = InFlight()
     app = web.Application(
         middlewares=[
@@ -88,7 +94,7 @@ def create_app(config: Config) -> web.Application:
         ],
         client_max_size=config.limits.manifest_max_bytes + 1,
     )
-    registry = Registry(config)
+    registry = Registry(config, worker)
     auth = AuthService(config.auth, registry.index, config.data_path)
     management = Management(registry)
     app[REGISTRY_KEY] = registry
@@ -105,16 +111,19 @@ def create_app(config: Config) -> web.Application:
         await proxies.open()
         await proxies.reload()
         schedules = [
-            PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
-            PeriodicJob(
-                "scheduled retention",
-                config.retention.interval,
-                management.retention.apply,
-                log_result=True,
-            ),
             # Proxies added or removed by another process (the CLI).
             PeriodicJob("proxy definitions", PROXY_RELOAD_SECONDS, proxies.reload),
         ]
+        if worker is None or worker.maintenance:  # once per server, not once per worker
+            schedules += [
+                PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
+                PeriodicJob(
+                    "scheduled retention",
+                    config.retention.interval,
+                    management.retention.apply,
+                    log_result=True,
+                ),
+            ]
         for job in schedules:
             job.start()
         yield
@@ -129,6 +138,13 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(add_warning_headers)
     app.on_response_prepare.append(add_namespace_header)
+    if worker is not None:
+        number = str(worker.number)
+
+        async def add_worker_header(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers[WORKER_HEADER] = number
+
+        app.on_response_prepare.append(add_worker_header)
     add_routes(app)
     add_management_routes(app)
     return app

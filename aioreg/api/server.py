@@ -13,6 +13,7 @@ import logging
 import re
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from aioreg import __version__
 from aioreg.api.app import IN_FLIGHT_KEY, create_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
 from aioreg.config import Config
+from aioreg.domain.workers import WorkerIdentity
 from aioreg.errors import ErrorCode
 
 log = logging.getLogger("aioreg")
@@ -191,11 +193,17 @@ class _Connection(RequestHandler):
 
 
 class RegistryServer:
-    """A registry listening on a TCP port: ``start`` → ``stop``."""
+    """A registry listening on a TCP port: ``start`` → ``stop``.
 
-    def __init__(self, config: Config) -> None:
+    As one of ``server.workers`` processes (``worker`` given) it binds the port
+    with SO_REUSEPORT next to its peers: the kernel spreads new connections
+    across them.
+    """
+
+    def __init__(self, config: Config, worker: WorkerIdentity | None = None) -> None:
         self.config = config
-        self.app = create_app(config)
+        self.worker = worker
+        self.app = create_app(config, worker)
         self.runner = make_runner(self.app, config)
         self._site: web.TCPSite | None = None
         self.host = config.server.host
@@ -209,7 +217,13 @@ class RegistryServer:
     async def start(self) -> None:
         """Open the registry and listen; ``ListenError`` when the address is unusable."""
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(
+            self.runner,
+            self.host,
+            self.port,
+            reuse_address=True,
+            reuse_port=self.worker is not None,
+        )
         try:
             await site.start()
         except (OSError, socket.gaierror) as exc:
@@ -246,26 +260,33 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM/SIGINT, then stop accepting and let in-flight requests finish."""
+async def serve(
+    config: Config,
+    worker: WorkerIdentity | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting and let in-flight requests finish.
+
+    A worker (``worker`` given) calls ``ready`` once it listens; its supervisor
+    says where the server listens, once all of them do.
+    """
     loop = asyncio.get_running_loop()
     loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-    server = RegistryServer(config)
+    server = RegistryServer(config, worker)
     await server.start()
-    if not config.auth.enabled and not _loopback(config.server.host):
-        log.warning(
-            "!!! AUTHENTICATION IS OFF and %s is reachable beyond this machine: anyone who can "
-            "connect may pull, push and delete. Turn it on with [auth] enabled = true, "
-            "AIOREG_AUTH=1 or `aioreg serve --auth`. !!!",
-            config.server.listen,
+    if worker is not None:
+        log.info("worker %d (pid %d, %s) serving", worker.number, worker.pid, loop_name)
+    else:
+        warn_if_open(config)
+        log.info(
+            "aioreg %s listening on %s (%s), data in %s",
+            __version__,
+            server.url,
+            loop_name,
+            config.data_path,
         )
-    log.info(
-        "aioreg %s listening on %s (%s), data in %s",
-        __version__,
-        server.url,
-        loop_name,
-        config.data_path,
-    )
+    if ready is not None:
+        ready()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -277,6 +298,16 @@ async def serve(config: Config) -> None:
     log.info("stopped")
 
 
+def warn_if_open(config: Config) -> None:
+    if not config.auth.enabled and not _loopback(config.server.host):
+        log.warning(
+            "!!! AUTHENTICATION IS OFF and %s is reachable beyond this machine: anyone who can "
+            "connect may pull, push and delete. Turn it on with [auth] enabled = true, "
+            "AIOREG_AUTH=1 or `aioreg serve --auth`. !!!",
+            config.server.listen,
+        )
+
+
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -284,11 +315,15 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def run(config: Config) -> None:
+def run(
+    config: Config,
+    worker: WorkerIdentity | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
     """``serve`` on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, worker, ready))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, worker, ready))

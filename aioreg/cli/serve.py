@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from aioreg.api.server import ListenError, run
+from aioreg.api.supervisor import supervise
 from aioreg.cli.command import Subparsers, bind
 from aioreg.config import Config
 
@@ -16,10 +17,17 @@ def add_parsers(commands: Subparsers) -> None:
     serve.add_argument(
         "--auth", action="store_true", help="turn on access control (same as [auth] enabled)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port and the index (server.workers)",
+    )
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     try:
+        if config.server.workers > 1:
+            return supervise(config)
         run(config)
     except ListenError as exc:
         print(f"aioreg: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.quotas import Quotas
 from aioreg.domain.quotas import refusal as quota_refusal
 from aioreg.domain.reference import Digest, supported_algorithm, validate_name
+from aioreg.domain.workers import WorkerIdentity
 from aioreg.errors import (
     ErrorCode,
     QuotaExceededError,
@@ -49,9 +50,15 @@ SESSION_RETRY_SECONDS = 30.0
 
 class UploadSessions:
     def __init__(
-        self, config: Config, index: IndexProtocol, store: BlobStorage, quotas: Quotas
+        self,
+        config: Config,
+        index: IndexProtocol,
+        store: BlobStorage,
+        quotas: Quotas,
+        worker: WorkerIdentity | None = None,
     ) -> None:
         self.config = config
+        self.worker = worker
         self.index = index
         self.store = store
         self.quotas = quotas

@@ -1,0 +1,156 @@
+"""``aioreg serve --workers 2``: a supervisor and two worker processes on one port and index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
+from tests.process import Server, free_port, start
+
+WORKER = "X-Aioreg-Worker"
+QUIET = {"AIOREG_SERVER_ACCESS_LOG": "false"}
+
+
+def start_workers(
+    servers: list[Server], data: Path, env: dict[str, str] | None = None
+) -> tuple[Server, str]:
+    port = free_port()
+    server = start(
+        servers,
+        ["--workers", "2", "--listen", f"127.0.0.1:{port}", "--data", str(data)],
+        {**QUIET, **(env or {})},
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def worker_pids(server: Server) -> dict[str, int]:
+    """The newest pid of each worker, from the log."""
+    return {n: int(p) for n, p in re.findall(r"worker (\d) \(pid (\d+)", server.output)}
+
+
+async def pinned(base: str, worker: str) -> aiohttp.ClientSession:
+    """A session whose one kept-alive connection the given worker accepted."""
+    for _ in range(200):
+        session = aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=1))
+        resp = await session.get("/v2/")
+        await resp.read()
+        if resp.headers[WORKER] == worker:
+            return session
+        await session.close()
+    raise AssertionError(f"no connection reached worker {worker}")
+
+
+def fresh(base: str) -> aiohttp.ClientSession:
+    """A session opening a new connection per request: the kernel picks the worker each time."""
+    return aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def push_blob(http: aiohttp.ClientSession, name: str, blob: bytes) -> None:
+    resp = await http.post(f"/v2/{name}/blobs/uploads/?digest={digest_of(blob)}", data=blob)
+    assert resp.status == 201, await resp.text()
+
+
+async def test_both_workers_answer_fresh_connections(servers: list[Server], tmp_path: Path) -> None:
+    server, base = start_workers(servers, tmp_path / "d")
+    assert "listening on" in server.output and "2 workers" in server.output
+    seen: set[str] = set()
+    async with fresh(base) as http:
+        for _ in range(200):
+            resp = await http.get("/v2/")
+            assert resp.status == 200
+            seen.add(resp.headers[WORKER])
+            if len(seen) == 2:
+                break
+    assert seen == {"0", "1"}
+    assert len(worker_pids(server)) == 2
+    assert server.stop() == 0
+
+
+async def test_a_tag_pushed_on_one_worker_is_pulled_from_the_other_at_once(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    _, base = start_workers(servers, tmp_path / "d")
+    one, other = await pinned(base, "0"), await pinned(base, "1")
+    try:
+        config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        await push_blob(one, "team/app", config)
+        for round in range(6):
+            layer = os.urandom(1000) + bytes([round])
+            await push_blob(one, "team/app", layer)
+            manifest = image_manifest(config, [layer])
+            resp = await one.put(
+                "/v2/team/app/manifests/v1",
+                data=manifest,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            assert resp.status == 201, await resp.text()
+            # The other worker cached the previous v1 a moment ago; it must not serve it now.
+            resp = await other.get("/v2/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+            assert resp.headers[WORKER] == "1"
+            assert resp.status == 200
+            assert resp.headers["Docker-Content-Digest"] == digest_of(manifest)
+            assert await resp.read() == manifest
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_sigterm_drains_every_worker_and_exits_0(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    server, base = start_workers(servers, tmp_path / "d")
+    blob = os.urandom(200_000)
+    sent = [asyncio.Event(), asyncio.Event()]
+    go_on = asyncio.Event()
+
+    async def body(n: int) -> AsyncIterator[bytes]:
+        yield blob[:100_000]
+        sent[n].set()
+        await go_on.wait()
+        yield blob[100_000:]
+
+    sessions = [await pinned(base, "0"), await pinned(base, "1")]
+    try:
+        pushes = [
+            asyncio.create_task(
+                http.post(
+                    f"/v2/drain{n}/blobs/uploads/?digest={digest_of(blob)}",
+                    data=body(n),
+                    headers={"Content-Length": str(len(blob))},
+                )
+            )
+            for n, http in enumerate(sessions)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in sent)), 10)
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while server.output.count("shutting down") < 2:
+            assert time.monotonic() < deadline, server.output
+            await asyncio.sleep(0.05)
+        go_on.set()
+        for push in pushes:
+            resp = await push
+            assert resp.status == 201, await resp.text()
+    finally:
+        for http in sessions:
+            await http.close()
+    assert await asyncio.to_thread(server.proc.wait, 20) == 0
+    assert server.output.count("stopped") == 2
+
+
+async def test_scheduled_gc_runs_in_one_worker_only(servers: list[Server], tmp_path: Path) -> None:
+    server, _ = start_workers(servers, tmp_path / "d", {"AIOREG_GC_INTERVAL": "0.2"})
+    deadline = time.monotonic() + 15
+    while len(runs := re.findall(r"\[(w\d)\]: scheduled gc:", server.output)) < 6:
+        assert time.monotonic() < deadline, server.output
+        await asyncio.sleep(0.1)
+    assert set(runs) == {"w0"}
