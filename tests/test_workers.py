@@ -154,3 +154,61 @@ async def test_scheduled_gc_runs_in_one_worker_only(servers: list[Server], tmp_p
         assert time.monotonic() < deadline, server.output
         await asyncio.sleep(0.1)
     assert set(runs) == {"w0"}
+
+
+CHUNK = 64 * 1024
+
+
+async def start_upload(http: aiohttp.ClientSession, name: str) -> tuple[str, str]:
+    """A new session's location and the worker that opened (and so holds) it."""
+    resp = await http.post(f"/v2/{name}/blobs/uploads/")
+    assert resp.status == 202, await resp.text()
+    return resp.headers["Location"], resp.headers[WORKER]
+
+
+async def send_chunk(
+    http: aiohttp.ClientSession, location: str, data: bytes, start: int
+) -> tuple[str, str]:
+    resp = await http.patch(
+        location,
+        data=data,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{start}-{start + len(data) - 1}",
+        },
+    )
+    assert resp.status == 202, await resp.text()
+    assert resp.headers["Range"] == f"0-{start + len(data) - 1}"
+    return resp.headers["Location"], resp.headers[WORKER]
+
+
+async def test_chunks_landing_on_the_other_worker_reach_the_owner_without_rehash(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    server, base = start_workers(servers, tmp_path / "d")
+    sent = bytearray()
+    landed: list[str] = []
+    async with fresh(base) as http:
+        location, owner = await start_upload(http, "team/chunked")
+        # Each request on a new connection: keep going until several landed elsewhere.
+        while sum(w != owner for w in landed) < 3:
+            assert len(landed) < 200, landed
+            chunk = os.urandom(CHUNK)
+            location, worker = await send_chunk(http, location, chunk, len(sent))
+            sent += chunk
+            landed.append(worker)
+        resp = await http.get(location)
+        assert resp.status == 204
+        assert resp.headers["Range"] == f"0-{len(sent) - 1}"
+        digest = digest_of(bytes(sent))
+        resp = await http.put(
+            f"{location}&digest={digest}" if "?" in location else f"{location}?digest={digest}"
+        )
+        assert resp.status == 201, await resp.text()
+        assert resp.headers["Docker-Content-Digest"] == digest
+        resp = await http.get(f"/v2/team/chunked/blobs/{digest}")
+        assert resp.status == 200
+        assert await resp.read() == bytes(sent)
+    # Only the owner ever hashed: no worker rebuilt the session from disk.
+    assert "re-hashed" not in server.output
+    assert "adopted" not in server.output

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from aioreg.api.auth import AUTH_KEY, auth_middleware
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
+from aioreg.api.forward import FORWARDER_KEY, Forwarder
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
 from aioreg.api.management.handlers import MANAGEMENT_KEY
@@ -16,7 +17,7 @@ from aioreg.api.management.routes import add_routes as add_management_routes
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.v2.proxied import PROXIES_KEY, add_namespace_header, refuse_proxy_writes
-from aioreg.api.v2.routes import add_routes
+from aioreg.api.v2.routes import add_routes, add_upload_session_routes
 from aioreg.api.warnings import add_warning_headers, warnings_middleware
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
@@ -139,6 +140,13 @@ def create_app(config: Config, worker: WorkerIdentity | None = None) -> web.Appl
     app.on_response_prepare.append(add_warning_headers)
     app.on_response_prepare.append(add_namespace_header)
     if worker is not None:
+        forwarder = Forwarder(worker)
+        app[FORWARDER_KEY] = forwarder
+
+        async def close_forwarder(app: web.Application) -> None:
+            await forwarder.close()
+
+        app.on_cleanup.append(close_forwarder)
         number = str(worker.number)
 
         async def add_worker_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -148,3 +156,29 @@ def create_app(config: Config, worker: WorkerIdentity | None = None) -> web.Appl
     add_routes(app)
     add_management_routes(app)
     return app
+
+
+def create_peer_app(app: web.Application, config: Config) -> web.Application:
+    """What a worker serves its peers on its Unix socket: the upload-session verbs of
+    sessions it holds, forwarded by the worker the client reached (``api.forward``).
+
+    No auth or rate limit: the forwarding worker applied them, and only this
+    user can reach the socket. Same registry, and the same in-flight count, so
+    a draining worker finishes forwarded requests too.
+    """
+    in_flight = app[IN_FLIGHT_KEY]
+    peer = web.Application(
+        middlewares=[
+            request_id_middleware,
+            in_flight.middleware,
+            warnings_middleware,
+            error_middleware,
+        ],
+        client_max_size=config.limits.manifest_max_bytes + 1,
+    )
+    peer[REGISTRY_KEY] = app[REGISTRY_KEY]
+    peer[IN_FLIGHT_KEY] = in_flight
+    add_upload_session_routes(peer.router)
+    peer.on_response_prepare.append(add_request_id_header)
+    peer.on_response_prepare.append(add_warning_headers)
+    return peer

@@ -23,10 +23,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from aioreg import __version__
-from aioreg.api.app import IN_FLIGHT_KEY, create_app
+from aioreg.api.app import IN_FLIGHT_KEY, create_app, create_peer_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
 from aioreg.config import Config
-from aioreg.domain.workers import WorkerIdentity
+from aioreg.domain.workers import MAX_SOCKET_PATH, WorkerIdentity
 from aioreg.errors import ErrorCode
 
 log = logging.getLogger("aioreg")
@@ -197,7 +197,8 @@ class RegistryServer:
 
     As one of ``server.workers`` processes (``worker`` given) it binds the port
     with SO_REUSEPORT next to its peers: the kernel spreads new connections
-    across them.
+    across them. It also serves its peers, on a Unix socket, the requests on
+    upload sessions it holds (``aioreg.api.forward``).
     """
 
     def __init__(self, config: Config, worker: WorkerIdentity | None = None) -> None:
@@ -206,6 +207,7 @@ class RegistryServer:
         self.app = create_app(config, worker)
         self.runner = make_runner(self.app, config)
         self._site: web.TCPSite | None = None
+        self._peer_runner: web.AppRunner | None = None
         self.host = config.server.host
         self.port = config.server.port
 
@@ -216,7 +218,17 @@ class RegistryServer:
 
     async def start(self) -> None:
         """Open the registry and listen; ``ListenError`` when the address is unusable."""
+        if self.worker is not None and len(str(self.worker.socket_path())) > MAX_SOCKET_PATH:
+            raise ListenError(
+                f"the data directory's path is too long for the workers' Unix sockets "
+                f"({self.worker.socket_path()} is over {MAX_SOCKET_PATH} bytes)"
+            )
         await self.runner.setup()
+        if self.worker is not None:
+            # Before the port: peers forward to it as soon as it holds a session.
+            self._peer_runner = make_runner(create_peer_app(self.app, self.config), self.config)
+            await self._peer_runner.setup()
+            await web.UnixSite(self._peer_runner, str(self.worker.socket_path())).start()
         site = web.TCPSite(
             self.runner,
             self.host,
@@ -227,6 +239,8 @@ class RegistryServer:
         try:
             await site.start()
         except (OSError, socket.gaierror) as exc:
+            if self._peer_runner is not None:
+                await self._peer_runner.cleanup()
             await self.runner.cleanup()
             raise ListenError(
                 f"cannot listen on {self.config.server.listen}: {_reason(exc)}"
@@ -248,6 +262,8 @@ class RegistryServer:
             log.warning(
                 "%d requests still running after %ss; closing them", in_flight.count, timeout
             )
+        if self._peer_runner is not None:
+            await self._peer_runner.cleanup()
         await self.runner.cleanup()
         self._site = None
 

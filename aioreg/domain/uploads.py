@@ -1,7 +1,16 @@
 """Upload sessions: every way into and out of one, in one place.
 
 A session is a row in the index (repository, acknowledged offset, last use)
-plus an ``UploadWriter`` on its temp file. Its lifecycle verbs:
+plus an ``UploadWriter`` on its temp file.
+
+With ``server.workers`` > 1 the writer (its running sha256/xxh3 state, which
+cannot be serialised) lives in the worker that opened the session, recorded in
+the row (``owner``). Any other worker's request on the session raises
+``SessionElsewhere`` before touching the body; the API layer streams it to the
+owner (``aioreg.api.forward``), so the owner goes on hashing where it stopped.
+Only when the owner is gone (its life lock is free) does another worker
+``adopt`` the session: it claims the row, and its writer is rebuilt from disk
+(re-hashing the acknowledged bytes once, as after a restart). Its lifecycle verbs:
 
 - ``start``: open a session (within the caps on open sessions);
 - ``append``: take a chunk; the offset advances only once the bytes are written;
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -34,13 +44,16 @@ from aioreg.errors import (
     ErrorCode,
     QuotaExceededError,
     RegistryError,
+    SessionElsewhere,
     TooManyRequestsError,
+    UnavailableError,
 )
 from aioreg.index import BlobRow, UploadCapReached, UploadRow
 from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage, UploadWriter, WrittenBlob
 from aioreg.storage.errors import StorageError
 
+log = logging.getLogger("aioreg.uploads")
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 # Failures that end an upload session (besides a quota refusal and DELETE).
 SESSION_ENDING = frozenset({ErrorCode.DIGEST_INVALID, ErrorCode.SIZE_INVALID})
@@ -66,6 +79,10 @@ class UploadSessions:
         self._locks: dict[str, asyncio.Lock] = {}
         interval = min(max(config.storage.upload_session_ttl / 4, 1.0), 3600.0)
         self._janitor = PeriodicJob("upload janitor", interval, self.expire)
+        # Writers rebuilt from disk (re-hashing their acknowledged bytes): after a
+        # restart, a failed index write, or adopting a dead worker's session.
+        self.resumed = 0
+        self.rehashed_bytes = 0
 
     async def open(self) -> None:
         """Settle what the last run left, then expire idle sessions on a schedule."""
@@ -103,6 +120,7 @@ class UploadSessions:
                 max_open=limits.max_upload_sessions,
                 max_open_per_client=limits.max_upload_sessions_per_client,
                 digest_algorithm=digest_algorithm,
+                owner=None if self.worker is None else self.worker.token,
             )
         except BaseException as exc:
             await writer.cancel()
@@ -164,6 +182,30 @@ class UploadSessions:
     async def cancel(self, name: str, upload_id: str) -> None:
         async with self._session(name, upload_id) as (_, writer):
             await self._end(upload_id, writer)
+
+    async def adopt(self, name: str, upload_id: str, owner: str | None) -> None:
+        """Take over a session whose owning worker is gone (``server.workers`` > 1).
+
+        Never from a live owner: one that cannot be reached but lives (it is
+        shutting down) gets the client a 503 to retry. If another worker adopted
+        it first, ``SessionElsewhere`` names that one. The next request here
+        rebuilds the writer from disk: the one re-hash, of the acknowledged bytes.
+        """
+        assert self.worker is not None, "only workers adopt"
+        if owner is not None and self.worker.alive(owner):
+            raise UnavailableError(
+                f"the worker holding upload {upload_id} is not answering; retry shortly"
+            )
+        if await self.index.uploads.claim(upload_id, owner, self.worker.token):
+            log.warning("adopted upload %s from worker %s, which is gone", upload_id, owner)
+            return
+        row = await self.index.uploads.get(upload_id)
+        if row is None or row.repository != name:
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id!r} is unknown in {name}"
+            )
+        if row.owner != self.worker.token:
+            raise SessionElsewhere(upload_id, row.owner)
 
     async def expire(self, now: float | None = None) -> int:
         """End sessions idle past the TTL and remove temp files no session or writer owns.
@@ -307,6 +349,8 @@ class UploadSessions:
         row = await self.index.uploads.get(upload_id)
         if row is None or row.repository != name:
             raise unknown
+        if self.worker is not None and row.owner != self.worker.token:
+            raise SessionElsewhere(upload_id, row.owner)
         async with self._locks.setdefault(upload_id, asyncio.Lock()):
             if upload_id not in self._locks:
                 raise unknown  # Ended while this request waited its turn.
@@ -333,6 +377,9 @@ class UploadSessions:
             except FileNotFoundError:
                 await self.index.uploads.delete(upload_id)
                 raise unknown from None
+            self.resumed += 1
+            self.rehashed_bytes += row.committed_bytes
+            log.info("resumed from disk: re-hashed %d acknowledged bytes", row.committed_bytes)
             self._writers[upload_id] = writer
         return writer
 
