@@ -201,9 +201,7 @@ async def test_chunks_landing_on_the_other_worker_reach_the_owner_without_rehash
         assert resp.status == 204
         assert resp.headers["Range"] == f"0-{len(sent) - 1}"
         digest = digest_of(bytes(sent))
-        resp = await http.put(
-            f"{location}&digest={digest}" if "?" in location else f"{location}?digest={digest}"
-        )
+        resp = await http.put(f"{location}?digest={digest}")
         assert resp.status == 201, await resp.text()
         assert resp.headers["Docker-Content-Digest"] == digest
         resp = await http.get(f"/v2/team/chunked/blobs/{digest}")
@@ -212,3 +210,76 @@ async def test_chunks_landing_on_the_other_worker_reach_the_owner_without_rehash
     # Only the owner ever hashed: no worker rebuilt the session from disk.
     assert "re-hashed" not in server.output
     assert "adopted" not in server.output
+
+
+async def test_a_killed_owner_is_restarted_and_its_upload_adopted_once(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    server, base = start_workers(servers, tmp_path / "d")
+    on_owner, on_other = await pinned(base, "0"), await pinned(base, "1")
+    sent = bytearray()
+    try:
+        location, owner = await start_upload(on_owner, "team/adopted")
+        assert owner == "0"
+        async with fresh(base) as http:
+            for _ in range(3):
+                chunk = os.urandom(CHUNK)
+                location, _ = await send_chunk(http, location, chunk, len(sent))
+                sent += chunk
+        acknowledged = len(sent)
+
+        # A chunk forwarded by worker 1 is under way when its owner is killed.
+        half_sent, go_on = asyncio.Event(), asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield os.urandom(CHUNK // 2)
+            half_sent.set()
+            await go_on.wait()
+            yield os.urandom(CHUNK // 2)
+
+        patch = asyncio.create_task(
+            on_other.patch(
+                location,
+                data=body(),
+                headers={
+                    "Content-Range": f"{len(sent)}-{len(sent) + CHUNK - 1}",
+                    "Content-Length": str(CHUNK),
+                },
+            )
+        )
+        await asyncio.wait_for(half_sent.wait(), 10)
+        killed = worker_pids(server)["0"]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while worker_pids(server)["0"] == killed:
+            assert time.monotonic() < deadline, server.output
+            await asyncio.sleep(0.05)
+        go_on.set()
+        resp = await patch
+        assert resp.status == 503, await resp.text()
+        assert resp.headers[WORKER] == "1"
+    finally:
+        await on_owner.close()
+        await on_other.close()
+
+    async with fresh(base) as http:
+        # The session stands at the last acknowledged byte, wherever this lands.
+        resp = await http.get(location)
+        assert resp.status == 204, await resp.text()
+        assert resp.headers["Range"] == f"0-{acknowledged - 1}"
+        for _ in range(4):
+            chunk = os.urandom(CHUNK)
+            location, _ = await send_chunk(http, location, chunk, len(sent))
+            sent += chunk
+        digest = digest_of(bytes(sent))
+        resp = await http.put(f"{location}?digest={digest}")
+        assert resp.status == 201, await resp.text()
+        resp = await http.get(f"/v2/team/adopted/blobs/{digest}")
+        assert await resp.read() == bytes(sent)
+    output = server.output
+    assert "died (signal 9); restarting it" in output
+    # One worker adopted the session and re-hashed what was acknowledged, once.
+    assert output.count("adopted upload") == 1, output
+    assert output.count(f"re-hashed {acknowledged} acknowledged bytes") == 1, output
+    assert output.count("re-hashed") == 1, output
+    assert server.stop() == 0

@@ -82,6 +82,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the process's exit status."""
+        self.config.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.run_dir.mkdir(mode=0o700, exist_ok=True)
         remove_dead(self.run_dir)
         self._reserve()
