@@ -215,7 +215,9 @@ async def test_chunks_landing_on_the_other_worker_reach_the_owner_without_rehash
 async def test_a_killed_owner_is_restarted_and_its_upload_adopted_once(
     servers: list[Server], tmp_path: Path
 ) -> None:
-    server, base = start_workers(servers, tmp_path / "d")
+    # Small write batches: the owner writes a chunk's bytes as they arrive.
+    data = tmp_path / "d"
+    server, base = start_workers(servers, data, {"AIOREG_STORAGE_WRITE_BUFFER_BYTES": "4096"})
     on_owner, on_other = await pinned(base, "0"), await pinned(base, "1")
     sent = bytearray()
     try:
@@ -248,6 +250,12 @@ async def test_a_killed_owner_is_restarted_and_its_upload_adopted_once(
             )
         )
         await asyncio.wait_for(half_sent.wait(), 10)
+        # Killed once it is writing that chunk (its file grows past the acknowledged bytes).
+        upload_file = data / "uploads" / location.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 10
+        while upload_file.stat().st_size <= acknowledged:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
         killed = worker_pids(server)["0"]
         os.kill(killed, signal.SIGKILL)
         deadline = time.monotonic() + 20

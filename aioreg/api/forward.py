@@ -54,8 +54,6 @@ OWN_HEADERS = frozenset(
         "Docker-Distribution-API-Version",
     )
 )
-# An owner's answer to an upload request is headers and at most an error JSON.
-MAX_ANSWER_BYTES = 1 << 20
 # Forward, adopt, forward again (someone else adopted first)... at most this often.
 MAX_ATTEMPTS = 3
 
@@ -80,7 +78,7 @@ class Forwarder:
             async with session.request(
                 request.method, url, data=body, headers=headers, allow_redirects=False
             ) as answer:
-                payload = await answer.content.read(MAX_ANSWER_BYTES)
+                payload = await answer.read()  # headers and at most an error JSON
                 relayed = CIMultiDict(
                     (k, v) for k, v in answer.headers.items() if k.lower() not in OWN_HEADERS
                 )

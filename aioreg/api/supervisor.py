@@ -28,6 +28,7 @@ its next request lands on another worker: see ``aioreg.api.forward``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -77,6 +78,7 @@ class Supervisor:
         self._all_ready = False
         self._failed = False
         self._wake: tuple[int, int] = (-1, -1)
+        self._pid = os.getpid()
 
     # -- the supervisor's loop -------------------------------------------
 
@@ -98,6 +100,8 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sock in self._reserved:
                 sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._identity(-1, 0).generation_path.unlink()
 
     def _loop(self) -> int:
         kill_at: float | None = None
@@ -172,7 +176,7 @@ class Supervisor:
             if not worker.ready:
                 os.close(worker.ready_fd)
             code = os.waitstatus_to_exitcode(status)
-            identity = WorkerIdentity(worker.number, self.count, pid, self.run_dir)
+            identity = self._identity(worker.number, pid)
             for path in (identity.socket_path(), identity.lock_path()):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -209,6 +213,9 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, sig)
 
+    def _identity(self, number: int, pid: int) -> WorkerIdentity:
+        return WorkerIdentity(number, self.count, pid, self.run_dir, self._pid)
+
     # -- the port ----------------------------------------------------------
 
     @property
@@ -229,6 +236,8 @@ class Supervisor:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((address[0], port, *address[2:]))
+                if port:
+                    _refuse_if_served(family, str(address[0]), port)
                 port = sock.getsockname()[1]
         except (OSError, socket.gaierror) as exc:
             for sock in self._reserved:
@@ -268,7 +277,7 @@ class Supervisor:
         for sock in self._reserved:
             sock.close()
         logcontext.worker = f"w{number}"
-        identity = WorkerIdentity(number, self.count, os.getpid(), self.run_dir)
+        identity = self._identity(number, os.getpid())
         life = identity.claim()  # held until the process ends
 
         def ready() -> None:
@@ -282,6 +291,17 @@ class Supervisor:
         finally:
             os.close(life)
         return 0
+
+
+def _refuse_if_served(family: int, host: str, port: int) -> None:
+    """SO_REUSEPORT lets another server of this user (another ``--workers`` supervisor)
+    share the port silently, splitting its clients with ours: refuse a port that
+    already answers."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((wildcard.get(host, host), port)) == 0:
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:

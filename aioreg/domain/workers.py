@@ -27,6 +27,7 @@ class WorkerIdentity:
     count: int
     pid: int
     run_dir: Path
+    supervisor: int = 0  # the supervisor's pid: one group of workers
 
     @property
     def token(self) -> str:
@@ -46,8 +47,9 @@ class WorkerIdentity:
 
     @property
     def generation_path(self) -> Path:
-        """Shared counters of index commits, one slot per worker (see ``index.cache``)."""
-        return self.run_dir / "index-generation"
+        """Shared counters of index commits, one slot per worker of this supervisor
+        (see ``index.cache``)."""
+        return self.run_dir / f"index-generation-{self.supervisor}"
 
     def claim(self) -> int:
         """Take this incarnation's life lock; the fd must stay open as long as the process."""
@@ -73,11 +75,19 @@ class WorkerIdentity:
 
 
 def remove_dead(run_dir: Path) -> None:
-    """Remove the sockets and life locks of incarnations that are gone (supervisor start)."""
+    """Remove the sockets and life locks of incarnations that are gone, and the commit
+    counters of supervisors none of whose workers lives (supervisor start)."""
     probe = WorkerIdentity(-1, 0, 0, run_dir)
+    groups = {path.name.rpartition("-")[2] for path in run_dir.glob("index-generation-*")}
     for lock in run_dir.glob("w*.lock"):
         token = lock.stem
         if not probe.alive(token):
             for path in (probe.socket_path(token), lock):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+            os.kill(int(group), 0)
+            continue  # that supervisor still runs
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / f"index-generation-{group}").unlink()
