@@ -37,6 +37,15 @@ def worker_pids(server: Server) -> dict[str, int]:
     return {n: int(p) for n, p in re.findall(r"worker (\d) \(pid (\d+)", server.output)}
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (nobody may reap an orphan in a container)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 async def pinned(base: str, worker: str) -> aiohttp.ClientSession:
     """A session whose one kept-alive connection the given worker accepted."""
     for _ in range(200):
@@ -291,3 +300,16 @@ async def test_a_killed_owner_is_restarted_and_its_upload_adopted_once(
     assert output.count(f"re-hashed {acknowledged} acknowledged bytes") == 1, output
     assert output.count("re-hashed") == 1, output
     assert server.stop() == 0
+
+
+async def test_workers_drain_and_end_when_their_supervisor_is_killed(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    server, _ = start_workers(servers, tmp_path / "d")
+    pids = worker_pids(server).values()
+    server.proc.kill()
+    deadline = time.monotonic() + 20
+    while any(running(pid) for pid in pids):
+        assert time.monotonic() < deadline, server.output
+        await asyncio.sleep(0.05)
+    assert server.output.count("stopped") == 2

@@ -28,6 +28,7 @@ its next request lands on another worker: see ``aioreg.api.forward``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -54,6 +55,7 @@ YOUNG_SECONDS = 5.0
 MAX_BACKOFF = 30.0
 # Beyond the workers' own shutdown_timeout, how long they get to close before SIGKILL.
 EXIT_GRACE = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -276,6 +278,7 @@ class Supervisor:
             os.close(fd)
         for sock in self._reserved:
             sock.close()
+        _end_with_parent(self._pid)
         logcontext.worker = f"w{number}"
         identity = self._identity(number, os.getpid())
         life = identity.claim()  # held until the process ends
@@ -302,6 +305,16 @@ def _refuse_if_served(family: int, host: str, port: int) -> None:
         probe.settimeout(1.0)
         if probe.connect_ex((wildcard.get(host, host), port)) == 0:
             raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+
+
+def _end_with_parent(parent: int) -> None:
+    """A worker whose supervisor dies (even by SIGKILL) gets SIGTERM and drains, rather
+    than serving on unsupervised (Linux; elsewhere it serves until stopped)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
