@@ -1,16 +1,7 @@
 """Upload sessions: every way into and out of one, in one place.
 
 A session is a row in the index (repository, acknowledged offset, last use)
-plus an ``UploadWriter`` on its temp file.
-
-With ``server.workers`` > 1 the writer (its running sha256/xxh3 state, which
-cannot be serialised) lives in the worker that opened the session, recorded in
-the row (``owner``). Any other worker's request on the session raises
-``SessionElsewhere`` before touching the body; the API layer streams it to the
-owner (``aioreg.api.forward``), so the owner goes on hashing where it stopped.
-Only when the owner is gone (its life lock is free) does another worker
-``adopt`` the session: it claims the row, and its writer is rebuilt from disk
-(re-hashing the acknowledged bytes once, as after a restart). Its lifecycle verbs:
+plus an ``UploadWriter`` on its temp file. Its lifecycle verbs:
 
 - ``start``: open a session (within the caps on open sessions);
 - ``append``: take a chunk; the offset advances only once the bytes are written;
@@ -21,6 +12,15 @@ Only when the owner is gone (its life lock is free) does another worker
 Besides those, a request's failure either ends the session (digest or size
 mismatch, quota refusal: see ``_request``) or rolls it back to the last
 acknowledged byte. ``put`` stores a whole blob in one request, with no session.
+
+With ``server.workers`` > 1 the writer (its running sha256/xxh3 state, which
+cannot be serialised) lives in the worker that opened the session, recorded in
+the row (``owner``). Any other worker's request on the session raises
+``SessionElsewhere`` before touching the body; the API layer streams it to the
+owner (``aioreg.api.forward``), so the owner goes on hashing where it stopped.
+Only when the owner is gone (its life lock is free) does another worker
+``adopt`` the session: it claims the row, and its writer is rebuilt from disk
+(re-hashing the acknowledged bytes once, as after a restart).
 """
 
 from __future__ import annotations
@@ -79,10 +79,6 @@ class UploadSessions:
         self._locks: dict[str, asyncio.Lock] = {}
         interval = min(max(config.storage.upload_session_ttl / 4, 1.0), 3600.0)
         self._janitor = PeriodicJob("upload janitor", interval, self.expire)
-        # Writers rebuilt from disk (re-hashing their acknowledged bytes): after a
-        # restart, a failed index write, or adopting a dead worker's session.
-        self.resumed = 0
-        self.rehashed_bytes = 0
 
     async def open(self) -> None:
         """Settle what the last run left, then expire idle sessions on a schedule."""
@@ -377,8 +373,7 @@ class UploadSessions:
             except FileNotFoundError:
                 await self.index.uploads.delete(upload_id)
                 raise unknown from None
-            self.resumed += 1
-            self.rehashed_bytes += row.committed_bytes
+            # After a restart, a failed index write, or adopting a dead worker's session.
             log.info("resumed from disk: re-hashed %d acknowledged bytes", row.committed_bytes)
             self._writers[upload_id] = writer
         return writer
