@@ -7,13 +7,15 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
+from aioreg.index import Index
+from tests.conftest import OCI_MANIFEST, Reg, digest_of, image_manifest
 from tests.process import Server, free_port, start
 
 WORKER = "X-Aioreg-Worker"
@@ -313,3 +315,31 @@ async def test_workers_drain_and_end_when_their_supervisor_is_killed(
         assert time.monotonic() < deadline, server.output
         await asyncio.sleep(0.05)
     assert server.output.count("stopped") == 2
+
+
+async def test_an_older_pull_batch_flushed_last_keeps_the_newest_pull_time(reg: Reg) -> None:
+    """Each worker batches the pulls it served; their flushes may land in any order."""
+    await reg.push_image("team/app", "v1")
+    path = reg.data_dir / "index.db"
+    first, second = Index(path), Index(path)
+    await first.open()
+    await second.open()
+    try:
+        manifest = await first.manifests.by_tag("team/app", "v1")
+        assert manifest is not None
+        second.activity.note_pull(manifest, "v1")  # the older pull
+        await asyncio.sleep(0.01)  # apart on the clock
+        boundary = time.time()
+        first.activity.note_pull(manifest, "v1")
+        await first.activity.flush()
+        await second.activity.flush()  # flushed last
+    finally:
+        await first.close()
+        await second.close()
+    db = sqlite3.connect(path)
+    try:
+        (tag_pull,) = db.execute("SELECT last_pull_at FROM tags WHERE name = 'v1'").fetchone()
+        (manifest_pull,) = db.execute("SELECT last_pull_at FROM manifests").fetchone()
+    finally:
+        db.close()
+    assert tag_pull >= boundary and manifest_pull >= boundary
