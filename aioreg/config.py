@@ -42,6 +42,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     header_read_timeout: PositiveFloat = 30.0
     idle_timeout: PositiveFloat = 75.0
     send_timeout: PositiveFloat = 60.0
+    # Processes serving the port (SO_REUSEPORT) and the index; see aioreg.api.supervisor.
+    workers: PositiveInt = 1
 
     @property
     def host(self) -> str:

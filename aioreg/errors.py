@@ -79,6 +79,20 @@ class UnavailableError(RegistryError):
         self.retry_after = retry_after
 
 
+class SessionElsewhere(UnavailableError):
+    """Another worker process (``server.workers`` > 1) holds this upload session's hash state.
+
+    The API layer forwards the request to ``owner`` (an incarnation token, None for
+    a session no worker holds), or adopts the session when the owner is gone; 503
+    only if neither can be done right now.
+    """
+
+    def __init__(self, upload_id: str, owner: str | None) -> None:
+        super().__init__(f"upload {upload_id} is held by worker {owner}; retry shortly")
+        self.upload_id = upload_id
+        self.owner = owner
+
+
 class TooManyRequestsError(RegistryError):
     """A client went over its request rate or the upload concurrency cap."""
 

@@ -34,8 +34,12 @@ def sane_upload_id(value: str | None) -> str | None:
     return value if value is not None and UPLOAD_ID_RE.fullmatch(value) else None
 
 
+# "w<n>" in a worker process of ``server.workers`` > 1: which worker logged a line.
+worker: str | None = None
+
+
 def context_suffix() -> str:
-    parts = []
+    parts = [] if worker is None else [worker]
     if (rid := request_id.get()) is not None:
         parts.append(f"req={rid}")
     if (uid := upload_id.get()) is not None:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from aioreg.api.auth import AUTH_KEY, auth_middleware
 from aioreg.api.errors import API_VERSION_HEADER, Handler, error_middleware
+from aioreg.api.forward import FORWARDER_KEY, Forwarder
 from aioreg.api.health import add_routes as add_health_routes
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.limits import Limiter
@@ -19,13 +20,14 @@ from aioreg.api.metrics import install as install_metrics
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.v2.proxied import PROXIES_KEY, add_namespace_header, refuse_proxy_writes
-from aioreg.api.v2.routes import add_routes
+from aioreg.api.v2.routes import add_routes, add_upload_session_routes
 from aioreg.api.warnings import add_warning_headers, warnings_middleware
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
 from aioreg.domain.management import Management
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.registry import Registry
+from aioreg.domain.workers import WorkerIdentity
 from aioreg.proxy.service import Proxies
 
 
@@ -77,7 +79,12 @@ IN_FLIGHT_KEY = web.AppKey("in_flight", InFlight)
 PROXY_RELOAD_SECONDS = 2.0
 
 
-def create_app(config: Config) -> web.Application:
+# Which worker process answered (``server.workers`` > 1 only): shows how connections spread.
+WORKER_HEADER = "X-Aioreg-Worker"
+
+
+def create_app(config: Config, worker: WorkerIdentity | None = None) -> web.Application:
+    """The registry's app; ``worker``: this process's place among ``server.workers``."""
     in_flight = InFlight()
     metrics = Metrics(config.metrics)
     app = web.Application(
@@ -93,7 +100,7 @@ def create_app(config: Config) -> web.Application:
         ],
         client_max_size=config.limits.manifest_max_bytes + 1,
     )
-    registry = Registry(config)
+    registry = Registry(config, worker)
     auth = AuthService(config.auth, registry.index, config.data_path)
     management = Management(registry)
     management.gc.observers.append(metrics.observe_gc)
@@ -114,16 +121,19 @@ def create_app(config: Config) -> web.Application:
         await proxies.open()
         await proxies.reload()
         schedules = [
-            PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
-            PeriodicJob(
-                "scheduled retention",
-                config.retention.interval,
-                management.retention.apply,
-                log_result=True,
-            ),
             # Proxies added or removed by another process (the CLI).
             PeriodicJob("proxy definitions", PROXY_RELOAD_SECONDS, proxies.reload),
         ]
+        if worker is None or worker.maintenance:  # once per server, not once per worker
+            schedules += [
+                PeriodicJob("scheduled gc", config.gc.interval, management.gc.run, log_result=True),
+                PeriodicJob(
+                    "scheduled retention",
+                    config.retention.interval,
+                    management.retention.apply,
+                    log_result=True,
+                ),
+            ]
         for job in schedules:
             job.start()
         yield
@@ -138,6 +148,46 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(add_warning_headers)
     app.on_response_prepare.append(add_namespace_header)
+    if worker is not None:
+        forwarder = Forwarder(worker)
+        app[FORWARDER_KEY] = forwarder
+
+        async def close_forwarder(app: web.Application) -> None:
+            await forwarder.close()
+
+        app.on_cleanup.append(close_forwarder)
+        number = str(worker.number)
+
+        async def add_worker_header(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers[WORKER_HEADER] = number
+
+        app.on_response_prepare.append(add_worker_header)
     add_routes(app)
     add_management_routes(app)
     return app
+
+
+def create_peer_app(app: web.Application, config: Config) -> web.Application:
+    """What a worker serves its peers on its Unix socket: the upload-session verbs of
+    sessions it holds, forwarded by the worker the client reached (``api.forward``).
+
+    No auth or rate limit: the forwarding worker applied them, and only this
+    user can reach the socket. Same registry, and the same in-flight count, so
+    a draining worker finishes forwarded requests too.
+    """
+    in_flight = app[IN_FLIGHT_KEY]
+    peer = web.Application(
+        middlewares=[
+            request_id_middleware,
+            in_flight.middleware,
+            warnings_middleware,
+            error_middleware,
+        ],
+        client_max_size=config.limits.manifest_max_bytes + 1,
+    )
+    peer[REGISTRY_KEY] = app[REGISTRY_KEY]
+    peer[IN_FLIGHT_KEY] = in_flight
+    add_upload_session_routes(peer.router)
+    peer.on_response_prepare.append(add_request_id_header)
+    peer.on_response_prepare.append(add_warning_headers)
+    return peer

@@ -13,6 +13,7 @@ import logging
 import re
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -24,9 +25,10 @@ from aiohttp.web_request import BaseRequest
 
 from aioreg import __version__, logformat
 from aioreg.api.access_log import JsonAccessLogger
-from aioreg.api.app import IN_FLIGHT_KEY, create_app
+from aioreg.api.app import IN_FLIGHT_KEY, create_app, create_peer_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
 from aioreg.config import Config
+from aioreg.domain.workers import MAX_SOCKET_PATH, WorkerIdentity
 from aioreg.errors import ErrorCode
 
 log = logging.getLogger("aioreg")
@@ -195,13 +197,21 @@ class _Connection(RequestHandler):
 
 
 class RegistryServer:
-    """A registry listening on a TCP port: ``start`` → ``stop``."""
+    """A registry listening on a TCP port: ``start`` → ``stop``.
 
-    def __init__(self, config: Config) -> None:
+    As one of ``server.workers`` processes (``worker`` given) it binds the port
+    with SO_REUSEPORT next to its peers: the kernel spreads new connections
+    across them. It also serves its peers, on a Unix socket, the requests on
+    upload sessions it holds (``aioreg.api.forward``).
+    """
+
+    def __init__(self, config: Config, worker: WorkerIdentity | None = None) -> None:
         self.config = config
-        self.app = create_app(config)
+        self.worker = worker
+        self.app = create_app(config, worker)
         self.runner = make_runner(self.app, config)
         self._site: web.TCPSite | None = None
+        self._peer_runner: web.AppRunner | None = None
         self.host = config.server.host
         self.port = config.server.port
 
@@ -212,11 +222,29 @@ class RegistryServer:
 
     async def start(self) -> None:
         """Open the registry and listen; ``ListenError`` when the address is unusable."""
+        if self.worker is not None and len(str(self.worker.socket_path())) > MAX_SOCKET_PATH:
+            raise ListenError(
+                f"the data directory's path is too long for the workers' Unix sockets "
+                f"({self.worker.socket_path()} is over {MAX_SOCKET_PATH} bytes)"
+            )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        if self.worker is not None:
+            # Before the port: peers forward to it as soon as it holds a session.
+            self._peer_runner = make_runner(create_peer_app(self.app, self.config), self.config)
+            await self._peer_runner.setup()
+            await web.UnixSite(self._peer_runner, str(self.worker.socket_path())).start()
+        site = web.TCPSite(
+            self.runner,
+            self.host,
+            self.port,
+            reuse_address=True,
+            reuse_port=self.worker is not None,
+        )
         try:
             await site.start()
         except (OSError, socket.gaierror) as exc:
+            if self._peer_runner is not None:
+                await self._peer_runner.cleanup()
             await self.runner.cleanup()
             raise ListenError(
                 f"cannot listen on {self.config.server.listen}: {_reason(exc)}"
@@ -238,6 +266,8 @@ class RegistryServer:
             log.warning(
                 "%d requests still running after %ss; closing them", in_flight.count, timeout
             )
+        if self._peer_runner is not None:
+            await self._peer_runner.cleanup()
         await self.runner.cleanup()
         self._site = None
 
@@ -250,26 +280,33 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM/SIGINT, then stop accepting and let in-flight requests finish."""
+async def serve(
+    config: Config,
+    worker: WorkerIdentity | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting and let in-flight requests finish.
+
+    A worker (``worker`` given) calls ``ready`` once it listens; its supervisor
+    says where the server listens, once all of them do.
+    """
     loop = asyncio.get_running_loop()
     loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-    server = RegistryServer(config)
+    server = RegistryServer(config, worker)
     await server.start()
-    if not config.auth.enabled and not _loopback(config.server.host):
-        log.warning(
-            "!!! AUTHENTICATION IS OFF and %s is reachable beyond this machine: anyone who can "
-            "connect may pull, push and delete. Turn it on with [auth] enabled = true, "
-            "AIOREG_AUTH=1 or `aioreg serve --auth`. !!!",
-            config.server.listen,
+    if worker is not None:
+        log.info("worker %d (pid %d, %s) serving", worker.number, worker.pid, loop_name)
+    else:
+        warn_if_open(config)
+        log.info(
+            "aioreg %s listening on %s (%s), data in %s",
+            __version__,
+            server.url,
+            loop_name,
+            config.data_path,
         )
-    log.info(
-        "aioreg %s listening on %s (%s), data in %s",
-        __version__,
-        server.url,
-        loop_name,
-        config.data_path,
-    )
+    if ready is not None:
+        ready()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -281,6 +318,16 @@ async def serve(config: Config) -> None:
     log.info("stopped")
 
 
+def warn_if_open(config: Config) -> None:
+    if not config.auth.enabled and not _loopback(config.server.host):
+        log.warning(
+            "!!! AUTHENTICATION IS OFF and %s is reachable beyond this machine: anyone who can "
+            "connect may pull, push and delete. Turn it on with [auth] enabled = true, "
+            "AIOREG_AUTH=1 or `aioreg serve --auth`. !!!",
+            config.server.listen,
+        )
+
+
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -288,11 +335,15 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def run(config: Config) -> None:
+def run(
+    config: Config,
+    worker: WorkerIdentity | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
     """``serve`` on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, worker, ready))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, worker, ready))

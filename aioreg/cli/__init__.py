@@ -58,6 +58,8 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, dict[str, str | bool]]
         overrides.setdefault("server", {})["listen"] = args.listen
     if args.data:
         overrides.setdefault("storage", {})["data_dir"] = args.data
+    if getattr(args, "workers", None) is not None:
+        overrides.setdefault("server", {})["workers"] = str(args.workers)
     if getattr(args, "auth", False):
         overrides.setdefault("auth", {})["enabled"] = True
     if getattr(args, "log_format", None):

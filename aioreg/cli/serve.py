@@ -7,6 +7,7 @@ import sys
 
 from aioreg import logformat
 from aioreg.api.server import ListenError, run
+from aioreg.api.supervisor import supervise
 from aioreg.cli.command import Subparsers, bind
 from aioreg.config import LOG_FORMATS, Config
 
@@ -23,11 +24,18 @@ def add_parsers(commands: Subparsers) -> None:
         help="plain lines, one JSON object per line, or auto: plain on a terminal "
         "(overrides [log] format)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port and the index (server.workers)",
+    )
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     logformat.install(config.log.format)
     try:
+        if config.server.workers > 1:
+            return supervise(config)
         run(config)
     except ListenError as exc:
         print(f"aioreg: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from aioreg.domain.rules import (
 from aioreg.domain.trash import recover_trash
 from aioreg.domain.uploads import UploadSessions
 from aioreg.domain.warnings import warn
+from aioreg.domain.workers import WorkerIdentity
 from aioreg.errors import ErrorCode, RegistryError, TooLargeError
 from aioreg.index import (
     BlobRow,
@@ -41,6 +42,7 @@ from aioreg.index import (
     SizeMismatch,
     TagMoveRefused,
 )
+from aioreg.index.cache import SharedGeneration
 from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage, BlobStore
 
@@ -65,18 +67,23 @@ class StoredBlob:
 
 
 class Registry:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: WorkerIdentity | None = None) -> None:
+        """``worker``: this process's place among ``server.workers`` (None: the only one)."""
         self.config = config
+        self.worker = worker
         root = config.data_path
         self.index: IndexProtocol = Index(
             root / "index.db",
             config.storage.index_busy_timeout,
             read_cache_bytes=config.limits.read_cache_bytes,
             history=config.events,
+            shared_generation=None
+            if worker is None
+            else SharedGeneration(worker.generation_path, worker.number, worker.count),
         )
         self.store: BlobStorage = BlobStore(root)
         self.quotas = Quotas(self.index)
-        self.uploads = UploadSessions(config, self.index, self.store, self.quotas)
+        self.uploads = UploadSessions(config, self.index, self.store, self.quotas, worker)
 
     async def open(self) -> None:
         self.store.open()

@@ -12,12 +12,22 @@ plus an ``UploadWriter`` on its temp file. Its lifecycle verbs:
 Besides those, a request's failure either ends the session (digest or size
 mismatch, quota refusal: see ``_request``) or rolls it back to the last
 acknowledged byte. ``put`` stores a whole blob in one request, with no session.
+
+With ``server.workers`` > 1 the writer (its running sha256/xxh3 state, which
+cannot be serialised) lives in the worker that opened the session, recorded in
+the row (``owner``). Any other worker's request on the session raises
+``SessionElsewhere`` before touching the body; the API layer streams it to the
+owner (``aioreg.api.forward``), so the owner goes on hashing where it stopped.
+Only when the owner is gone (its life lock is free) does another worker
+``adopt`` the session: it claims the row, and its writer is rebuilt from disk
+(re-hashing the acknowledged bytes once, as after a restart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -29,17 +39,21 @@ from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.quotas import Quotas
 from aioreg.domain.quotas import refusal as quota_refusal
 from aioreg.domain.reference import Digest, supported_algorithm, validate_name
+from aioreg.domain.workers import WorkerIdentity
 from aioreg.errors import (
     ErrorCode,
     QuotaExceededError,
     RegistryError,
+    SessionElsewhere,
     TooManyRequestsError,
+    UnavailableError,
 )
 from aioreg.index import BlobRow, UploadCapReached, UploadRow
 from aioreg.index.protocols import IndexProtocol
 from aioreg.storage import BlobStorage, UploadWriter, WrittenBlob
 from aioreg.storage.errors import StorageError
 
+log = logging.getLogger("aioreg.uploads")
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 # Failures that end an upload session (besides a quota refusal and DELETE).
 SESSION_ENDING = frozenset({ErrorCode.DIGEST_INVALID, ErrorCode.SIZE_INVALID})
@@ -49,9 +63,15 @@ SESSION_RETRY_SECONDS = 30.0
 
 class UploadSessions:
     def __init__(
-        self, config: Config, index: IndexProtocol, store: BlobStorage, quotas: Quotas
+        self,
+        config: Config,
+        index: IndexProtocol,
+        store: BlobStorage,
+        quotas: Quotas,
+        worker: WorkerIdentity | None = None,
     ) -> None:
         self.config = config
+        self.worker = worker
         self.index = index
         self.store = store
         self.quotas = quotas
@@ -96,6 +116,7 @@ class UploadSessions:
                 max_open=limits.max_upload_sessions,
                 max_open_per_client=limits.max_upload_sessions_per_client,
                 digest_algorithm=digest_algorithm,
+                owner=None if self.worker is None else self.worker.token,
             )
         except BaseException as exc:
             await writer.cancel()
@@ -157,6 +178,30 @@ class UploadSessions:
     async def cancel(self, name: str, upload_id: str) -> None:
         async with self._session(name, upload_id) as (_, writer):
             await self._end(upload_id, writer)
+
+    async def adopt(self, name: str, upload_id: str, owner: str | None) -> None:
+        """Take over a session whose owning worker is gone (``server.workers`` > 1).
+
+        Never from a live owner: one that cannot be reached but lives (it is
+        shutting down) gets the client a 503 to retry. If another worker adopted
+        it first, ``SessionElsewhere`` names that one. The next request here
+        rebuilds the writer from disk: the one re-hash, of the acknowledged bytes.
+        """
+        assert self.worker is not None, "only workers adopt"
+        if owner is not None and self.worker.alive(owner):
+            raise UnavailableError(
+                f"the worker holding upload {upload_id} is not answering; retry shortly"
+            )
+        if await self.index.uploads.claim(upload_id, owner, self.worker.token):
+            log.warning("adopted upload %s from worker %s, which is gone", upload_id, owner)
+            return
+        row = await self.index.uploads.get(upload_id)
+        if row is None or row.repository != name:
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id!r} is unknown in {name}"
+            )
+        if row.owner != self.worker.token:
+            raise SessionElsewhere(upload_id, row.owner)
 
     async def expire(self, now: float | None = None) -> int:
         """End sessions idle past the TTL and remove temp files no session or writer owns.
@@ -300,6 +345,8 @@ class UploadSessions:
         row = await self.index.uploads.get(upload_id)
         if row is None or row.repository != name:
             raise unknown
+        if self.worker is not None and row.owner != self.worker.token:
+            raise SessionElsewhere(upload_id, row.owner)
         async with self._locks.setdefault(upload_id, asyncio.Lock()):
             if upload_id not in self._locks:
                 raise unknown  # Ended while this request waited its turn.
@@ -326,6 +373,8 @@ class UploadSessions:
             except FileNotFoundError:
                 await self.index.uploads.delete(upload_id)
                 raise unknown from None
+            # After a restart, a failed index write, or adopting a dead worker's session.
+            log.info("resumed from disk: re-hashed %d acknowledged bytes", row.committed_bytes)
             self._writers[upload_id] = writer
         return writer
 

@@ -99,12 +99,16 @@ class ActivityQueries:
                     "WHERE id = ?",
                     (when, repo_id),
                 )
+                # max(): several processes (server.workers) flush their own batches.
                 await db.execute(
-                    "UPDATE manifests SET last_pull_at = ? WHERE id = ?", (when, manifest_id)
+                    "UPDATE manifests SET last_pull_at = max(coalesce(last_pull_at, 0), ?) "
+                    "WHERE id = ?",
+                    (when, manifest_id),
                 )
                 if tag is not None:
                     await db.execute(
-                        "UPDATE tags SET last_pull_at = ? WHERE repository_id = ? AND name = ?",
+                        "UPDATE tags SET last_pull_at = max(coalesce(last_pull_at, 0), ?) "
+                        "WHERE repository_id = ? AND name = ?",
                         (when, repo_id, tag),
                     )
 

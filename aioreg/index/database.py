@@ -19,7 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from aioreg.config import EventsConfig, LimitsConfig
-from aioreg.index.cache import ReadCache
+from aioreg.index.cache import ReadCache, SharedGeneration
 from aioreg.index.migrations import MIGRATIONS, statements
 
 PRAGMAS = (
@@ -43,7 +43,9 @@ class Database:
         *,
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
+        shared_generation: SharedGeneration | None = None,
     ) -> None:
+        """``shared_generation``: the commit counters of the server's worker processes."""
         self.path = path
         self.busy_timeout = busy_timeout
         self.history = history or EventsConfig()
@@ -57,6 +59,7 @@ class Database:
         self.cache = ReadCache(
             self.data_version,
             LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
+            shared_generation,
         )
 
     # -- lifecycle -------------------------------------------------------
@@ -148,10 +151,10 @@ class Database:
                 # harmlessly.
                 with contextlib.suppress(sqlite3.Error):  # the original error matters
                     await db.execute("ROLLBACK")
-                self.cache.invalidate()
+                self.cache.committed()  # perhaps it did commit
                 raise
             if invalidates:
-                self.cache.invalidate()
+                self.cache.committed()
             else:
                 await self._note_bookkeeping_commit(db)
 

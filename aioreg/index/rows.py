@@ -40,6 +40,7 @@ class UploadRow:
     updated_at: float
     committed_bytes: int
     digest_algorithm: str | None = None  # as the POST named it (?digest-algorithm=)
+    owner: str | None = None  # the worker incarnation hashing it (server.workers > 1)
 
 
 @dataclass(frozen=True, slots=True)

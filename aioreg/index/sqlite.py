@@ -10,7 +10,7 @@ from aioreg.domain.periodic import PeriodicJob
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.activity import ActivityQueries
 from aioreg.index.blobs import BlobQueries
-from aioreg.index.cache import ReadCache
+from aioreg.index.cache import ReadCache, SharedGeneration
 from aioreg.index.database import Database
 from aioreg.index.gc import GcQueries
 from aioreg.index.listings import ListingQueries
@@ -39,8 +39,15 @@ class Index:
         *,
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
+        shared_generation: SharedGeneration | None = None,
     ) -> None:
-        self.db = Database(path, busy_timeout, read_cache_bytes=read_cache_bytes, history=history)
+        self.db = Database(
+            path,
+            busy_timeout,
+            read_cache_bytes=read_cache_bytes,
+            history=history,
+            shared_generation=shared_generation,
+        )
         self.repositories = RepositoryQueries(self.db)
         self.blobs = BlobQueries(self.db)
         self.uploads = UploadQueries(self.db)

@@ -7,7 +7,8 @@ from aioreg.index.errors import UploadCapReached
 from aioreg.index.rows import UploadRow
 
 _UPLOAD = (
-    "SELECT id, repository, started_at, updated_at, committed_bytes, digest_algorithm FROM uploads"
+    "SELECT id, repository, started_at, updated_at, committed_bytes, digest_algorithm, owner "
+    "FROM uploads"
 )
 
 
@@ -27,6 +28,7 @@ class UploadQueries:
         max_open: int = 0,
         max_open_per_client: int = 0,
         digest_algorithm: str | None = None,
+        owner: str | None = None,
     ) -> None:
         """Open a session unless ``max_open`` sessions (or ``max_open_per_client`` of
         ``client``'s) already are, raising ``UploadCapReached``; 0 is no cap.
@@ -48,8 +50,8 @@ class UploadQueries:
                     raise UploadCapReached(mine, per_client=True)
             await db.execute(
                 "INSERT INTO uploads(id, repository, started_at, updated_at, client, "
-                "digest_algorithm) VALUES (?, ?, ?, ?, ?, ?)",
-                (upload_id, name, now, now, client, digest_algorithm),
+                "digest_algorithm, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (upload_id, name, now, now, client, digest_algorithm, owner),
             )
 
     async def get(self, upload_id: str) -> UploadRow | None:
@@ -65,6 +67,16 @@ class UploadQueries:
                 "UPDATE uploads SET committed_bytes = ?, updated_at = ? WHERE id = ?",
                 (committed_bytes, now, upload_id),
             )
+
+    async def claim(self, upload_id: str, previous: str | None, owner: str) -> bool:
+        """Make ``owner`` the session's owner if ``previous`` still is; False if someone
+        else claimed it first (or it ended)."""
+        async with self._db.transaction(invalidates=False) as db:
+            cursor = await db.execute(
+                "UPDATE uploads SET owner = ? WHERE id = ? AND owner IS ?",
+                (owner, upload_id, previous),
+            )
+            return cursor.rowcount == 1
 
     async def delete(self, upload_id: str) -> None:
         async with self._db.transaction(invalidates=False) as db:

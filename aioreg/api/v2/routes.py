@@ -32,11 +32,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v2/_catalog", listing.catalog)
     router.add_post(f"/v2/{NAME}/blobs/uploads/", uploads.start_upload)
     router.add_post(f"/v2/{NAME}/blobs/uploads", uploads.start_upload)
-    upload = router.add_resource(f"/v2/{NAME}/blobs/uploads/{{upload_id:[^/]+}}")
-    upload.add_route("GET", uploads.upload_status)
-    upload.add_route("PATCH", uploads.patch_upload)
-    upload.add_route("PUT", uploads.finish_upload)
-    upload.add_route("DELETE", uploads.cancel_upload)
+    add_upload_session_routes(router)
     blob = router.add_resource(f"/v2/{NAME}/blobs/{{digest:[^/]+}}")
     blob.add_route("GET", blobs.get_blob)
     blob.add_route("HEAD", blobs.get_blob)
@@ -48,3 +44,12 @@ def add_routes(app: web.Application) -> None:
     manifest.add_route("DELETE", manifests.delete_manifest)
     router.add_get(f"/v2/{NAME}/tags/list", listing.tags_list)
     router.add_get(f"/v2/{NAME}/referrers/{{digest:[^/]+}}", listing.referrers)
+
+
+def add_upload_session_routes(router: web.UrlDispatcher) -> None:
+    """One upload session's verbs (also what a worker serves its peers: ``api.forward``)."""
+    upload = router.add_resource(f"/v2/{NAME}/blobs/uploads/{{upload_id:[^/]+}}")
+    upload.add_route("GET", uploads.upload_status)
+    upload.add_route("PATCH", uploads.patch_upload)
+    upload.add_route("PUT", uploads.finish_upload)
+    upload.add_route("DELETE", uploads.cancel_upload)

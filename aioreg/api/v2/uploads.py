@@ -10,6 +10,7 @@ from aiohttp import web
 from aioreg import logcontext
 from aioreg.api.auth import IDENTITY, MOUNT_ALLOWED
 from aioreg.api.errors import registry_error_response
+from aioreg.api.forward import owned
 from aioreg.api.http import body_stream, has_body, registry
 from aioreg.auth.service import Identity
 from aioreg.errors import ErrorCode, RangeError, RegistryError
@@ -101,12 +102,14 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@owned
 async def upload_status(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
     offset = await registry(request).uploads.offset(name, upload_id)
     return _progress(name, upload_id, offset, 204)
 
 
+@owned
 async def patch_upload(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
     try:
@@ -119,6 +122,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     return _progress(name, upload_id, offset, 202)
 
 
+@owned
 async def finish_upload(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
     digest = request.query.get("digest")
@@ -137,6 +141,7 @@ async def finish_upload(request: web.Request) -> web.StreamResponse:
     return _created(name, row.digest)
 
 
+@owned
 async def cancel_upload(request: web.Request) -> web.StreamResponse:
     name, upload_id = request.match_info["name"], request.match_info["upload_id"]
     await registry(request).uploads.cancel(name, upload_id)
