@@ -39,6 +39,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if logcontext.worker is not None:  # which of ``server.workers`` logged it
+            entry["worker"] = logcontext.worker
         # Inside a request, the ids the record factory copied (see logcontext.install).
         for key in ("request_id", "upload_id"):
             if (value := getattr(record, key, None)) is not None:

@@ -98,3 +98,25 @@ def test_plain_stays_the_default(servers: list[Server], tmp_path: Path) -> None:
     server = start(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")])
     assert " INFO aioreg: aioreg " in server.output
     assert not server.output.lstrip().startswith("{")
+
+
+def test_json_lines_of_several_workers_name_the_worker(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    port = free_port()
+    server = start(
+        servers,
+        [
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(tmp_path / "d"),
+            "--workers",
+            "2",
+            "--log-format",
+            "json",
+        ],
+    )
+    lines = records(server)
+    serving = [r for r in lines if str(r["message"]).startswith("worker ")]
+    assert sorted(r.get("worker") for r in serving) == ["w0", "w1"], serving
