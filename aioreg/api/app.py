@@ -20,6 +20,7 @@ from aioreg.api.v2.routes import add_routes
 from aioreg.api.warnings import add_warning_headers, warnings_middleware
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
+from aioreg.console.routes import add_routes as add_console_routes
 from aioreg.domain.management import Management
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.registry import Registry
@@ -131,4 +132,5 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_namespace_header)
     add_routes(app)
     add_management_routes(app)
+    add_console_routes(app)
     return app
