@@ -87,6 +87,17 @@ def short_digest(value: str | None) -> str:
     return f"{algorithm}:{hexpart[:12]}"
 
 
+def kind(artifact_type: str | None, media_type: str) -> str:
+    """What an artifact is, in a word where the media types say something common."""
+    if media_type.endswith(("image.index.v1+json", "manifest.list.v2+json")):
+        return "index"
+    if not artifact_type or artifact_type.endswith(
+        ("image.config.v1+json", "container.image.v1+json")
+    ):
+        return "image"
+    return artifact_type
+
+
 def templates() -> jinja2.Environment:
     """Templates from the package; autoescaping on for every template, whatever its name."""
     env = jinja2.Environment(
@@ -96,7 +107,7 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(size=human_size, when=when, short=short_digest)
+    env.filters.update(size=human_size, when=when, short=short_digest, kind=kind)
     return env
 
 
