@@ -180,20 +180,19 @@ class ListingQueries:
     ) -> dict[str, tuple[int, list[str]]]:
         """digest -> (how many tags, the first ``per_digest`` of them by name)."""
         rows = await self._db.all(
-            """SELECT digest, tag, total FROM (
-                 SELECT m.digest AS digest, t.name AS tag,
-                   row_number() OVER (PARTITION BY t.manifest_id ORDER BY t.name) AS n,
-                   count(*) OVER (PARTITION BY t.manifest_id) AS total
-                 FROM tags t JOIN manifests m ON m.id = t.manifest_id
-                 JOIN repositories r ON r.id = t.repository_id
-                 WHERE r.name = ? AND m.digest IN (SELECT value FROM json_each(?)))
-               WHERE n <= ? ORDER BY digest, tag""",
-            (name, msgspec.json.encode(digests).decode(), per_digest),
+            """SELECT m.digest,
+                 (SELECT count(*) FROM tags t WHERE t.manifest_id = m.id),
+                 (SELECT json_group_array(name) FROM (SELECT t.name FROM tags t
+                    WHERE t.manifest_id = m.id ORDER BY t.name LIMIT ?))
+               FROM manifests m JOIN repositories r ON r.id = m.repository_id
+               WHERE r.name = ? AND m.digest IN (SELECT value FROM json_each(?))""",
+            (per_digest, name, msgspec.json.encode(digests).decode()),
         )
-        found: dict[str, tuple[int, list[str]]] = {}
-        for digest, tag, total in rows:
-            found.setdefault(digest, (int(total), []))[1].append(tag)
-        return found
+        return {
+            digest: (int(total), sorted(msgspec.json.decode(names, type=list[str])))
+            for digest, total, names in rows
+            if total
+        }
 
     async def referrer_digests(self, name: str, subjects: list[str]) -> dict[str, list[str]]:
         """subject digest -> digests of the artifacts in ``name`` that refer to it."""
