@@ -20,7 +20,17 @@ import aiohttp
 import pytest
 
 from aioreg.auth.accounts import Accounts
-from tests.conftest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, AppFactory, Reg, digest_of
+from tests.conftest import (
+    EMPTY_JSON,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    AppFactory,
+    Reg,
+    artifact_manifest,
+    digest_of,
+)
 from tests.test_auth import ADMIN_PASSWORD, basic
 
 CHROMIUM = "/usr/bin/chromium"
@@ -193,6 +203,13 @@ async def test_browse_search_and_delete_a_tag_through_the_confirmation(
     assert await page.get_by_text(f"podman pull {host}/team/app:v1").count() == 1
     assert await page.get_by_role("row").filter(has_text="v2").count() >= 1
     await tab.shot("repository")
+    copy = page.get_by_role("button", name="Copy podman pull command")
+    await copy.click()
+    await (
+        page.get_by_role("button", name="Copy podman pull command")
+        .filter(has_text="Copied")
+        .wait_for()
+    )
 
     await page.get_by_role("link", name="v1", exact=True).click()
     await page.get_by_role("heading", name="Manifest").wait_for()
@@ -201,6 +218,10 @@ async def test_browse_search_and_delete_a_tag_through_the_confirmation(
     await tab.shot("artifact")
 
     search = page.get_by_label("Search repositories, tags and digests")
+    await search.press_sequentially("app")  # search as you type: suggestions arrive
+    await page.locator('#site-search-suggestions option[value="team/app"]').wait_for(
+        state="attached"
+    )
     await search.fill("v2")
     await search.press("Enter")
     await page.wait_for_url(re.compile(r".*/search\?q=v2$"))
@@ -407,3 +428,106 @@ async def test_admin_runs_gc_previews_retention_and_creates_a_token_shown_once(
         assert "Physical storage by namespace" in await admin.page("/")
     finally:
         await admin.session.close()
+
+
+async def test_an_index_shows_its_platforms_and_referrers(creg: Reg, visitor: Visitor) -> None:
+    children = []
+    for arch in ("amd64", "arm64"):
+        digest = await push(creg, "pub/multi", f"only-{arch}", arch)
+        manifest = await creg.registry.index.manifests.by_digest("pub/multi", digest)
+        assert manifest is not None
+        children.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": len(manifest.body),
+                "platform": {"os": "linux", "architecture": arch},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}).encode()
+    resp = await creg.client.put(
+        "/v2/pub/multi/manifests/multi",
+        data=index,
+        headers={**ADMIN, "Content-Type": OCI_INDEX},
+    )
+    assert resp.status == 201, await resp.text()
+    index_digest = resp.headers["Docker-Content-Digest"]
+    resp = await creg.client.post(
+        f"/v2/pub/multi/blobs/uploads/?digest={digest_of(EMPTY_JSON)}",
+        data=EMPTY_JSON,
+        headers=ADMIN,
+    )
+    assert resp.status == 201
+    signature = artifact_manifest(
+        "application/vnd.example.signature", (OCI_INDEX, index_digest, len(index))
+    )
+    resp = await creg.client.put(
+        f"/v2/pub/multi/manifests/{digest_of(signature)}",
+        data=signature,
+        headers={**ADMIN, "Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+
+    page = await visitor.page(f"/r/pub/multi/-/artifacts/{index_digest}")  # anonymous: public
+    assert "linux/amd64" in page and "linux/arm64" in page
+    for child in children:
+        assert f'href="/r/pub/multi/-/artifacts/{child["digest"]}"' in page
+    assert "application/vnd.example.signature" in page
+    assert f'href="/r/pub/multi/-/artifacts/{digest_of(signature)}"' in page
+    repository = await visitor.page("/r/pub/multi")
+    assert "linux/amd64, linux/arm64" in repository
+    signed = await visitor.page(f"/r/pub/multi/-/artifacts/{digest_of(signature)}")
+    assert f'href="/r/pub/multi/-/artifacts/{index_digest}"' in signed  # its subject
+    assert "Delete this artifact" not in page  # anonymous may not delete
+
+
+async def test_delete_an_artifact_and_a_repository_through_their_confirmations(
+    creg: Reg, visitor: Visitor
+) -> None:
+    await visitor.sign_in("alice", "alice-pw")
+    v1 = await creg.registry.index.manifests.by_tag("team/app", "v1")
+    assert v1 is not None
+    confirm = await visitor.page(f"/r/team/app/-/artifacts/{v1.digest}/delete")
+    assert f"team/app@{v1.digest}" in confirm and "<strong>v1</strong>" in confirm
+    resp = await visitor.post(
+        f"/r/team/app/-/artifacts/{v1.digest}/delete", {"csrf": csrf_of(confirm)}
+    )
+    assert resp.status == 303 and resp.headers["Location"] == "/r/team/app"
+    assert await creg.registry.index.manifests.by_digest("team/app", v1.digest) is None
+
+    confirm = await visitor.page("/r/team/app/-/delete")
+    assert "The repository <strong>team/app</strong> will be removed with all its 1 tag" in confirm
+    resp = await visitor.post("/r/team/app/-/delete", {"csrf": csrf_of(confirm)})
+    assert resp.status == 303 and resp.headers["Location"] == "/namespaces/team"
+    await visitor.page("/r/team/app", 404)
+    activity = await visitor.page("/activity?repository=team/app&action=delete&user=alice")
+    assert activity.count("badge-delete") == 2  # the artifact, then the repository
+
+    await visitor.page("/r/pub/web/-/delete", 200)  # alice owns pub
+    bob = Visitor(creg)
+    try:
+        await bob.sign_in("bob", "bob-pw")
+        page = await bob.page("/r/pub/web")  # public: bob may look, not delete
+        assert "/r/pub/web/-/delete" not in page
+        await bob.page("/r/pub/web/-/delete", 403)
+    finally:
+        await bob.session.close()
+
+
+async def test_without_access_control_everyone_manages_but_forms_still_need_csrf(
+    reg: Reg,
+) -> None:
+    await reg.push_image("team/app", "v1")
+    visitor = Visitor(reg)
+    try:
+        overview = await visitor.page("/")
+        assert "Physical storage by namespace" in overview and "Sign in" not in overview
+        confirm = await visitor.page("/r/team/app/-/tags/v1/delete")
+        resp = await visitor.post("/r/team/app/-/tags/v1/delete", {})
+        assert resp.status == 403
+        resp = await visitor.post("/r/team/app/-/tags/v1/delete", {"csrf": csrf_of(confirm)})
+        assert resp.status == 303
+        assert await reg.registry.index.manifests.by_tag("team/app", "v1") is None
+        assert "Access control is off" in await visitor.page("/tokens")
+    finally:
+        await visitor.session.close()

@@ -368,7 +368,8 @@ async def delete(request: web.Request, who: views.Viewer) -> web.StreamResponse:
 @_handler
 async def admin(request: web.Request, who: views.Viewer) -> web.StreamResponse:
     views.require_admin(who)
-    return render(request, who, "admin.html", gc=None, removals=None)
+    model = await views.administration(request)
+    return render(request, who, "admin.html", gc=None, removals=None, **model)
 
 
 @_handler
@@ -376,7 +377,8 @@ async def run_gc(request: web.Request, who: views.Viewer) -> web.StreamResponse:
     views.require_admin(who)
     form = await _form(request)
     report = await views.management(request).gc.run(dry_run=form.get("dry_run") == "on")
-    return render(request, who, "admin.html", gc=report, removals=None)
+    model = await views.administration(request)
+    return render(request, who, "admin.html", gc=report, removals=None, **model)
 
 
 @_handler
@@ -384,7 +386,8 @@ async def retention_preview(request: web.Request, who: views.Viewer) -> web.Stre
     views.require_admin(who)
     await _form(request)
     removals = await views.management(request).retention.preview()
-    return render(request, who, "admin.html", gc=None, removals=removals)
+    model = await views.administration(request)
+    return render(request, who, "admin.html", gc=None, removals=removals, **model)
 
 
 @_handler

@@ -111,24 +111,20 @@ async def visible(request: web.Request, who: Viewer, names: list[str]) -> list[s
     return [n for n in names if await service.listable(who.identity, n)]
 
 
-async def visible_namespaces(request: web.Request, who: Viewer) -> list[str]:
-    names = await listings(request).namespaces()
-    if who.admin:
-        return names
+async def visible_namespaces(request: web.Request, who: Viewer) -> list[tuple[str, int]]:
+    """(namespace, how many of its repositories the viewer sees), for the namespaces
+    where that is at least one (every namespace, for admins)."""
     shown = []
-    for namespace in names:
-        repositories = await listings(request).repository_names(namespace)
-        if await _any_visible(request, who, repositories):
-            shown.append(namespace)
+    for namespace in await listings(request).namespaces():
+        names = await listings(request).repository_names(namespace)
+        count = len(names) if who.admin else len(await visible(request, who, names))
+        if count or who.admin:
+            shown.append((namespace, count))
     return shown
 
 
-async def _any_visible(request: web.Request, who: Viewer, names: list[str]) -> bool:
-    service = _auth(request)
-    for name in names:
-        if await service.listable(who.identity, name):
-            return True
-    return False
+async def _namespace_exists(request: web.Request, namespace: str) -> bool:
+    return namespace in await listings(request).namespaces()
 
 
 def pages(total: int, offset: int, limit: int) -> dict[str, int]:
@@ -164,7 +160,7 @@ async def overview(request: web.Request, who: Viewer) -> dict[str, Any]:
         repository_scale=top_repository,
         repository_count=len(by_repository),
         events=await listings(request).events(RECENT_EVENTS),
-        quotas=await listings(request).quotas(namespaces),
+        quotas=await listings(request).quotas([ns for ns, _ in namespaces]),
     )
     return model
 
@@ -180,7 +176,7 @@ async def repositories(
 ) -> dict[str, Any]:
     names = await listings(request).repository_names(namespace)
     only = None if who.admin else await visible(request, who, names)
-    if not names or only == []:
+    if only == [] or (not names and not await _namespace_exists(request, namespace)):
         raise RegistryError(ErrorCode.NAME_UNKNOWN, f"namespace {namespace} is not known")
     page = await listings(request).repository_page(
         namespace,
@@ -273,6 +269,11 @@ async def activity(
         EVENTS_PER_PAGE, repository or None, [kind] if kind else None, actor or None
     )
     return {"events": events, "kinds": EVENT_KINDS}
+
+
+async def administration(request: web.Request) -> dict[str, Any]:
+    """What the administration page lists besides its forms: the proxies."""
+    return {"proxies": await management(request).proxies.all()}
 
 
 async def tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
