@@ -56,6 +56,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 ENV_KEY = web.AppKey("console_templates", jinja2.Environment)
+STATIC_URLS_KEY = web.AppKey("console_static_urls", dict[str, str])
+STATIC_FILES = ("console.css", "console.js")
 
 Page = Callable[[web.Request, views.Viewer], Awaitable[web.StreamResponse]]
 
@@ -131,7 +133,7 @@ def render(
             query=request.query,
             link=link,
             host=request.host,
-            static=lambda f: str(request.app.router["static"].url_for(filename=f)),
+            static=request.app[STATIC_URLS_KEY].__getitem__,
             **context,
         )
     )
@@ -458,4 +460,6 @@ def add_routes(app: web.Application) -> None:
     get("/tokens", tokens)
     post("/tokens", create_token)
     post("/tokens/{token}/revoke", revoke_token)
-    app.router.add_static("/static", static_dir(), name="static", append_version=True)
+    static = app.router.add_static("/static", static_dir(), append_version=True)
+    # Versioned URLs (a hash of each file) computed once, not by reading the files per page.
+    app[STATIC_URLS_KEY] = {name: str(static.url_for(filename=name)) for name in STATIC_FILES}

@@ -38,40 +38,49 @@ class Session:
 
 
 class Sessions:
-    """The table of live sessions, bounded in count and idle time."""
+    """The table of live sessions, bounded in count and idle time. Anonymous sessions
+    (a form's CSRF token before sign-in) have a table of their own, so a flood of
+    visitors evicts only other anonymous sessions, never a signed-in one."""
 
     def __init__(
         self, idle_seconds: float = SESSION_IDLE_SECONDS, max_sessions: int = MAX_SESSIONS
     ) -> None:
         self.idle_seconds = idle_seconds
         self.max_sessions = max_sessions
-        self._live: OrderedDict[str, Session] = OrderedDict()
+        self._signed_in: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
+
+    def _table(self, identity: Identity) -> OrderedDict[str, Session]:
+        return self._anonymous if identity.anonymous else self._signed_in
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
-        session = self._live.get(session_id)
+        session = self._signed_in.get(session_id) or self._anonymous.get(session_id)
         if session is None:
             return None
+        table = self._table(session.identity)
         now = time.monotonic()
         if now - session.seen > self.idle_seconds:
-            del self._live[session_id]
+            del table[session_id]
             return None
         session.seen = now
-        self._live.move_to_end(session_id)
+        table.move_to_end(session_id)
         return session
 
     def create(self, identity: Identity) -> Session:
-        while len(self._live) >= self.max_sessions:
-            self._live.popitem(last=False)
+        table = self._table(identity)
+        while len(table) >= self.max_sessions:
+            table.popitem(last=False)
         session = Session(
             secrets.token_urlsafe(32), secrets.token_urlsafe(32), identity, time.monotonic()
         )
-        self._live[session.id] = session
+        table[session.id] = session
         return session
 
     def drop(self, session_id: str) -> None:
-        self._live.pop(session_id, None)
+        self._signed_in.pop(session_id, None)
+        self._anonymous.pop(session_id, None)
 
 
 SESSIONS_KEY = web.AppKey("console_sessions", Sessions)

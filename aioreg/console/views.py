@@ -222,8 +222,13 @@ async def repository(
         "artifacts": artifacts,
         "artifact_pages": pages(artifacts.total, artifact_offset, artifacts.limit),
         "may_delete": "delete" in await allowed(request, who, name),
-        "pull_tag": tags.items[0].name if tags.items and not contains else "latest",
+        "pull_tag": _pull_tag([t.name for t in tags.items]),
     }
+
+
+def _pull_tag(shown: list[str]) -> str:
+    """The tag the pull commands name: latest when there is one, else the first shown."""
+    return "latest" if "latest" in shown or not shown else shown[0]
 
 
 async def artifact(request: web.Request, who: Viewer, name: str, digest: str) -> dict[str, Any]:
