@@ -397,7 +397,11 @@ async def tokens(request: web.Request, who: views.Viewer) -> web.StreamResponse:
     if who.auth_on and not who.signed_in:
         raise AuthError("sign in to see your tokens")
     model = await views.tokens(request, who)
-    return render(request, who, "tokens.html", created=None, **model)
+    session = request.get(SESSION)
+    created = None
+    if session is not None:
+        created, session.new_token = session.new_token, None
+    return render(request, who, "tokens.html", created=created, **model)
 
 
 @_handler
@@ -417,8 +421,10 @@ async def create_token(request: web.Request, who: views.Viewer) -> web.StreamRes
         [str(a) for a in form.getall("actions", [])],
         days,
     )
-    model = await views.tokens(request, who)
-    return render(request, who, "tokens.html", created=value, **model)
+    # Shown by the page the browser is sent to, once: a reload neither shows it again
+    # nor posts the form again.
+    request[SESSION].new_token = value
+    return _redirect("/tokens")
 
 
 @_handler

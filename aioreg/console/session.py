@@ -35,6 +35,7 @@ class Session:
     csrf: str
     identity: Identity
     seen: float
+    new_token: str | None = None  # shown on the next page, once (post/redirect/get)
 
 
 class Sessions:
