@@ -249,6 +249,9 @@ async def test_browse_search_and_delete_a_tag_through_the_confirmation(
 async def test_anonymous_visitor_sees_only_public_repositories(creg: Reg, browser: Any) -> None:
     tab = await open_tab(browser, creg, "anonymous")
     await tab.goto("/namespaces")
+    await tab.page.keyboard.press("Tab")  # the first stop skips the navigation
+    focused = await tab.page.evaluate("document.activeElement.textContent")
+    assert focused == "Skip to content"
     await tab.shot("namespaces")
     main = tab.page.get_by_role("main")
     assert await main.get_by_role("link", name="pub").count() == 1
@@ -560,3 +563,24 @@ async def test_administration_in_the_browser(creg: Reg, browser: Any) -> None:
     await page.reload()
     assert await page.locator("#token-value").count() == 0  # shown once
     assert await page.get_by_role("row").filter(has_text="laptop").count() == 1
+
+
+async def test_proxies_and_quotas_are_shown_and_proxy_namespaces_refuse_deletes(
+    make_registry: AppFactory,
+) -> None:
+    reg = await make_registry(proxy=[{"namespace": "px", "upstream": "http://127.0.0.1:9"}])
+    await Accounts(reg.registry.index).create_namespace("team", None)
+    await reg.push_image("team/app", "v1")
+    resp = await reg.client.put("/api/v1/namespaces/team/quota", json={"quota_bytes": 1 << 20})
+    assert resp.status == 200, await resp.text()
+    visitor = Visitor(reg)
+    try:
+        overview = await visitor.page("/")
+        assert '<meter min="0" max="1048576"' in overview
+        admin = await visitor.page("/admin")
+        assert '<a href="/namespaces/px">px</a></td><td>http://127.0.0.1:9' in admin
+        await visitor.page("/r/px/library/x/-/delete", 405)
+        resp = await visitor.post("/r/px/library/x/-/delete", {"csrf": csrf_of(admin)})
+        assert resp.status == 405
+    finally:
+        await visitor.session.close()
