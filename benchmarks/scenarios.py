@@ -508,9 +508,9 @@ async def _time_listing(
     return median(times) * 1e3
 
 
-async def tags(ctx: Context, server: Running, client: Client) -> Outcome:
-    count = max(20, round(10_000 * ctx.scale))
-    repo = "bench/tags"
+async def _fill_tags(client: Client, repo: str, count: int) -> tuple[list[str], float, bytes, str]:
+    """One small image under ``count`` tags (t00000...); (names, seconds the tagging took,
+    the manifest and its digest)."""
     manifest, digest = await push_small_image(client, repo, "tags")
     names = [f"t{i:05d}" for i in range(count)]
 
@@ -519,7 +519,27 @@ async def tags(ctx: Context, server: Running, client: Client) -> Outcome:
 
     t0 = clock()
     await _bounded(count, FILL_WORKERS, put)
-    fill_s = clock() - t0
+    return names, clock() - t0, manifest, digest
+
+
+async def _fill_repositories(client: Client, count: int) -> tuple[list[str], float]:
+    """``count`` repositories cat/r0000... with one tagged image each; (names, seconds)."""
+    names = [f"cat/r{i:04d}" for i in range(count)]
+    await client.probe_post_digest(names[0])
+
+    async def fill(i: int) -> None:
+        manifest, digest = await push_small_image(client, names[i], "catalog")
+        await client.put_manifest(names[i], "v1", manifest, digest)
+
+    t0 = clock()
+    await _bounded(count, FILL_WORKERS, fill)
+    return names, clock() - t0
+
+
+async def tags(ctx: Context, server: Running, client: Client) -> Outcome:
+    count = max(20, round(10_000 * ctx.scale))
+    repo = "bench/tags"
+    names, fill_s, manifest, digest = await _fill_tags(client, repo, count)
     outcome = Outcome(details={"tags": count})
     page = page_size(count)
     base = f"/v2/{repo}/tags/list"
@@ -544,16 +564,7 @@ TAGS_METRICS = (
 
 async def catalog(ctx: Context, server: Running, client: Client) -> Outcome:
     count = max(10, round(1_000 * ctx.scale))
-    names = [f"cat/r{i:04d}" for i in range(count)]
-    await client.probe_post_digest(names[0])
-
-    async def fill(i: int) -> None:
-        manifest, digest = await push_small_image(client, names[i], "catalog")
-        await client.put_manifest(names[i], "v1", manifest, digest)
-
-    t0 = clock()
-    await _bounded(count, FILL_WORKERS, fill)
-    fill_s = clock() - t0
+    names, fill_s = await _fill_repositories(client, count)
     outcome = Outcome(details={"repositories": count})
     page = page_size(count)
     whole = await _time_listing(
@@ -571,6 +582,72 @@ CATALOG_METRICS = (
     Metric("repos_per_s", "repositories pushed/s (32 concurrent)", "repo/s", True),
     Metric("whole_ms", "list all (n=10000)", "ms", False),
     Metric("paged_ms", "list paginated (n=100)", "ms", False),
+)
+
+
+# -- 9: web console ----------------------------------------------------------
+
+CONSOLE_ROUNDS = 7
+CONSOLE_PAGE = 50  # rows on a console page (tags, repositories)
+
+
+def _server_ms(header: str) -> float:
+    """``app;dur=12.3`` (the console's ``Server-Timing``) in milliseconds."""
+    for part in header.split(";"):
+        if part.strip().startswith("dur="):
+            return float(part.strip()[4:])
+    raise VerifyError(f"no duration in Server-Timing {header!r}")
+
+
+async def _time_page(
+    client: Client, path: str, expected: list[str], total: int
+) -> dict[str, float]:
+    """Median server time (``Server-Timing``) and wall time of a console page's first page,
+    verifying every round: status 200, exactly the expected first rows, in order, and the
+    total it reports."""
+    server_ms, wall_ms = [], []
+    for _ in range(CONSOLE_ROUNDS):
+        t0 = clock()
+        async with client.session.get(client.url(path)) as response:
+            body = await response.text()
+            wall_ms.append((clock() - t0) * 1e3)
+            if response.status != 200:
+                raise VerifyError(f"GET {path}: {response.status}: {body[:200]}")
+            server_ms.append(_server_ms(response.headers.get("Server-Timing", "")))
+        table = body.partition("<tbody>")[2].partition("</tbody>")[0]  # the page's first table
+        at = [table.find(f">{name}</a></th>") for name in expected]
+        if min(at) < 0 or at != sorted(at) or table.count("</a></th>") != len(expected):
+            raise VerifyError(f"GET {path}: the first rows are not exactly {expected[:3]}...")
+        if f" of {total}</p>" not in body:
+            raise VerifyError(f"GET {path}: the page does not report {total} in all")
+    return {"server_ms": median(server_ms), "wall_ms": median(wall_ms)}
+
+
+async def console(ctx: Context, server: Running, client: Client) -> Outcome:
+    """The console's first page of a repository with 10,000 tags and of a namespace with
+    1,000 repositories (aioreg only: Distribution has no console)."""
+    tag_count = max(20, round(10_000 * ctx.scale))
+    repo_count = max(10, round(1_000 * ctx.scale))
+    tag_names, _, _, _ = await _fill_tags(client, "bench/tags", tag_count)
+    repo_names, _ = await _fill_repositories(client, repo_count)
+    tags_page = await _time_page(client, "/r/bench/tags", tag_names[:CONSOLE_PAGE], tag_count)
+    repos_page = await _time_page(client, "/namespaces/cat", repo_names[:CONSOLE_PAGE], repo_count)
+    outcome = Outcome(details={"tags": tag_count, "repositories": repo_count})
+    outcome.metrics = {
+        "tags_server_ms": tags_page["server_ms"],
+        "tags_wall_ms": tags_page["wall_ms"],
+        "repos_server_ms": repos_page["server_ms"],
+        "repos_wall_ms": repos_page["wall_ms"],
+    }
+    outcome.notes.append("server time: the console's Server-Timing header (handler + render)")
+    return outcome
+
+
+CONSOLE_METRICS = (
+    Metric("tags_server_ms", "repository page, 10,000 tags: server time", "ms", False),
+    Metric("tags_wall_ms", "repository page, 10,000 tags: wall time", "ms", False),
+    Metric("repos_server_ms", "namespace page, 1,000 repositories: server time", "ms", False),
+    Metric("repos_wall_ms", "namespace page, 1,000 repositories: wall time", "ms", False),
 )
 
 
@@ -717,6 +794,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("manifest", "manifest GET/HEAD, 64 connections", MANIFEST_METRICS, manifest_rate),
     Scenario("tags", "10,000 tags: PUT, list whole and paginated", TAGS_METRICS, tags),
     Scenario("catalog", "1,000 repositories: list whole and paginated", CATALOG_METRICS, catalog),
+    Scenario(
+        "console",
+        "web console: first page of 10,000 tags and of 1,000 repositories",
+        CONSOLE_METRICS,
+        console,
+        aioreg_only=True,
+    ),
     Scenario(
         "proxy",
         "1 GiB blob through a pull-through proxy (aioreg upstream)",

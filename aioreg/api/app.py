@@ -24,6 +24,7 @@ from aioreg.api.v2.routes import add_routes, add_upload_session_routes
 from aioreg.api.warnings import add_warning_headers, warnings_middleware
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
+from aioreg.console.routes import add_routes as add_console_routes
 from aioreg.domain.management import Management
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.registry import Registry
@@ -164,6 +165,7 @@ def create_app(config: Config, worker: WorkerIdentity | None = None) -> web.Appl
         app.on_response_prepare.append(add_worker_header)
     add_routes(app)
     add_management_routes(app)
+    add_console_routes(app)
     return app
 
 

@@ -88,9 +88,13 @@ STATUS_BY_KIND: tuple[tuple[type[RegistryError], int], ...] = (
 )
 
 
+def error_status(exc: RegistryError) -> int:
+    """The HTTP status a typed error answers with."""
+    return next((s for kind, s in STATUS_BY_KIND if isinstance(exc, kind)), STATUS[exc.code])
+
+
 def registry_error_response(exc: RegistryError) -> web.Response:
-    status = next((s for kind, s in STATUS_BY_KIND if isinstance(exc, kind)), None)
-    response = error_response(exc.code, exc.message, exc.detail, status)
+    response = error_response(exc.code, exc.message, exc.detail, error_status(exc))
     if isinstance(exc, RequestTimeoutError):
         response.force_close()
     retry_after = getattr(exc, "retry_after", None)

@@ -277,6 +277,22 @@ class AuthService:
         user = await self.index.accounts.account(identity.user_id)
         return user is not None and user.generation == identity.generation
 
+    async def still_valid(self, identity: Identity) -> bool:
+        """Whether a signed-in session's login still stands: the same account with the
+        same credentials and, for a token login, the token neither revoked nor expired."""
+        if identity.anonymous:
+            return True
+        if not await self._current(identity):
+            return False
+        if identity.token_id is None:
+            return True
+        row = await self.index.accounts.token(identity.token_id)
+        return (
+            row is not None
+            and row.revoked_at is None
+            and (row.expires_at is None or row.expires_at > time.time())
+        )
+
     async def _check_credentials(self, username: str, secret: str) -> Identity | None:
         pat = split_personal_token(secret)
         if pat is not None:

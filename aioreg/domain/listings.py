@@ -7,18 +7,29 @@ them to its own schemas.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import time
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import msgspec
 
 from aioreg.domain.activity import HISTORY_DAYS, DayPulls, day_series
-from aioreg.domain.manifest import INDEX_TYPES, ImageIndex, ImageManifest
+from aioreg.domain.manifest import INDEX_TYPES, Descriptor, ImageIndex, ImageManifest
 from aioreg.domain.reference import Digest, validate_name
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index import ArtifactRow, Event, PullCounts, RepositorySummary, Usage
+from aioreg.index.listings import REPOSITORY_SORTS, TAG_SORTS
 from aioreg.index.pull_stats import day_of
+from aioreg.index.rows import Referrer
+
+T = TypeVar("T")
+# A config blob bigger than this is not shown whole (a page must stay small).
+CONFIG_SHOWN_MAX_BYTES = 256 * 1024
+TAGS_PER_ARTIFACT = 10
 
 
 class TagDetail(msgspec.Struct):
@@ -43,6 +54,41 @@ class ArtifactDetail(msgspec.Struct):
     pushed_at: float
     last_pulled_at: float | None
     pull_count: int = 0  # pulls of this manifest, by tag and by digest
+    tag_count: int = 0  # all its tags, when ``tags`` lists only the first few
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a long listing and where it sits in the whole."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+class ArtifactView(msgspec.Struct):
+    """Everything the console shows about one artifact."""
+
+    repository: str
+    digest: str
+    media_type: str
+    artifact_type: str | None
+    size: int
+    manifest_json: str  # pretty-printed
+    config: Descriptor | None
+    config_json: str | None  # pretty-printed, when small enough to show
+    labels: dict[str, str]
+    layers: list[Descriptor]
+    manifests: list[Descriptor]  # an index's children, with their platforms
+    present: list[str]  # which of those children this repository holds
+    annotations: dict[str, str]
+    referrers: list[Referrer]
+    subject: str | None
+    tags: list[str]
+    tag_count: int
+    pushed_at: float
+    last_pulled_at: float | None
 
 
 class LayerDetail(msgspec.Struct):
@@ -93,6 +139,179 @@ class Listings:
         await self.index.activity.flush()  # last-pull times are batched; show current ones
         summaries = await self.index.listings.repository_summaries(namespace)
         return sorted(summaries, key=keys[sort], reverse=descending)
+
+    async def repository_page(
+        self,
+        namespace: str | None,
+        *,
+        contains: str = "",
+        sort: str = "name",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = 50,
+        only: list[str] | None = None,
+    ) -> Page[RepositorySummary]:
+        """A page of repositories, sorted and filtered by the index (``only``: just these)."""
+        _check_sort(sort, REPOSITORY_SORTS)
+        await self.index.activity.flush()
+        total, items = await self.index.listings.repository_page(
+            namespace, contains, only, sort, descending, offset, limit
+        )
+        return Page(items, total, offset, limit)
+
+    async def tag_page(
+        self,
+        name: str,
+        *,
+        contains: str = "",
+        sort: str = "name",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[TagDetail]:
+        """A page of a repository's tags with each one's artifact size."""
+        _check_sort(sort, TAG_SORTS)
+        await self._summary(name)
+        total, tags = await self.index.listings.tag_page(
+            name, contains, sort, descending, offset, limit
+        )
+        sizes = await self._sizes(name, sorted({t.digest for t in tags}))
+        deprecated = await self.index.repositories.tag_deprecations(name)
+        items = [
+            TagDetail(
+                t.name,
+                t.digest,
+                sizes.get(t.digest, 0),
+                t.pushed_at,
+                t.last_pull_at,
+                deprecated.get(t.name),
+            )
+            for t in tags
+        ]
+        return Page(items, total, offset, limit)
+
+    async def artifact_page(
+        self, name: str, *, offset: int = 0, limit: int = 20
+    ) -> Page[ArtifactDetail]:
+        """A page of a repository's artifacts, newest first, with a few tags each."""
+        await self._summary(name)
+        total, rows = await self.index.listings.artifact_page(name, offset, limit)
+        digests = [a.digest for a in rows]
+        sizes = await self._sizes(name, digests, rows)
+        tags = await self.index.listings.tags_by_digest(name, digests, TAGS_PER_ARTIFACT)
+        referrers = await self.index.listings.referrer_digests(name, digests)
+        items = [
+            ArtifactDetail(
+                digest=a.digest,
+                media_type=a.media_type,
+                artifact_type=a.artifact_type,
+                size=sizes.get(a.digest, 0),
+                tags=tags.get(a.digest, (0, []))[1],
+                platforms=_platforms(a),
+                referrers=referrers.get(a.digest, []),
+                subject=a.subject,
+                pushed_at=a.pushed_at,
+                last_pulled_at=a.last_pull_at,
+                tag_count=tags.get(a.digest, (0, []))[0],
+            )
+            for a in rows
+        ]
+        return Page(items, total, offset, limit)
+
+    async def _sizes(
+        self, name: str, digests: list[str], rows: list[ArtifactRow] | None = None
+    ) -> dict[str, int]:
+        """Total size of each artifact: an index's children are fetched to count them."""
+        if rows is None:
+            rows = await self.index.listings.artifacts_by_digest(name, digests)
+        by_digest = {a.digest: a for a in rows}
+        children = sorted(
+            {c for a in rows if a.media_type in INDEX_TYPES for c in _children(a)} - set(by_digest)
+        )
+        if children:
+            for child in await self.index.listings.artifacts_by_digest(name, children):
+                by_digest[child.digest] = child
+        return {a.digest: self._total_size(a, by_digest) for a in rows}
+
+    async def artifact_view(self, name: str, digest: str) -> ArtifactView:
+        """One artifact: its manifest and config pretty-printed, layers, children,
+        annotations, labels, tags and referrers."""
+        validate_name(name)
+        digest = str(Digest.parse(digest))
+        await self.index.activity.flush()
+        rows = await self.index.listings.artifacts_by_digest(name, [digest])
+        if not rows:
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"{digest} is not in {name}")
+        row = rows[0]
+        size = (await self._sizes(name, [digest], rows))[digest]
+        config: Descriptor | None = None
+        layers: list[Descriptor] = []
+        manifests: list[Descriptor] = []
+        annotations: dict[str, str] = {}
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            if row.media_type in INDEX_TYPES:
+                index = msgspec.json.decode(row.body, type=ImageIndex)
+                manifests, annotations = index.manifests, index.annotations or {}
+            else:
+                image = msgspec.json.decode(row.body, type=ImageManifest)
+                config, layers = image.config, image.layers
+                annotations = image.annotations or {}
+        config_json, labels = await self._config(name, config)
+        present = [
+            a.digest
+            for a in await self.index.listings.artifacts_by_digest(
+                name, [m.digest for m in manifests]
+            )
+        ]
+        tag_count, tags = (await self.index.listings.tags_by_digest(name, [digest], 100)).get(
+            digest, (0, [])
+        )
+        return ArtifactView(
+            repository=name,
+            digest=digest,
+            media_type=row.media_type,
+            artifact_type=row.artifact_type,
+            size=size,
+            manifest_json=_pretty(row.body),
+            config=config,
+            config_json=config_json,
+            labels=labels,
+            layers=layers,
+            manifests=manifests,
+            present=present,
+            annotations=annotations,
+            referrers=await self.registry.referrers(name, digest, None),
+            subject=row.subject,
+            tags=tags,
+            tag_count=tag_count,
+            pushed_at=row.pushed_at,
+            last_pulled_at=row.last_pull_at,
+        )
+
+    async def _config(
+        self, name: str, config: Descriptor | None
+    ) -> tuple[str | None, dict[str, str]]:
+        """A small config blob pretty-printed, and its image labels."""
+        if config is None or config.size > CONFIG_SHOWN_MAX_BYTES:
+            return None, {}
+        try:
+            blob = await self.registry.blob(name, config.digest)
+            data = await asyncio.to_thread(blob.path.read_bytes)
+        except (RegistryError, OSError):
+            return None, {}
+        labels: dict[str, str] = {}
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            found = json.loads(data).get("config", {}).get("Labels") or {}
+            labels = {str(k): str(v) for k, v in found.items()}
+        return _pretty(data), labels
+
+    async def deprecation(self, name: str) -> str | None:
+        """A repository's deprecation notice, if an admin set one."""
+        return await self.index.repositories.deprecation(name)
+
+    async def summary(self, name: str) -> RepositorySummary:
+        """One repository's counts, size and activity; NAME_UNKNOWN when it is not there."""
+        return await self._summary(name)
 
     async def _summary(self, name: str) -> RepositorySummary:
         validate_name(name)
@@ -182,9 +401,15 @@ class Listings:
         image = msgspec.json.decode(artifact.body, type=ImageManifest)
         return [LayerDetail(layer.digest, layer.mediaType, layer.size) for layer in image.layers]
 
-    async def events(self, limit: int, repository: str | None = None) -> list[Event]:
+    async def events(
+        self,
+        limit: int,
+        repository: str | None = None,
+        kinds: list[str] | None = None,
+        actor: str | None = None,
+    ) -> list[Event]:
         await self.index.activity.flush()
-        return await self.index.activity.events(limit, repository)
+        return await self.index.activity.events(limit, repository, kinds, actor)
 
     async def search(
         self, query: str, limit: int = 100
@@ -200,6 +425,30 @@ class Listings:
             return namespaces, repositories, whole
         own = next((u for u in namespaces if u.name == namespace), Usage(namespace, 0, 0))
         return namespaces, repositories, Usage("", own.logical, own.physical)
+
+    async def quotas(self, namespaces: list[str]) -> dict[str, tuple[int, int]]:
+        """namespace -> (bytes its quota counts, the quota), for those that have one."""
+        found: dict[str, tuple[int, int]] = {}
+        for namespace in namespaces:
+            quota = await self.index.usage.quota(namespace)
+            if quota is not None:
+                found[namespace] = (await self.index.usage.namespace(namespace), quota)
+        return found
+
+
+def _check_sort(sort: str, allowed: dict[str, str]) -> None:
+    if sort not in allowed:
+        raise RegistryError(
+            ErrorCode.BAD_REQUEST, f"sort must be one of {', '.join(sorted(allowed))}"
+        )
+
+
+def _pretty(body: bytes) -> str:
+    """JSON indented for reading; anything else as text."""
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
 
 
 def _children(artifact: ArtifactRow) -> list[str]:

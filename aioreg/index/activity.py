@@ -145,7 +145,11 @@ class ActivityQueries:
             await self._db.prune_history(db, "events")
 
     async def events(
-        self, limit: int, repository: str | None = None, kinds: list[str] | None = None
+        self,
+        limit: int,
+        repository: str | None = None,
+        kinds: list[str] | None = None,
+        actor: str | None = None,
     ) -> list[Event]:
         sql = "SELECT at, kind, repository, reference, digest, actor, detail FROM events"
         where: list[str] = []
@@ -156,6 +160,9 @@ class ActivityQueries:
         if kinds:
             where.append(f"kind IN ({','.join('?' * len(kinds))})")
             params.extend(kinds)
+        if actor is not None:
+            where.append("actor = ?")
+            params.append(actor)
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = await self._db.all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))

@@ -273,7 +273,11 @@ class ActivityIndex(Protocol):
     async def add_events(self, events: list[Event]) -> None: ...
 
     async def events(
-        self, limit: int, repository: str | None = None, kinds: list[str] | None = None
+        self,
+        limit: int,
+        repository: str | None = None,
+        kinds: list[str] | None = None,
+        actor: str | None = None,
     ) -> list[Event]: ...
 
     async def pull_counts(self, name: str) -> PullCounts | None: ...
@@ -325,6 +329,33 @@ class ListingIndex(Protocol):
     async def artifact(self, name: str, digest: str) -> ArtifactRow | None: ...
 
     async def search(self, query: str, limit: int) -> list[tuple[str, str | None, str | None]]: ...
+
+    async def repository_page(
+        self,
+        namespace: str | None,
+        contains: str,
+        only: list[str] | None,
+        sort: str,
+        descending: bool,
+        offset: int,
+        limit: int,
+    ) -> tuple[int, list[RepositorySummary]]: ...
+
+    async def tag_page(
+        self, name: str, contains: str, sort: str, descending: bool, offset: int, limit: int
+    ) -> tuple[int, list[TagInfo]]: ...
+
+    async def artifact_page(
+        self, name: str, offset: int, limit: int
+    ) -> tuple[int, list[ArtifactRow]]: ...
+
+    async def artifacts_by_digest(self, name: str, digests: list[str]) -> list[ArtifactRow]: ...
+
+    async def tags_by_digest(
+        self, name: str, digests: list[str], per_digest: int
+    ) -> dict[str, tuple[int, list[str]]]: ...
+
+    async def referrer_digests(self, name: str, subjects: list[str]) -> dict[str, list[str]]: ...
 
 
 class RetentionIndex(Protocol):

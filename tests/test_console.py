@@ -1,0 +1,586 @@
+"""The web console, end to end: the production server with access control on, driven by
+headless Chromium (Debian's ``chromium`` through Playwright, never a downloaded browser)
+and, for what a browser would hide (cookies' flags, a forged POST), by plain HTTP.
+
+Every page the browser visits is saved as a screenshot under ``$AIOREG_SCREENSHOTS``
+(default ``tests/artifacts/screenshots``), kept by CI as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from aioreg.auth.accounts import Accounts
+from tests.conftest import (
+    EMPTY_JSON,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    AppFactory,
+    Reg,
+    artifact_manifest,
+    digest_of,
+)
+from tests.test_auth import ADMIN_PASSWORD, basic
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(
+    os.environ.get("AIOREG_SCREENSHOTS")
+    or Path(__file__).resolve().parent / "artifacts" / "screenshots"
+)
+ADMIN = basic("admin", ADMIN_PASSWORD)
+XSS = "<script>alert(1)</script>"
+
+needs_chromium = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() or shutil.which("chromium")),
+    reason="Debian's chromium is not installed (apt-get install -y chromium; CI installs it)",
+)
+
+
+async def push(
+    reg: Reg,
+    repo: str,
+    tag: str,
+    seed: str,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """An image pushed by the admin; returns its digest."""
+    config = json.dumps(
+        {"os": "linux", "architecture": "amd64", "config": {"Labels": labels or {}}, "s": seed}
+    ).encode()
+    layer = f"layer {seed}".encode() * 40
+    for blob in (config, layer):
+        resp = await reg.client.post(
+            f"/v2/{repo}/blobs/uploads/?digest={digest_of(blob)}", data=blob, headers=ADMIN
+        )
+        assert resp.status == 201, await resp.text()
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}],
+    }
+    if annotations:
+        manifest["annotations"] = annotations
+    resp = await reg.client.put(
+        f"/v2/{repo}/manifests/{tag}",
+        data=json.dumps(manifest).encode(),
+        headers={**ADMIN, "Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+    return str(resp.headers["Docker-Content-Digest"])
+
+
+@pytest.fixture
+async def creg(make_registry: AppFactory) -> Reg:
+    """Auth on; alice owns team (private) and pub (public); bob has no role in team."""
+    reg = await make_registry(auth={"enabled": True, "admin_password": ADMIN_PASSWORD})
+    accounts = Accounts(reg.registry.index)
+    await accounts.add_user("alice", "alice-pw")
+    await accounts.add_user("bob", "bob-pw")
+    await accounts.create_namespace("team", "alice")
+    await accounts.create_namespace("pub", "alice", "public")
+    await push(reg, "team/app", "v1", "a1", {"org.example.note": XSS}, {"maintainer": XSS})
+    await push(reg, "team/app", "v2", "a2")
+    await push(reg, "pub/web", "latest", "w1")
+    return reg
+
+
+class Visitor:
+    """A cookie-keeping HTTP client (aiohttp's default jar ignores cookies of IP hosts)."""
+
+    def __init__(self, reg: Reg) -> None:
+        self.session = aiohttp.ClientSession(
+            reg.server.url, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        )
+
+    async def page(self, path: str, status: int = 200) -> str:
+        resp = await self.session.get(path, allow_redirects=False)
+        text = await resp.text()
+        assert resp.status == status, (path, resp.status, text[:500])
+        return text
+
+    async def post(self, path: str, form: dict[str, str], **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.session.post(path, data=form, allow_redirects=False, **kwargs)
+
+    async def sign_in(self, user: str, password: str) -> aiohttp.ClientResponse:
+        token = csrf_of(await self.page("/sign-in"))
+        return await self.post("/sign-in", {"csrf": token, "username": user, "password": password})
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+@pytest.fixture
+async def visitor(creg: Reg) -> AsyncIterator[Visitor]:
+    v = Visitor(creg)
+    yield v
+    await v.session.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        await launched.close()
+
+
+class Tab:
+    """A browser page that records dialogs and screenshots what it shows."""
+
+    def __init__(self, page: Any, base: str, prefix: str) -> None:
+        self.page = page
+        self.base = base
+        self.prefix = prefix
+        self.dialogs: list[str] = []
+        page.on("dialog", self._dialog)
+
+    async def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        await dialog.accept()
+
+    async def goto(self, path: str) -> Any:
+        return await self.page.goto(self.base + path)
+
+    async def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await self.page.screenshot(
+            path=str(SCREENSHOTS / f"{self.prefix}-{name}.png"), full_page=True
+        )
+
+    async def sign_in(self, user: str, password: str) -> None:
+        await self.goto("/sign-in")
+        await self.page.get_by_label("User name").fill(user)
+        await self.page.get_by_label("Password or access token").fill(password)
+        await self.page.get_by_role("button", name="Sign in").click()
+        await self.page.wait_for_url(self.base + "/")
+
+
+async def open_tab(browser: Any, reg: Reg, prefix: str) -> Tab:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    return Tab(await context.new_page(), reg.server.url.rstrip("/"), prefix)
+
+
+# -- in the browser --------------------------------------------------------------------
+
+
+@needs_chromium
+async def test_browse_search_and_delete_a_tag_through_the_confirmation(
+    creg: Reg, browser: Any
+) -> None:
+    tab = await open_tab(browser, creg, "alice")
+    page = tab.page
+    await tab.sign_in("alice", "alice-pw")
+    await page.get_by_text("Signed in as").wait_for()
+    await tab.shot("overview")
+
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Namespaces").click()
+    await page.get_by_role("link", name="team", exact=True).click()
+    await page.wait_for_url(tab.base + "/namespaces/team")
+    await tab.shot("namespace")
+    assert await page.get_by_role("link", name="team/app").count() == 1
+
+    await page.get_by_role("link", name="team/app").click()
+    await page.wait_for_url(tab.base + "/r/team/app")
+    host = creg.server.url.removeprefix("http://").rstrip("/")
+    assert await page.get_by_text(f"podman pull {host}/team/app:v1").count() == 1
+    assert await page.get_by_role("row").filter(has_text="v2").count() >= 1
+    await tab.shot("repository")
+    copy = page.get_by_role("button", name="Copy podman pull command")
+    await copy.click()
+    await (
+        page.get_by_role("button", name="Copy podman pull command")
+        .filter(has_text="Copied")
+        .wait_for()
+    )
+
+    await page.get_by_role("link", name="v1", exact=True).click()
+    await page.get_by_role("heading", name="Manifest").wait_for()
+    assert "/r/team/app/-/artifacts/sha256:" in page.url
+    assert await page.get_by_role("heading", name="Layers").count() == 1
+    await tab.shot("artifact")
+
+    search = page.get_by_label("Search repositories, tags and digests")
+    await search.press_sequentially("app")  # search as you type: suggestions arrive
+    await page.locator('#site-search-suggestions option[value="team/app"]').wait_for(
+        state="attached"
+    )
+    await search.fill("v2")
+    await search.press("Enter")
+    await page.wait_for_url(re.compile(r".*/search\?q=v2$"))
+    assert await page.get_by_role("link", name="team/app:v2").count() == 1
+    await tab.shot("search")
+
+    await tab.goto("/r/team/app")
+    await page.get_by_role("link", name="Delete tag v1").click()
+    await page.get_by_text("The tag team/app:v1 will be removed").wait_for()
+    await tab.shot("confirm")
+    await page.get_by_role("button", name="Delete tag").click()
+    await page.wait_for_url(tab.base + "/r/team/app")
+    assert await page.get_by_role("link", name="v1", exact=True).count() == 0
+    assert await page.get_by_role("link", name="v2", exact=True).count() == 1
+
+    await tab.goto("/activity?repository=team/app")
+    row = page.get_by_role("row").filter(has_text="untag").filter(has_text="alice")
+    assert await row.count() == 1
+    assert "v1" in await row.inner_text()
+    await tab.shot("activity")
+    assert await creg.registry.index.manifests.by_tag("team/app", "v1") is None
+
+
+@needs_chromium
+async def test_anonymous_visitor_sees_only_public_repositories(creg: Reg, browser: Any) -> None:
+    tab = await open_tab(browser, creg, "anonymous")
+    await tab.goto("/namespaces")
+    await tab.page.keyboard.press("Tab")  # the first stop skips the navigation
+    focused = await tab.page.evaluate("document.activeElement.textContent")
+    assert focused == "Skip to content"
+    await tab.shot("namespaces")
+    main = tab.page.get_by_role("main")
+    assert await main.get_by_role("link", name="pub").count() == 1
+    assert await main.get_by_role("link", name="team").count() == 0
+    await tab.goto("/search?q=e")
+    assert await tab.page.get_by_role("link", name="pub/web", exact=True).count() == 1
+    assert "team/app" not in await main.inner_text()
+    response = await tab.goto("/r/team/app")
+    assert response.status == 404
+    response = await tab.goto("/r/pub/web")
+    assert response.status == 200
+
+
+@needs_chromium
+async def test_private_repository_is_not_found_for_a_user_without_access(
+    creg: Reg, browser: Any
+) -> None:
+    tab = await open_tab(browser, creg, "bob")
+    await tab.sign_in("bob", "bob-pw")
+    response = await tab.goto("/r/team/app")
+    assert response.status == 404
+    await tab.shot("private-404")
+    digest = await push(creg, "team/app", "v3", "a3")
+    for path in (f"/r/team/app/-/artifacts/{digest}", "/namespaces/team", "/r/team/app/-/delete"):
+        response = await tab.goto(path)
+        assert response.status == 404, path
+
+
+@needs_chromium
+async def test_an_annotation_script_renders_as_text(creg: Reg, browser: Any) -> None:
+    tab = await open_tab(browser, creg, "xss")
+    await tab.sign_in("admin", ADMIN_PASSWORD)
+    digest = (await creg.registry.index.manifests.by_tag("team/app", "v1")).digest  # type: ignore[union-attr]
+    await tab.goto(f"/r/team/app/-/artifacts/{digest}")
+    annotations = tab.page.get_by_role("region", name="Annotations")
+    assert XSS in await annotations.inner_text()
+    assert XSS in await tab.page.get_by_role("region", name="Labels").inner_text()
+    assert await tab.page.locator("main script").count() == 0
+    await tab.shot("artifact-annotations")
+    assert tab.dialogs == []
+
+
+# -- over plain HTTP -------------------------------------------------------------------
+
+
+async def test_a_post_without_the_csrf_token_is_refused(creg: Reg, visitor: Visitor) -> None:
+    resp = await visitor.sign_in("alice", "alice-pw")
+    assert resp.status == 303
+    page = await visitor.page("/r/team/app/-/tags/v2/delete")
+    for form in ({}, {"csrf": "forged"}):
+        resp = await visitor.post("/r/team/app/-/tags/v2/delete", form)
+        assert resp.status == 403, await resp.text()
+    assert await creg.registry.index.manifests.by_tag("team/app", "v2") is not None
+    resp = await visitor.post("/r/team/app/-/tags/v2/delete", {"csrf": csrf_of(page)})
+    assert resp.status == 303
+    assert await creg.registry.index.manifests.by_tag("team/app", "v2") is None
+
+
+async def test_sign_in_without_the_csrf_token_is_refused(visitor: Visitor) -> None:
+    resp = await visitor.post("/sign-in", {"username": "alice", "password": "alice-pw"})
+    assert resp.status == 403
+    assert "aioreg_session" not in resp.cookies
+
+
+async def test_session_cookie_flags_and_sign_out(creg: Reg, visitor: Visitor) -> None:
+    resp = await visitor.sign_in("alice", "alice-pw")
+    cookie = resp.cookies["aioreg_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]
+    assert "Signed in as" in await visitor.page("/")
+    old = cookie.value
+    resp = await visitor.post("/sign-out", {"csrf": csrf_of(await visitor.page("/"))})
+    assert resp.status == 303
+    async with aiohttp.ClientSession(creg.server.url) as replay:
+        resp = await replay.get("/r/team/app", headers={"Cookie": f"aioreg_session={old}"})
+        assert resp.status == 404  # the signed-out session is gone, not just its cookie
+    async with aiohttp.ClientSession(
+        creg.server.url, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as tls:
+        resp = await tls.get("/sign-in", headers={"X-Forwarded-Proto": "https"})
+        assert resp.cookies["aioreg_session"]["secure"]
+
+
+async def test_wrong_password_and_changed_password(creg: Reg, visitor: Visitor) -> None:
+    resp = await visitor.sign_in("alice", "nope")
+    assert resp.status == 401
+    assert "invalid username, password or token" in await resp.text()
+    resp = await visitor.sign_in("alice", "alice-pw")
+    assert resp.status == 303
+    await visitor.page("/r/team/app")
+    await Accounts(creg.registry.index).set_password("alice", "new-pw")
+    await visitor.page("/r/team/app", 404)  # the session ended with the old password
+
+
+async def test_pages_of_tags_and_repositories_sort_and_filter(creg: Reg, visitor: Visitor) -> None:
+    await visitor.sign_in("admin", ADMIN_PASSWORD)
+    digest = await push(creg, "team/many", "t000", "m")
+    manifest = await creg.registry.index.manifests.by_digest("team/many", digest)
+    assert manifest is not None
+    for i in range(1, 120):
+        resp = await creg.client.put(
+            f"/v2/team/many/manifests/t{i:03d}",
+            data=manifest.body,
+            headers={**ADMIN, "Content-Type": OCI_MANIFEST},
+        )
+        assert resp.status == 201
+    tag_rows = re.compile(r'<th scope="row"><a href="/r/team/many/-/artifacts/[^"]+">(t\d+)</a>')
+    first = tag_rows.findall(await visitor.page("/r/team/many"))
+    assert first == [f"t{i:03d}" for i in range(50)]
+    last = tag_rows.findall(await visitor.page("/r/team/many?page=3"))
+    assert last == [f"t{i:03d}" for i in range(100, 120)]
+    desc = tag_rows.findall(await visitor.page("/r/team/many?sort=name&order=desc"))
+    assert desc[:2] == ["t119", "t118"]
+    assert tag_rows.findall(await visitor.page("/r/team/many?q=t11")) == [
+        f"t{i:03d}" for i in range(110, 120)
+    ]
+    await visitor.page("/r/team/many?sort=bogus", 400)
+
+    for i in range(52):
+        resp = await creg.client.post(
+            f"/api/v1/repositories/team/r{i:02d}/-/copy",
+            json={"source": "team/many", "reference": "t000", "tag": "v1"},
+            headers=ADMIN,
+        )
+        assert resp.status == 201, await resp.text()
+    repo_rows = re.compile(r'<th scope="row"><a href="/r/(team/[^"]+)">')
+    names = repo_rows.findall(await visitor.page("/namespaces/team"))
+    assert len(names) == 50 and names[:2] == ["team/app", "team/many"]
+    assert repo_rows.findall(await visitor.page("/namespaces/team?page=2")) == [
+        "team/r48",
+        "team/r49",
+        "team/r50",
+        "team/r51",
+    ]
+    by_tags = repo_rows.findall(await visitor.page("/namespaces/team?sort=tags&order=desc"))
+    assert by_tags[0] == "team/many"
+    assert repo_rows.findall(await visitor.page("/namespaces/team?q=r5")) == [
+        "team/r50",
+        "team/r51",
+    ]
+
+
+async def test_admin_runs_gc_previews_retention_and_creates_a_token_shown_once(
+    creg: Reg, visitor: Visitor
+) -> None:
+    await visitor.sign_in("alice", "alice-pw")
+    await visitor.page("/admin", 403)
+    resp = await visitor.post("/admin/gc", {"csrf": csrf_of(await visitor.page("/tokens"))})
+    assert resp.status == 403
+    tokens = await visitor.page("/tokens")
+    resp = await visitor.post(
+        "/tokens",
+        {
+            "csrf": csrf_of(tokens),
+            "name": "ci",
+            "namespace": "team",
+            "actions": "pull",
+            "days": "7",
+        },
+    )
+    assert resp.status == 303 and resp.headers["Location"] == "/tokens"
+    value = re.search(r'<code id="token-value">([^<]+)</code>', await visitor.page("/tokens"))
+    assert value
+    assert value.group(1) not in await visitor.page("/tokens")  # shown once
+    resp = await creg.client.get("/v2/team/app/tags/list", headers=basic("x", value.group(1)))
+    assert resp.status == 200
+
+    admin = Visitor(creg)
+    try:
+        await admin.sign_in("admin", ADMIN_PASSWORD)
+        page = await admin.page("/admin")
+        resp = await admin.post("/admin/gc", {"csrf": csrf_of(page), "dry_run": "on"})
+        assert resp.status == 200
+        assert "Dry run: would remove" in await resp.text()
+        resp = await admin.post("/admin/retention-preview", {"csrf": csrf_of(page)})
+        assert "would remove nothing" in await resp.text()
+        assert "Physical storage by namespace" in await admin.page("/")
+    finally:
+        await admin.session.close()
+
+
+async def test_an_index_shows_its_platforms_and_referrers(creg: Reg, visitor: Visitor) -> None:
+    children = []
+    for arch in ("amd64", "arm64"):
+        digest = await push(creg, "pub/multi", f"only-{arch}", arch)
+        manifest = await creg.registry.index.manifests.by_digest("pub/multi", digest)
+        assert manifest is not None
+        children.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": len(manifest.body),
+                "platform": {"os": "linux", "architecture": arch},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}).encode()
+    resp = await creg.client.put(
+        "/v2/pub/multi/manifests/multi",
+        data=index,
+        headers={**ADMIN, "Content-Type": OCI_INDEX},
+    )
+    assert resp.status == 201, await resp.text()
+    index_digest = resp.headers["Docker-Content-Digest"]
+    resp = await creg.client.post(
+        f"/v2/pub/multi/blobs/uploads/?digest={digest_of(EMPTY_JSON)}",
+        data=EMPTY_JSON,
+        headers=ADMIN,
+    )
+    assert resp.status == 201
+    signature = artifact_manifest(
+        "application/vnd.example.signature", (OCI_INDEX, index_digest, len(index))
+    )
+    resp = await creg.client.put(
+        f"/v2/pub/multi/manifests/{digest_of(signature)}",
+        data=signature,
+        headers={**ADMIN, "Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+
+    page = await visitor.page(f"/r/pub/multi/-/artifacts/{index_digest}")  # anonymous: public
+    assert "linux/amd64" in page and "linux/arm64" in page
+    for child in children:
+        assert f'href="/r/pub/multi/-/artifacts/{child["digest"]}"' in page
+    assert "application/vnd.example.signature" in page
+    assert f'href="/r/pub/multi/-/artifacts/{digest_of(signature)}"' in page
+    repository = await visitor.page("/r/pub/multi")
+    assert "linux/amd64, linux/arm64" in repository
+    signed = await visitor.page(f"/r/pub/multi/-/artifacts/{digest_of(signature)}")
+    assert f'href="/r/pub/multi/-/artifacts/{index_digest}"' in signed  # its subject
+    assert "Delete this artifact" not in page  # anonymous may not delete
+
+
+async def test_delete_an_artifact_and_a_repository_through_their_confirmations(
+    creg: Reg, visitor: Visitor
+) -> None:
+    await visitor.sign_in("alice", "alice-pw")
+    v1 = await creg.registry.index.manifests.by_tag("team/app", "v1")
+    assert v1 is not None
+    confirm = await visitor.page(f"/r/team/app/-/artifacts/{v1.digest}/delete")
+    assert f"team/app@{v1.digest}" in confirm and "<strong>v1</strong>" in confirm
+    resp = await visitor.post(
+        f"/r/team/app/-/artifacts/{v1.digest}/delete", {"csrf": csrf_of(confirm)}
+    )
+    assert resp.status == 303 and resp.headers["Location"] == "/r/team/app"
+    assert await creg.registry.index.manifests.by_digest("team/app", v1.digest) is None
+
+    confirm = await visitor.page("/r/team/app/-/delete")
+    assert "The repository <strong>team/app</strong> will be removed with all its 1 tag" in confirm
+    resp = await visitor.post("/r/team/app/-/delete", {"csrf": csrf_of(confirm)})
+    assert resp.status == 303 and resp.headers["Location"] == "/namespaces/team"
+    await visitor.page("/r/team/app", 404)
+    activity = await visitor.page("/activity?repository=team/app&action=delete&user=alice")
+    assert activity.count("badge-delete") == 2  # the artifact, then the repository
+
+    await visitor.page("/r/pub/web/-/delete", 200)  # alice owns pub
+    bob = Visitor(creg)
+    try:
+        await bob.sign_in("bob", "bob-pw")
+        page = await bob.page("/r/pub/web")  # public: bob may look, not delete
+        assert "/r/pub/web/-/delete" not in page
+        await bob.page("/r/pub/web/-/delete", 403)
+    finally:
+        await bob.session.close()
+
+
+async def test_without_access_control_everyone_manages_but_forms_still_need_csrf(
+    reg: Reg,
+) -> None:
+    await reg.push_image("team/app", "v1")
+    visitor = Visitor(reg)
+    try:
+        overview = await visitor.page("/")
+        assert "Physical storage by namespace" in overview and "Sign in" not in overview
+        confirm = await visitor.page("/r/team/app/-/tags/v1/delete")
+        resp = await visitor.post("/r/team/app/-/tags/v1/delete", {})
+        assert resp.status == 403
+        resp = await visitor.post("/r/team/app/-/tags/v1/delete", {"csrf": csrf_of(confirm)})
+        assert resp.status == 303
+        assert await reg.registry.index.manifests.by_tag("team/app", "v1") is None
+        assert "Access control is off" in await visitor.page("/tokens")
+    finally:
+        await visitor.session.close()
+
+
+@needs_chromium
+async def test_administration_in_the_browser(creg: Reg, browser: Any) -> None:
+    tab = await open_tab(browser, creg, "admin")
+    page = tab.page
+    await tab.sign_in("admin", ADMIN_PASSWORD)
+    await page.get_by_text("Physical storage by namespace").wait_for()
+    assert await page.get_by_role("link", name="team/app").count() >= 1  # in the chart
+    await tab.shot("overview")
+
+    await page.get_by_role("link", name="Administration").click()
+    await page.get_by_label("Dry run (report what would go)").check()
+    await page.get_by_role("button", name="Run GC").click()  # confirmed in a dialog
+    await page.get_by_text("Dry run: would remove").wait_for()
+    assert tab.dialogs == ["Run garbage collection now?"]
+    await page.get_by_role("button", name="Preview retention").click()
+    await page.get_by_text("The retention policies would remove nothing.").wait_for()
+    await tab.shot("administration")
+
+    await page.get_by_role("link", name="Tokens", exact=True).click()
+    await page.get_by_label("Name", exact=True).fill("laptop")
+    await page.get_by_role("button", name="Create token").click()
+    value = await page.locator("#token-value").inner_text()
+    await tab.shot("tokens")
+    resp = await creg.client.get("/v2/team/app/tags/list", headers=basic("admin", value))
+    assert resp.status == 200
+    await page.reload()
+    assert await page.locator("#token-value").count() == 0  # shown once
+    assert await page.get_by_role("row").filter(has_text="laptop").count() == 1
+
+
+async def test_proxies_and_quotas_are_shown_and_proxy_namespaces_refuse_deletes(
+    make_registry: AppFactory,
+) -> None:
+    reg = await make_registry(proxy=[{"namespace": "px", "upstream": "http://127.0.0.1:9"}])
+    await Accounts(reg.registry.index).create_namespace("team", None)
+    await reg.push_image("team/app", "v1")
+    resp = await reg.client.put("/api/v1/namespaces/team/quota", json={"quota_bytes": 1 << 20})
+    assert resp.status == 200, await resp.text()
+    visitor = Visitor(reg)
+    try:
+        overview = await visitor.page("/")
+        assert '<meter min="0" max="1048576"' in overview
+        admin = await visitor.page("/admin")
+        assert '<a href="/namespaces/px">px</a></td><td>http://127.0.0.1:9' in admin
+        await visitor.page("/r/px/library/x/-/delete", 405)
+        resp = await visitor.post("/r/px/library/x/-/delete", {"csrf": csrf_of(admin)})
+        assert resp.status == 405
+    finally:
+        await visitor.session.close()
