@@ -148,6 +148,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> str:
         (ax_p99, "ms", "p99 latency"),
     ):
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
         ax.set_title(title)

@@ -1,0 +1,292 @@
+"""``python -m benchmarks --target URL``: the load tester run as users run it, as a
+subprocess against real ``aioreg serve`` processes (one with access control on, so the
+Docker token flow is exercised), at a tiny size. Nothing is asserted about speed."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.loadreport import have_matplotlib
+from tests.process import Server, free_port, start
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "alice-load-pw"
+PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
+
+
+def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def serve(servers: list[Server], data: Path, env: dict[str, str] | None = None) -> str:
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--data", str(data)]
+    start(servers, args + (["--auth"] if env else []), env)
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def auth_target(servers: list[Server], tmp_path: Path) -> Iterator[str]:
+    """aioreg with access control on, Basic refused on /v2/ (only the token flow works),
+    short-lived tokens, and a user alice who owns the namespace alice/."""
+    data = tmp_path / "d"
+    url = serve(
+        servers,
+        data,
+        {
+            "AIOREG_AUTH_ADMIN_PASSWORD": "admin-pw-x",
+            "AIOREG_AUTH_ALLOW_BASIC": "false",
+            "AIOREG_AUTH_TOKEN_TTL": "2",
+        },
+    )
+    subprocess.run(
+        [sys.executable, "-m", "aioreg", "user", "add", "alice", "--password-stdin"]
+        + ["--data", str(data)],
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    yield url
+
+
+def http(url: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes]:
+    headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def pull_token(base: str, repo: str) -> str:
+    basic = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    request = urllib.request.Request(
+        f"{base}/token?service=aioreg&scope=repository:{repo}:pull",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return str(json.loads(r.read())["token"])
+
+
+def test_load_test_with_token_auth_reports_every_op_and_pushes_real_images(
+    auth_target: str, tmp_path: Path
+) -> None:
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    proc = bench(
+        "--target",
+        auth_target,
+        "--user",
+        "alice",
+        "--password-env",
+        "LOAD_PW",
+        "--repo-prefix",
+        "alice/lt",
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "6",
+        "--sizes",
+        "16KiB",
+        "--layers",
+        "2",
+        "--mix",
+        "pull=50,push=30,head=20",
+        "--json",
+        str(out_json),
+        "--csv",
+        str(out_csv),
+        env={"LOAD_PW": PASSWORD},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out_json.read_text())
+    facts = result["meta"]["targets"][f"127.0.0.1:{auth_target.rsplit(':', 1)[1]}"]
+    assert facts["auth"] == "token"
+    # One token per repository and expiry, not one per request.
+    assert 1 <= facts["tokens_fetched"] <= 12, facts
+    rows = result["results"]
+    assert result["failed"] == []
+    seen = {(r["scenario"], r["concurrency"]) for r in rows}
+    assert seen == {(s, c) for s in ("push", "pull", "manifest", "mixed") for c in (1, 2)}
+    for row in rows:
+        assert row["errors"] == 0, row
+        assert row["count"] > 0 and row["rps"] > 0, row
+        for key in PERCENTILES:
+            assert row[key] > 0, row
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
+    ops = {(r["scenario"], r["op"]) for r in rows}
+    assert {("push", "blob_push"), ("pull", "blob_pull"), ("manifest", "manifest_get")} <= ops
+    assert {("mixed", op) for op in ("pull", "push", "pull:blob", "push:manifest")} <= ops
+    for row in rows:  # --requests counts operations per level
+        if row["scenario"] != "mixed":
+            assert row["count"] == 6, row
+    for c in (1, 2):
+        top = [
+            r
+            for r in rows
+            if r["scenario"] == "mixed" and r["concurrency"] == c and ":" not in r["op"]
+        ]
+        assert sum(r["count"] for r in top) == 6, top
+    blob_rows = [r for r in rows if r["op"] in ("blob_push", "blob_pull")]
+    assert all(r["MBps"] > 0 and r["bytes"] == 6 * 16 * 1024 for r in blob_rows)
+
+    with open(out_csv, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    for line in table:
+        for key in (*PERCENTILES, "rps", "MBps"):
+            assert float(line[key]) >= 0, line
+    assert {(line["scenario"], line["op"]) for line in table} == ops
+
+    # The pushed images exist on the target: every tag listed, every manifest and blob there.
+    repo = "alice/lt/mixed"
+    pushed = facts["images_pushed"][repo]
+    assert pushed == 4 + sum(
+        r["count"] for r in rows if r["scenario"] == "mixed" and r["op"] == "push"
+    )
+    assert http(f"{auth_target}/v2/{repo}/tags/list")[0] == 401
+    token = pull_token(auth_target, repo)
+    status, body = http(f"{auth_target}/v2/{repo}/tags/list?n=1000", token)
+    assert status == 200
+    tags = json.loads(body)["tags"]
+    assert len(tags) == pushed
+    for tag in tags:
+        status, body = http(f"{auth_target}/v2/{repo}/manifests/{tag}", token)
+        assert status == 200, tag
+        manifest = json.loads(body)
+        assert len(manifest["layers"]) == 2
+        for blob in [manifest["config"], *manifest["layers"]]:
+            status, data = http(f"{auth_target}/v2/{repo}/blobs/{blob['digest']}", token)
+            assert status == 200 and len(data) == blob["size"]
+
+
+def test_load_test_renews_expiring_tokens(auth_target: str, tmp_path: Path) -> None:
+    """Tokens live 2 s here: a 3 s run keeps working by fetching new ones before expiry."""
+    out_json = tmp_path / "r.json"
+    proc = bench(
+        "--target",
+        auth_target,
+        "--user",
+        "alice",
+        "--password",
+        PASSWORD,
+        "--repo-prefix",
+        "alice/lt",
+        "--only",
+        "manifest",
+        "--concurrency",
+        "1",
+        "--duration",
+        "3",
+        "--json",
+        str(out_json),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out_json.read_text())
+    (facts,) = result["meta"]["targets"].values()
+    assert facts["tokens_fetched"] >= 3, facts
+    (row,) = result["results"]
+    assert row["errors"] == 0 and row["count"] > 3, row
+
+
+def test_load_test_bad_credentials_stop_with_a_message(auth_target: str) -> None:
+    proc = bench(
+        "--target", auth_target, "--user", "alice", "--password", "wrong", "--requests", "1"
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "authentication failed" in proc.stderr and "401" in proc.stderr
+
+
+def test_load_test_refuses_a_host_that_is_not_loopback() -> None:
+    t0 = time.monotonic()
+    proc = bench("--target", "http://192.0.2.1:5000", "--requests", "1", timeout=60)
+    assert proc.returncode == 2
+    assert "refusing to load-test http://192.0.2.1:5000" in proc.stderr
+    assert "--i-own-this-registry" in proc.stderr
+    # No connection was tried: nothing was logged about the target, and no connect
+    # timeout (10 s) was waited for.
+    assert "[load]" not in proc.stderr
+    assert time.monotonic() - t0 < 9
+
+
+def test_two_targets_side_by_side_with_chart(servers: list[Server], tmp_path: Path) -> None:
+    one = serve(servers, tmp_path / "a")
+    two = serve(servers, tmp_path / "b")
+    chart = tmp_path / "c.png"
+    proc = bench(
+        "--target",
+        f"first={one}",
+        "--target",
+        f"second={two}",
+        "--only",
+        "push,manifest",
+        "--concurrency",
+        "2",
+        "--duration",
+        "0.3",
+        "--sizes",
+        "8KiB",
+        "--chart",
+        str(chart),
+    )
+    if not have_matplotlib():
+        assert proc.returncode == 2
+        assert "--chart needs matplotlib" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if " first " in line)
+    assert " second " in lines[header]
+    assert lines[header + 1].split()[:4] == ["scenario", "size", "clients", "op"]
+    assert lines[header + 1].count("p99 ms") == 2
+    rows = [line.split() for line in lines[header + 3 :] if line.startswith(("push", "manifest"))]
+    assert {r[3] if r[0] == "push" else r[2] for r in rows} == {"blob_push", "manifest_get"}
+    for r in rows:
+        assert len(r) == (4 if r[0] == "push" else 3) + 12, r
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--target", "ftp://127.0.0.1:1"],
+        ["--target", "http://127.0.0.1:1/v2/"],
+        ["--target", "http://127.0.0.1:1", "--mix", "pull=x"],
+        ["--target", "http://127.0.0.1:1", "--mix", "delete=1"],
+        ["--target", "http://127.0.0.1:1", "--duration", "1", "--requests", "2"],
+        ["--target", "http://127.0.0.1:1", "--only", "tags"],
+        ["--target", "http://127.0.0.1:1", "--sizes", "lots"],
+        ["--target", "http://127.0.0.1:1", "--concurrency", "0"],
+        ["--target", "http://127.0.0.1:1", "--token", "t", "--user", "u"],
+        ["--target", "a=http://127.0.0.1:1", "--target", "a=http://127.0.0.1:2"],
+    ],
+)
+def test_bad_load_arguments_are_refused(bad: list[str]) -> None:
+    from benchmarks.cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(bad)
