@@ -70,7 +70,7 @@ def new_session(
     """``verify_tls=False`` is ``--insecure``; ``middlewares`` add credentials (benchmarks.auth)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=connections, limit_per_host=connections, ssl=None if verify_tls else False
+            limit=connections, limit_per_host=connections, ssl=verify_tls
         ),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
         read_bufsize=1 << 20,

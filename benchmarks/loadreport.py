@@ -39,8 +39,14 @@ CSV_FIELDS = (
     "repository",
     "first_error",
 )
-COLUMNS = (("rps", "req/s"), ("MBps", "MB/s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"))
-COLUMNS += (("p99_ms", "p99 ms"), ("errors", "err"))
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rps", "req/s"),
+    ("MBps", "MB/s"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("errors", "err"),
+)
 NO_MATPLOTLIB = (
     "--chart needs matplotlib, which is not installed: pip install -r benchmarks/requirements.txt "
     "(or pip install 'aioreg[bench]'), or leave out --chart"
@@ -62,14 +68,14 @@ def table(rows: list[dict[str, Any]], labels: list[str]) -> str:
     for key, per_target in by_key.items():
         cells = [key[0], key[1], str(key[2]), key[3]]
         for label in labels:
-            row = per_target.get(label)
+            got = per_target.get(label)
             for field, _ in COLUMNS:
-                if row is None:
+                if got is None:
                     cells.append("-")
                 elif field == "errors":
-                    cells.append(str(row["errors"]))
+                    cells.append(str(got["errors"]))
                 else:
-                    cells.append(fmt(row[field]) if row["count"] else "-")
+                    cells.append(fmt(got[field]) if got["count"] else "-")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     n = len(COLUMNS)

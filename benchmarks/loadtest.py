@@ -56,6 +56,7 @@ LOAD_SCENARIOS = {
 DEFAULT_SCENARIOS = ("push", "pull", "manifest", "mixed")
 MIX_OPS = ("pull", "push", "head")
 SEED_IMAGES = 4  # images (or blobs) pushed before the pulls of a scenario are timed
+PULL_POOL_MAX = 1000  # images the mixed pulls choose from (pushed ones replace older ones)
 PROGRESS_EVERY = 0.5
 OWNERSHIP_FLAG = "--i-own-this-registry"
 
@@ -393,7 +394,10 @@ async def prepare(name: str, size: int | None, s: Session, run_id: str) -> Prepa
             pushed = await rec.measure(
                 "push", s.push_image(rec, repo, tag, sizes), lambda i: i.size + len(i.manifest)
             )
-            images.append(pushed)
+            if len(images) < PULL_POOL_MAX:
+                images.append(pushed)
+            else:
+                images[rng.randrange(len(images))] = pushed
 
     async def check_tags() -> None:
         """Every image pushed is listed under its tag afterwards."""

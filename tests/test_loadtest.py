@@ -60,8 +60,17 @@ def auth_target(servers: list[Server], tmp_path: Path) -> Iterator[str]:
         },
     )
     subprocess.run(
-        [sys.executable, "-m", "aioreg", "user", "add", "alice", "--password-stdin"]
-        + ["--data", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "aioreg",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--data",
+            str(data),
+        ],
         input=PASSWORD + "\n",
         text=True,
         check=True,
@@ -231,6 +240,12 @@ def test_load_test_refuses_a_host_that_is_not_loopback() -> None:
     # timeout (10 s) was waited for.
     assert "[load]" not in proc.stderr
     assert time.monotonic() - t0 < 9
+
+
+def test_load_test_unreachable_target_stops_with_a_message() -> None:
+    proc = bench("--target", f"http://127.0.0.1:{free_port()}", "--requests", "1")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot reach the registry" in proc.stderr
 
 
 def test_two_targets_side_by_side_with_chart(servers: list[Server], tmp_path: Path) -> None:
