@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import csv
+import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -230,16 +232,79 @@ def test_load_test_bad_credentials_stop_with_a_message(auth_target: str) -> None
     assert "authentication failed" in proc.stderr and "401" in proc.stderr
 
 
+def own_address() -> str | None:
+    """A non-loopback IPv4 address of this machine (the one a default route would use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # UDP: nothing is sent
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
 def test_load_test_refuses_a_host_that_is_not_loopback() -> None:
     t0 = time.monotonic()
     proc = bench("--target", "http://192.0.2.1:5000", "--requests", "1", timeout=60)
     assert proc.returncode == 2
     assert "refusing to load-test http://192.0.2.1:5000" in proc.stderr
     assert "--i-own-this-registry" in proc.stderr
-    # No connection was tried: nothing was logged about the target, and no connect
-    # timeout (10 s) was waited for.
-    assert "[load]" not in proc.stderr
-    assert time.monotonic() - t0 < 9
+    assert "[load]" not in proc.stderr  # nothing was logged about the target
+    assert time.monotonic() - t0 < 9  # and no connect timeout (10 s) was waited for
+
+
+def test_non_loopback_refusal_makes_no_connection_and_the_flag_lifts_it() -> None:
+    """A listener on this machine's own non-loopback address sees no connection from a
+    refused run, and one from a run given --i-own-this-registry."""
+    address = own_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    with socket.create_server((address, 0)) as listener:
+        listener.setblocking(False)
+        url = f"http://{address}:{listener.getsockname()[1]}"
+        proc = bench("--target", url, "--requests", "1", timeout=60)
+        assert proc.returncode == 2
+        assert f"refusing to load-test {url}: {address} is not a loopback address" in proc.stderr
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+        owned = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks",
+                "--target",
+                url,
+                "--requests",
+                "1",
+                "--i-own-this-registry",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        accepted = 0
+        try:
+            deadline = time.monotonic() + 60
+            # Not a registry: every connection is accepted, then closed unanswered.
+            while owned.poll() is None:
+                assert time.monotonic() < deadline, "the load test did not give up"
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    time.sleep(0.02)
+                    continue
+                accepted += 1
+                conn.close()
+            _, err = owned.communicate(timeout=30)
+        finally:
+            if owned.poll() is None:
+                owned.kill()
+                owned.wait()
+        assert accepted >= 1
+        assert owned.returncode == 2
+        assert "cannot reach the registry" in err
 
 
 def test_load_test_unreachable_target_stops_with_a_message() -> None:
