@@ -115,8 +115,15 @@ class RegistryAuth:
             raise AuthError(f"GET {self.base}/v2/ answered {status}, not 200 or 401")
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
-            if self.credentials.user is None:
+            basic = self.credentials.basic()
+            if basic is None:
                 raise AuthError(f"{self.base} wants Basic credentials: give --user/--password")
+            async with session.get(
+                self.base / "v2/", headers={"Authorization": basic}, middlewares=()
+            ) as r:
+                await r.read()
+                if r.status != 200:
+                    raise AuthError(f"GET {self.base}/v2/ with Basic credentials: {r.status}")
             self.mode = "basic"
         elif scheme == "bearer" and params.get("realm"):
             self.mode = "token"

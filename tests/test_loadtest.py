@@ -5,16 +5,19 @@ Docker token flow is exercised), at a tiny size. Nothing is asserted about speed
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 import pytest
 
 from benchmarks.loadreport import have_matplotlib
+from benchmarks.servers import DISTRIBUTION_CONFIG
 from tests.process import Server, free_port, start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,6 +315,66 @@ def test_load_test_unreachable_target_stops_with_a_message() -> None:
     proc = bench("--target", f"http://127.0.0.1:{free_port()}", "--requests", "1")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "cannot reach the registry" in proc.stderr
+
+
+@pytest.fixture
+def basic_distribution(tmp_path: Path) -> Iterator[str]:
+    """CNCF Distribution with htpasswd (Basic) auth: user bob, password pw."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("docker-registry (CNCF Distribution) is not installed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+        except ImportError:
+            pytest.skip("no crypt module to write a bcrypt htpasswd")
+        hashed = crypt.crypt("pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+    if not hashed or not hashed.startswith("$2"):
+        pytest.skip("crypt has no bcrypt here")
+    (tmp_path / "htpasswd").write_text(f"bob:{hashed}\n")
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(
+        DISTRIBUTION_CONFIG.format(data=tmp_path / "data", port=port, max_entries=1000)
+        + f"auth:\n  htpasswd:\n    realm: basic-realm\n    path: {tmp_path / 'htpasswd'}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError):  # refused until it listens
+                if http(f"{url}/v2/")[0] == 401:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "no Distribution"
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_load_test_basic_auth_against_distribution(basic_distribution: str, tmp_path: Path) -> None:
+    """A registry whose challenge is Basic gets Basic credentials on every request; wrong
+    ones stop the run before any load."""
+    out_json = tmp_path / "r.json"
+    args = ["--target", basic_distribution, "--only", "push,mixed", "--concurrency", "2"]
+    args += ["--requests", "3", "--sizes", "8KiB", "--layers", "1", "--mix", "pull=1,push=1"]
+    proc = bench(*args, "--user", "bob", "--password", "pw", "--json", str(out_json))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out_json.read_text())
+    (facts,) = result["meta"]["targets"].values()
+    assert facts["auth"] == "basic" and facts["tokens_fetched"] == 0
+    assert result["failed"] == [] and {r["scenario"] for r in result["results"]} == {
+        "push",
+        "mixed",
+    }
+    proc = bench(*args, "--user", "bob", "--password", "wrong")
+    assert proc.returncode == 2
+    assert "authentication failed" in proc.stderr and "401" in proc.stderr
 
 
 def test_two_targets_side_by_side_with_chart(servers: list[Server], tmp_path: Path) -> None:
