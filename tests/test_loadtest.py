@@ -4,16 +4,20 @@ Docker token flow is exercised), at a tiny size. Nothing is asserted about speed
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import csv
+import datetime
 import ipaddress
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -375,6 +379,90 @@ def test_load_test_basic_auth_against_distribution(basic_distribution: str, tmp_
     proc = bench(*args, "--user", "bob", "--password", "wrong")
     assert proc.returncode == 2
     assert "authentication failed" in proc.stderr and "401" in proc.stderr
+
+
+def self_signed(directory: Path) -> ssl.SSLContext:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
+@pytest.fixture
+def tls_target(servers: list[Server], tmp_path: Path) -> Iterator[str]:
+    """An aioreg behind a TLS terminator of our own with a self-signed certificate."""
+    upstream = serve(servers, tmp_path / "d")
+    upstream_port = int(upstream.rsplit(":", 1)[1])
+    context = self_signed(tmp_path)
+    loop = asyncio.new_event_loop()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(
+            pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
+        )
+
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0, ssl=context))
+    port = server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_load_test_tls_is_verified_unless_insecure(tls_target: str, tmp_path: Path) -> None:
+    args = ["--target", tls_target, "--only", "manifest", "--concurrency", "1", "--requests", "3"]
+    proc = bench(*args)
+    assert proc.returncode == 2
+    assert "cannot reach the registry" in proc.stderr and "certificate" in proc.stderr
+    out_json = tmp_path / "r.json"
+    proc = bench(*args, "--insecure", "--json", str(out_json))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads(out_json.read_text())["results"]
+    assert row["count"] == 3 and row["errors"] == 0, row
 
 
 def test_two_targets_side_by_side_with_chart(servers: list[Server], tmp_path: Path) -> None:
