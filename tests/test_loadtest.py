@@ -12,6 +12,7 @@ import datetime
 import ipaddress
 import json
 import os
+import pty
 import shutil
 import socket
 import ssl
@@ -463,6 +464,81 @@ def test_load_test_tls_is_verified_unless_insecure(tls_target: str, tmp_path: Pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (row,) = json.loads(out_json.read_text())["results"]
     assert row["count"] == 3 and row["errors"] == 0, row
+
+
+def test_progress_line_only_on_a_terminal(servers: list[Server], tmp_path: Path) -> None:
+    url = serve(servers, tmp_path / "d")
+    args = ["--target", url, "--only", "manifest", "--concurrency", "1", "--duration", "1.5"]
+    proc = bench(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b[K" not in proc.stderr and "\r" not in proc.stderr  # a pipe: log lines only
+    assert "[load] 127.0.0.1" in proc.stderr
+    main, tty = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=tty,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    os.close(tty)
+    seen = b""
+    try:
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            seen += data
+    finally:
+        os.close(main)
+        assert child.wait(60) == 0, seen
+    live = [part for part in seen.split(b"\r\x1b[K") if b"ops/s" in part and b"/2s" in part]
+    assert live, seen  # the line redrawn in place while the level ran: "... 1/2s: N ops ..."
+
+
+def test_generated_blobs_are_streamed_not_held(servers: list[Server], tmp_path: Path) -> None:
+    """A 160 MiB blob pushed by the tester costs it far less than 160 MiB of memory."""
+    url = serve(servers, tmp_path / "d")
+    peak_file = tmp_path / "peak"
+    # VmHWM is this process image's own peak (ru_maxrss would include the forking pytest).
+    wrapper = (
+        "import runpy\n"
+        "try:\n"
+        "    runpy.run_module('benchmarks', run_name='__main__')\n"
+        "finally:\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    peak = next(l for l in status.splitlines() if l.startswith('VmHWM:'))\n"
+        f"    open({str(peak_file)!r}, 'w').write(peak.split()[1])\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            wrapper,
+            "--target",
+            url,
+            "--only",
+            "push",
+            "--sizes",
+            "160MiB",
+            "--concurrency",
+            "1",
+            "--requests",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "blob_push" in proc.stdout
+    peak_mib = int(peak_file.read_text()) / 1024
+    assert peak_mib < 100, f"the load tester peaked at {peak_mib:.0f} MiB"
 
 
 def test_two_targets_side_by_side_with_chart(servers: list[Server], tmp_path: Path) -> None:
