@@ -42,7 +42,7 @@ from benchmarks.client import (
     sha256_digest,
 )
 from benchmarks.data import BlobSource
-from benchmarks.units import KiB, percentile, size_label
+from benchmarks.units import KiB, MiB, percentile, size_label
 
 T = TypeVar("T")
 clock = time.perf_counter
@@ -56,6 +56,7 @@ LOAD_SCENARIOS = {
 DEFAULT_SCENARIOS = ("push", "pull", "manifest", "mixed")
 MIX_OPS = ("pull", "push", "head")
 SEED_IMAGES = 4  # images (or blobs) pushed before the pulls of a scenario are timed
+SEED_LAYERS_UP_TO = 64 * MiB  # larger pull blobs are seeded once, not SEED_IMAGES times
 PULL_POOL_MAX = 1000  # images the mixed pulls choose from (pushed ones replace older ones)
 PROGRESS_EVERY = 0.5
 OWNERSHIP_FLAG = "--i-own-this-registry"
@@ -347,7 +348,8 @@ async def prepare(name: str, size: int | None, s: Session, run_id: str) -> Prepa
     if name == "pull":
         assert size is not None
         repo = f"{prefix}/pull"
-        seed = await s.push_image(None, repo, f"{run_id}-{size_label(size)}", [size] * SEED_IMAGES)
+        count = SEED_IMAGES if size <= SEED_LAYERS_UP_TO else 1  # seeding 4 GiB is too much
+        seed = await s.push_image(None, repo, f"{run_id}-{size_label(size)}", [size] * count)
         layers = seed.blobs[1:]
 
         async def pull(worker: int, rng: random.Random, rec: Recorder) -> None:
