@@ -1,4 +1,5 @@
-"""``python -m benchmarks``: aioreg against CNCF Distribution on this machine."""
+"""``python -m benchmarks``: aioreg against CNCF Distribution on this machine, or, with
+``--target URL``, a load test of any running registry."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import limits, report, runner
+from benchmarks import limits, loadtest, report, runner
+from benchmarks.auth import Credentials
 from benchmarks.scenarios import BY_NAME, SCENARIOS, Context
 from benchmarks.servers import (
     Aioreg,
@@ -28,6 +30,7 @@ from benchmarks.servers import (
     snapshot_revision,
     source_state,
 )
+from benchmarks.units import parse_size
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -48,8 +51,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SCENARIO",
         help=f"run only these (repeatable or comma-separated): {', '.join(BY_NAME)}",
     )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
-    parser.add_argument("--chart", type=Path, help="PNG chart (default: next to the JSON)")
+    parser.add_argument(
+        "--json", type=Path, help=f"results file (default without --target: {DEFAULT_JSON})"
+    )
+    parser.add_argument("--csv", type=Path, help="results as CSV, one row per measurement")
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        help="PNG chart (default without --target: next to the JSON; needs matplotlib)",
+    )
     parser.add_argument("--no-distribution", action="store_true", help="benchmark aioreg alone")
     parser.add_argument(
         "--no-install",
@@ -77,7 +87,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="processes of the aiohttp HEAD load generator (1 measured best on 2 cores)",
     )
+    _load_arguments(parser)
     args = parser.parse_args(argv)
+    if args.target:
+        _check_load_arguments(parser, args)
+        return args
+    if args.json is None:
+        args.json = DEFAULT_JSON
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if not 0 < args.scale <= 4:
@@ -88,6 +104,107 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(BY_NAME)}")
     args.only = only
     return args
+
+
+def _load_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "load-testing any registry (--target)",
+        "With --target the local comparison is not run: the scenarios "
+        f"({', '.join(loadtest.LOAD_SCENARIOS)}) run against each target instead.",
+    )
+    group.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="[LABEL=]URL",
+        help="registry to load-test, e.g. zot=http://127.0.0.1:5000 (repeat to compare)",
+    )
+    group.add_argument("--user", help="user name for Basic credentials and the token flow")
+    group.add_argument("--password", help="password (visible to ps; prefer --password-env)")
+    group.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+    group.add_argument("--token", help="send this bearer token as is (no token flow)")
+    group.add_argument("--insecure", action="store_true", help="skip TLS certificate checks")
+    group.add_argument(
+        loadtest.OWNERSHIP_FLAG,
+        dest="i_own_this_registry",
+        action="store_true",
+        help="allow a target that is not on this machine (loopback)",
+    )
+    group.add_argument(
+        "--concurrency", default="1,8,32", help="concurrent clients per level (comma-separated)"
+    )
+    group.add_argument("--duration", type=float, help="seconds per level (default 10)")
+    group.add_argument("--requests", type=int, help="operations per level instead of a duration")
+    group.add_argument(
+        "--sizes", default="1MiB", help="blob sizes for push, pull and mixed (e.g. 64KiB,16MiB)"
+    )
+    group.add_argument(
+        "--mix",
+        default="pull=80,push=20",
+        help="mixed scenario: weights of image pull, push and (manifest) head",
+    )
+    group.add_argument("--layers", type=int, default=4, help="layers per image (mixed scenario)")
+    group.add_argument(
+        "--repo-prefix",
+        default="loadtest",
+        help="repositories used: PREFIX/push, PREFIX/pull, PREFIX/manifest, PREFIX/mixed",
+    )
+    group.add_argument("--seed", type=int, default=1, help="seed of the random choices")
+
+
+def _check_load_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Turns the load-test arguments into ``args.targets`` and ``args.spec``."""
+    only = [name for item in args.only for name in item.split(",") if name]
+    unknown = [name for name in only if name not in loadtest.LOAD_SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown load scenario(s) {unknown}; choose from {list(loadtest.LOAD_SCENARIOS)}"
+        )
+    password = args.password
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            parser.error(f"--password-env: ${args.password_env} is not set")
+    if password is not None and not args.user:
+        parser.error("a password needs --user")
+    if args.token and args.user:
+        parser.error("give --token or --user/--password, not both")
+    credentials = Credentials(args.user, password, args.token)
+    try:
+        targets = [loadtest.parse_target(t, credentials) for t in args.target]
+        concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+        mix = loadtest.parse_mix(args.mix)
+    except ValueError as exc:
+        parser.error(str(exc))
+    labels = [t.label for t in targets]
+    if len(set(labels)) != len(labels):
+        parser.error(f"targets need distinct labels (LABEL=URL): {labels}")
+    if not concurrency or concurrency[0] < 1 or concurrency[-1] > 4096:
+        parser.error("--concurrency: levels between 1 and 4096")
+    if not sizes:
+        parser.error("--sizes: at least one size")
+    if args.duration is not None and args.requests is not None:
+        parser.error("give --duration or --requests, not both")
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be at least 1")
+    if args.duration is not None and not 0 < args.duration <= 86400:
+        parser.error("--duration must be in (0, 86400] seconds")
+    if not 1 <= args.layers <= 100:
+        parser.error("--layers must be between 1 and 100")
+    args.targets = targets
+    args.spec = loadtest.LoadSpec(
+        scenarios=only or list(loadtest.DEFAULT_SCENARIOS),
+        concurrency=concurrency,
+        duration=10.0 if args.duration is None and args.requests is None else args.duration,
+        requests=args.requests,
+        sizes=sizes,
+        mix=mix,
+        layers=args.layers,
+        repo_prefix=args.repo_prefix.strip("/"),
+        verify_tls=not args.insecure,
+        seed=args.seed,
+    )
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
@@ -104,6 +221,8 @@ async def _run(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    if args.target:
+        return loadtest.run(args, args.targets, args.spec)
     started = time.time()
     install = not args.no_install
 
@@ -205,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["chart"] = None
         report.write_json(results, args.json)
     print(message)
+    if args.csv is not None:
+        report.write_csv(results, args.csv)
+        print(f"csv: {args.csv}")
     print(f"results: {args.json} ({results['meta']['seconds']:.0f}s)")
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
 import aiohttp
+from aiohttp.client_middlewares import ClientMiddlewareType
 from yarl import URL
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -60,12 +61,21 @@ class Blob:
     size: int
 
 
-def new_session(connections: int = 100) -> aiohttp.ClientSession:
+def new_session(
+    connections: int = 100,
+    *,
+    verify_tls: bool = True,
+    middlewares: Sequence[ClientMiddlewareType] = (),
+) -> aiohttp.ClientSession:
+    """``verify_tls=False`` is ``--insecure``; ``middlewares`` add credentials (benchmarks.auth)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections),
+        connector=aiohttp.TCPConnector(
+            limit=connections, limit_per_host=connections, ssl=verify_tls
+        ),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
         read_bufsize=1 << 20,
         auto_decompress=False,
+        middlewares=middlewares,
     )
 
 
@@ -189,6 +199,38 @@ class Client:
                 raise await _fail(r, "PUT ?digest= after chunks", 201)
             expect_header(r, "Docker-Content-Digest", digest, "chunked push")
         return patches
+
+    async def push_stream(self, repo: str, size: int, chunks: Iterable[bytes]) -> str:
+        """The flow docker and containerd use: ``POST``, one ``PATCH`` streaming the whole
+        body (hashed as it goes, so the digest need not be known first), ``PUT ?digest=``.
+        Returns the digest, checked against the registry's ``Docker-Content-Digest``."""
+        location = await self.start_upload(repo)
+        h = hashlib.sha256()
+        sent = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            for chunk in chunks:
+                h.update(chunk)
+                sent += len(chunk)
+                yield chunk
+
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        async with self.session.patch(location, data=body(), headers=headers) as r:
+            if r.status != 202:
+                raise await _fail(r, f"PATCH upload {repo}", 202)
+            expect_header(r, "Range", f"0-{size - 1}", f"PATCH upload {repo}")
+            location = self.url(r.headers.get("Location") or str(location))
+        if sent != size:
+            raise VerifyError(f"push {repo}: generated {sent} bytes, expected {size}")
+        digest = "sha256:" + h.hexdigest()
+        async with self.session.put(
+            self.with_digest(location, digest), headers={"Content-Length": "0"}
+        ) as r:
+            if r.status != 201:
+                raise await _fail(r, f"PUT ?digest= {repo}", 201)
+            expect_header(r, "Docker-Content-Digest", digest, f"push {repo}")
+        return digest
 
     # -- reads ------------------------------------------------------------
 

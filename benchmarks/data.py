@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,3 +73,32 @@ class BlobPool:
         if k not in self._digests:
             self._digests[k] = "sha256:" + hashlib.sha256(self.content(k)).hexdigest()
         return self._digests[k]
+
+
+class BlobSource:
+    """Unique blobs of any size, generated as they are sent: a 32-byte id (from a per-run
+    nonce and the blob's number) followed by windows of a 1 MiB random pool. At most one
+    chunk exists at a time, so a 10 GiB layer costs as much memory as a 1 MiB one."""
+
+    CHUNK = 1 * MiB
+    HEADER = 32
+
+    def __init__(self, nonce: bytes | None = None) -> None:
+        self.nonce = nonce or os.urandom(16)
+        self._pool = os.urandom(2 * self.CHUNK)
+
+    def header(self, k: int) -> bytes:
+        return hashlib.sha256(self.nonce + k.to_bytes(8, "big")).digest()
+
+    def chunks(self, k: int, size: int) -> Iterator[bytes]:
+        """The bytes of blob ``k`` of ``size`` bytes, a chunk at a time."""
+        head = self.header(k)[:size]
+        yield head
+        left = size - len(head)
+        i = 0
+        while left > 0:
+            n = min(self.CHUNK, left)
+            offset = (k * 7919 + i * 4099) % self.CHUNK
+            yield self._pool[offset : offset + n]
+            left -= n
+            i += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -250,6 +251,29 @@ def write_json(results: dict[str, Any], path: Path) -> None:
         return value
 
     path.write_text(json.dumps(clean(results), indent=2) + "\n")
+
+
+def write_csv(results: dict[str, Any], path: Path) -> None:
+    """The medians: one row per scenario, registry and metric."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["scenario", "registry", "metric", "label", "unit", "median", "status"])
+        for name, entry in results["scenarios"].items():
+            for registry, reg in entry.get("registries", {}).items():
+                for metric in entry["metrics"]:
+                    value = reg.get("median", {}).get(metric["key"])
+                    writer.writerow(
+                        [
+                            name,
+                            registry,
+                            metric["key"],
+                            metric["label"],
+                            metric["unit"],
+                            "" if value is None else f"{value:.6g}",
+                            reg["status"],
+                        ]
+                    )
 
 
 def chart(results: dict[str, Any], path: Path) -> str:

@@ -7,6 +7,7 @@ installed; nothing is installed by the test (``--no-install``).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def check_verified(result: dict, name: str) -> None:
 
 
 def test_bench_runs_every_scenario_verified(tmp_path: Path) -> None:
-    proc, result = run_bench(tmp_path)
+    proc, result = run_bench(tmp_path, "--csv", str(tmp_path / "bench.csv"))
     assert set(result["scenarios"]) == {s.name for s in SCENARIOS}
     for scenario in SCENARIOS:
         check_verified(result, scenario.name)
@@ -91,8 +92,16 @@ def test_bench_runs_every_scenario_verified(tmp_path: Path) -> None:
         assert "not run (docker-registry not installed" in proc.stdout or "--no-distribution" in (
             proc.stdout
         )
-    # The tmp work dir was cleaned up: only our JSON (and maybe the chart) remain.
-    leftovers = {p.name for p in tmp_path.iterdir()} - {"bench.json", "bench.png"}
+    # The CSV holds the same medians, one row per scenario, registry and metric.
+    with open(tmp_path / "bench.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    medians = result["scenarios"]["concurrent"]["registries"]["aioreg"]["median"]
+    row = next(r for r in rows if r["scenario"] == "concurrent" and r["metric"] == "push_p99_s")
+    assert row["registry"] == "aioreg" and float(row["median"]) == pytest.approx(
+        medians["push_p99_s"], rel=1e-5
+    )
+    # The tmp work dir was cleaned up: only our JSON, CSV (and maybe the chart) remain.
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"bench.json", "bench.csv", "bench.png"}
     assert leftovers == set()
 
 
