@@ -695,8 +695,15 @@ async def proxy(ctx: Context, server: Running, client: Client) -> Outcome:
     def gets() -> int:
         return _upstream_gets(server, PROXY_REPO, big.digest)
 
+    async def logged(count: int) -> None:
+        """The upstream logs a request after its response went out: wait for the line."""
+        deadline = clock() + 10
+        while gets() < count and clock() < deadline:
+            await asyncio.sleep(0.02)
+
     outcome = Outcome(details={"bytes": big.size, "pullers": PROXY_PULLERS})
     direct = await timed(client)  # the same pull, straight from the upstream (hosted)
+    await logged(1)
     peak_rss = 0.0
     for phase in ("single", "concurrent"):
         before = gets()
@@ -705,6 +712,7 @@ async def proxy(ctx: Context, server: Running, client: Client) -> Outcome:
             pclient = Client(px.url, client.session)
             if phase == "single":
                 cold = await timed(pclient)
+                await logged(before + 1)
                 if (n := gets() - before) != 1:
                     raise VerifyError(f"cold pull through the proxy: {n} upstream GETs, expected 1")
                 warm = await timed(pclient)
@@ -714,6 +722,7 @@ async def proxy(ctx: Context, server: Running, client: Client) -> Outcome:
                 t0 = clock()
                 await asyncio.gather(*(timed(pclient) for _ in range(PROXY_PULLERS)))
                 crowd = clock() - t0
+                await logged(before + 1)
                 crowd_gets = gets() - before
                 if crowd_gets != 1:
                     raise VerifyError(

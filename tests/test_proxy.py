@@ -479,6 +479,29 @@ async def test_a_client_leaving_mid_blob_does_not_stop_the_fill(
     assert len(upstream_blob_gets(caplog, "library/big", digest)) == 1
 
 
+async def test_staggered_pulls_of_small_blobs_go_upstream_once(
+    make_registry: AppFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transfer may end while a later puller is still looking in the cache: that puller
+    finds the cached blob, it does not fetch it again."""
+    upstream = await make_registry(tmp_path / "up", server={"access_log": True})
+    blobs = [os.urandom(2000 + i) for i in range(8)]
+    digests = [await upstream.push_blob("library/small", blob) for blob in blobs]
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream)])
+    caplog.set_level(logging.INFO, logger="aioreg.access")
+
+    async def pull(digest: str, delay: float) -> bytes:
+        await asyncio.sleep(delay)
+        async with proxy.client.get(f"/v2/hub/small/blobs/{digest}") as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    for blob, digest in zip(blobs, digests, strict=True):
+        bodies = await asyncio.gather(*(pull(digest, (i % 8) * 0.001) for i in range(32)))
+        assert all(body == blob for body in bodies)
+    assert [len(upstream_blob_gets(caplog, "library/small", d)) for d in digests] == [1] * 8
+
+
 def upstream_blob_gets(caplog: pytest.LogCaptureFixture, repository: str, digest: str) -> list[str]:
     """The upstream's access-log lines of GETs of one blob."""
     wanted = f"GET /v2/{repository}/blobs/{digest}"

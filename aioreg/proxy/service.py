@@ -76,6 +76,7 @@ class Proxies:
         self._by_host = {p.config.upstream_host: p for p in self._by_namespace.values()}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._fills: dict[str, BlobFill] = {}
+        self._fills_ended = 0  # transfers over so far: tells a lookup one ended meanwhile
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserved: dict[str, int] = {}  # namespace -> bytes of cached fills in progress
         self._room_locks: dict[str, asyncio.Lock] = {}
@@ -341,13 +342,24 @@ class Proxies:
         """
         proxy = self._proxy(name)
         parsed = Digest.parse(digest)
-        stored = await self._cached(proxy, name, parsed)
-        if stored is not None:
-            return stored
-        fill = self._fills.get(str(parsed))
-        if fill is None or fill.finished.is_set():
-            fill = self._start_fill(proxy, name, parsed)
-        return await _joined(fill)
+        key = str(parsed)
+        for _ in range(3):
+            if (fill := self._running(key)) is not None:
+                return await _joined(fill)
+            ended = self._fills_ended
+            stored = await self._cached(proxy, name, parsed)
+            if stored is not None:
+                return stored
+            if (fill := self._running(key)) is not None:
+                return await _joined(fill)
+            if self._fills_ended == ended:
+                break
+            # A transfer ended while the cache was looked at: it may have cached the blob.
+        return await _joined(self._start_fill(proxy, name, parsed))
+
+    def _running(self, key: str) -> BlobFill | None:
+        fill = self._fills.get(key)
+        return None if fill is None or fill.finished.is_set() else fill
 
     async def _cached(self, proxy: Proxy, name: str, digest: Digest) -> StoredBlob | None:
         """The blob from this repository's cache, or linked from elsewhere in the store
@@ -378,8 +390,7 @@ class Proxies:
         parsed = Digest.parse(digest)
         with contextlib.suppress(RegistryError):
             return await self.registry.blob(name, str(parsed))
-        fill = self._fills.get(str(parsed))
-        if fill is not None and not fill.finished.is_set():
+        if (fill := self._running(str(parsed))) is not None:
             return await _joined(fill)
         return await self._upstream_size(proxy, name, parsed)
 
@@ -541,6 +552,7 @@ class Proxies:
                 )
             finally:
                 self._release(proxy, admitted)
+                self._fills_ended += 1
                 if self._fills.get(key) is fill:
                     del self._fills[key]
 
