@@ -99,6 +99,13 @@ class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     interval: NonNegativeFloat = 0.0
 
 
+class TransferConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """zstd compression of ``aioreg export`` and ``GET /api/v1/export`` (flags override it)."""
+
+    zstd_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
+    zstd_threads: NonNegativeInt = 0
+
+
 class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How much history the activity log and the audit log keep (each; 0: no limit)."""
 
@@ -152,6 +159,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gc: GcConfig = msgspec.field(default_factory=GcConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    transfer: TransferConfig = msgspec.field(default_factory=TransferConfig)
     proxy: list[ProxyConfig] = msgspec.field(default_factory=list)
 
     @property

@@ -93,6 +93,7 @@ ZERO_MAKES_NO_SENSE = {
     ("auth", "failed_login_address_limit"),
     ("auth", "failed_login_tracked_max"),
     ("auth", "failed_login_window"),
+    ("transfer", "zstd_level"),
 }
 
 
