@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.conftest import EMPTY_JSON, Reg, artifact_manifest, digest_of
+from aioreg.auth.accounts import Accounts
+from tests.conftest import (
+    EMPTY_JSON,
+    AppFactory,
+    Reg,
+    artifact_manifest,
+    digest_of,
+    image_manifest,
+)
 from tests.images import OCI_INDEX, Image, Layout, multi_platform
 
 SIGNATURE_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
@@ -160,3 +169,173 @@ async def test_export_of_an_unknown_tag_fails_and_writes_nothing(reg: Reg, tmp_p
     assert result.returncode == 1
     assert b"team/app:2.0" in result.stderr
     assert not archive.exists() and list(tmp_path.glob(".none*")) == []
+
+
+# -- import ---------------------------------------------------------------------------
+
+
+async def export(reg: Reg, path: Path, *selectors: str, compress: bool = True) -> Path:
+    flags = [] if compress else ["--no-compress"]
+    result = await aioreg(reg.data_dir, "export", *selectors, *flags, "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+async def manifest_bytes(reg: Reg, name: str, reference: str) -> bytes:
+    resp = await reg.client.get(
+        f"/v2/{name}/manifests/{reference}",
+        headers={"Accept": f"{OCI_INDEX},application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert resp.status == 200, await resp.text()
+    return bytes(await resp.read())
+
+
+async def assert_nothing_visible(reg: Reg) -> None:
+    resp = await reg.client.get("/v2/_catalog")
+    assert (await resp.json())["repositories"] == []
+    assert list((reg.data_dir / "uploads").iterdir()) == []
+    assert not (reg.data_dir / "blobs" / "sha256").exists() or not any(
+        (reg.data_dir / "blobs" / "sha256").rglob("*")
+    )
+
+
+async def test_round_trip_keeps_every_digest_and_skopeo_copies_it_byte_for_byte(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    need_skopeo()
+    source = await make_registry(tmp_path / "a")
+    manifests = await push_signed_index(source, "team/app", "1.0", tmp_path / "src")
+    archive = await export(source, tmp_path / "all.tar.zst")
+    target = await make_registry(tmp_path / "b")
+    result = await aioreg(target.data_dir, "import", str(archive))
+    assert result.returncode == 0, result.stderr
+    assert b"tag team/app:1.0 -> sha256:" in result.stdout
+    for digest, body in manifests.items():
+        assert await manifest_bytes(target, "team/app", digest) == body
+    index_digest = next(d for d, b in manifests.items() if b'"manifests"' in b)
+    assert await manifest_bytes(target, "team/app", "1.0") == manifests[index_digest]
+    resp = await target.client.get(f"/v2/team/app/referrers/{index_digest}")
+    types = sorted(m["artifactType"] for m in (await resp.json())["manifests"])
+    assert types == sorted([SBOM_TYPE, SIGNATURE_TYPE])
+    out = tmp_path / "copied"
+    await run(
+        "skopeo",
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        f"docker://{target.server.host}:{target.server.port}/team/app:1.0",
+        f"oci:{out}",
+    )
+    copied = {p.name: p.read_bytes() for p in (out / "blobs" / "sha256").iterdir()}
+    for path in (tmp_path / "src" / "blobs" / "sha256").iterdir():
+        assert copied[path.name] == path.read_bytes()
+    # Again: everything is there already; nothing new, nothing written.
+    again = await aioreg(target.data_dir, "import", str(archive))
+    assert again.returncode == 0, again.stderr
+    assert b"0 new manifests" in again.stdout and b"blobs: 0 new" in again.stdout
+
+
+async def test_a_layout_skopeo_wrote_imports(make_registry: AppFactory, tmp_path: Path) -> None:
+    need_skopeo()
+    source = await make_registry(tmp_path / "a")
+    manifests = await push_signed_index(source, "team/app", "1.0", tmp_path / "src")
+    index_digest = next(d for d, b in manifests.items() if b'"manifests"' in b)
+    host = f"{source.server.host}:{source.server.port}"
+    layout, archive = tmp_path / "layout", tmp_path / "skopeo.tar"
+    for dest in (f"oci:{layout}:1.0", f"oci-archive:{archive}:1.0"):
+        await run(
+            "skopeo",
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            f"docker://{host}/team/app:1.0",
+            dest,
+        )
+    target = await make_registry(tmp_path / "b")
+    refused = await aioreg(target.data_dir, "import", str(layout))
+    assert refused.returncode == 1 and b"--repository" in refused.stderr
+    for source_path, name in ((layout, "moved/app"), (archive, "moved/tarred")):
+        result = await aioreg(target.data_dir, "import", str(source_path), "--repository", name)
+        assert result.returncode == 0, result.stderr
+        assert await manifest_bytes(target, name, "1.0") == manifests[index_digest]
+        for digest, body in manifests.items():
+            if b'"subject"' not in body:
+                assert await manifest_bytes(target, name, digest) == body
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+async def test_a_damaged_archive_names_the_blob_and_stores_nothing(
+    make_registry: AppFactory, tmp_path: Path, damage: str
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    layout = Layout(tmp_path / "src")
+    image = layout.image("big", layer_count=1)
+    # Incompressible, so the layer's bytes stand in the tar as they are.
+    layer = random.Random(7).randbytes(1 << 20)
+    body = image_manifest(image.config, [layer])
+    await source.push_blob("team/app", image.config)
+    await source.push_blob("team/app", layer)
+    await source.push_manifest("team/app", "1.0", body)
+    archive = await export(source, tmp_path / "a.tar", compress=damage == "truncated")
+    data = bytearray(archive.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) * 2 // 3]
+    else:
+        data[data.find(layer) + 1000] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    target = await make_registry(tmp_path / "b")
+    result = await aioreg(target.data_dir, "import", str(archive))
+    assert result.returncode == 1
+    error = result.stderr.decode()
+    assert digest_of(layer) in error, error
+    assert ("corrupt" if damage == "corrupted" else "truncated") in error, error
+    assert "Traceback" not in error
+    await assert_nothing_visible(target)
+
+
+async def test_an_immutable_tag_is_not_overwritten_and_is_reported(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    await source.push_image("team/app", "v1", seed="new")
+    await source.push_image("team/app", "latest", seed="new")
+    archive = await export(source, tmp_path / "a.tar.zst")
+    target = await make_registry(tmp_path / "b")
+    await Accounts(target.registry.index).create_namespace("team", None)
+    await Accounts(target.registry.index).configure("team", None, None, {"immutable_tags": ["v*"]})
+    old, _ = await target.push_image("team/app", "v1", seed="old")
+    result = await aioreg(target.data_dir, "import", str(archive))
+    assert result.returncode == 1, result.stdout
+    out = result.stdout.decode()
+    assert "tag team/app:v1: REFUSED" in out and old in out, out
+    resp = await target.client.head("/v2/team/app/manifests/v1")
+    assert resp.headers["Docker-Content-Digest"] == old
+    resp = await target.client.head("/v2/team/app/manifests/latest")
+    assert resp.status == 200  # the rest of the import went in
+
+
+async def test_dry_run_lists_what_would_be_stored_and_stores_nothing(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    manifests = await push_signed_index(source, "team/app", "1.0", tmp_path / "src")
+    archive = await export(source, tmp_path / "a.tar.zst")
+    target = await make_registry(tmp_path / "b")
+    result = await aioreg(target.data_dir, "import", "--dry-run", str(archive))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "tag team/app:1.0 -> sha256:" in out and "would be set" in out
+    for digest in manifests:
+        assert f"manifest team/app@{digest}: would be stored" in out
+    await assert_nothing_visible(target)
+
+
+async def test_import_from_stdin(make_registry: AppFactory, tmp_path: Path) -> None:
+    source = await make_registry(tmp_path / "a")
+    _, body = await source.push_image("team/app", "1.0")
+    exported = await aioreg(source.data_dir, "export", "team/app", "-o", "-")
+    assert exported.returncode == 0, exported.stderr
+    target = await make_registry(tmp_path / "b")
+    result = await aioreg(target.data_dir, "import", "-", stdin=exported.stdout)
+    assert result.returncode == 0, result.stderr
+    assert await manifest_bytes(target, "team/app", "1.0") == body

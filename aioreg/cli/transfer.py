@@ -1,4 +1,8 @@
-"""``aioreg export|import``: repositories out of and into a registry as OCI image layouts."""
+"""``aioreg export|import``: repositories out of and into a registry as OCI image layouts.
+
+Both run on the data directory next to a running server: the index's write lock and
+the upload files' locks keep them and the server (and its GC) out of each other's way.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +21,9 @@ from aioreg.cli.output import Progress
 from aioreg.config import Config
 from aioreg.domain.registry import Registry
 from aioreg.errors import RegistryError
+from aioreg.transfer.archive import COPY_BYTES
 from aioreg.transfer.export import ExportPlan, plan_export, write_export
+from aioreg.transfer.importer import Importer, ImportReport, directory_entries, tar_entries
 
 
 def add_parsers(commands: Subparsers) -> None:
@@ -44,6 +51,24 @@ def add_parsers(commands: Subparsers) -> None:
     export.add_argument("--level", type=int, help="zstd level 1-22 (default: transfer.zstd_level)")
     export.add_argument(
         "--threads", type=int, help="zstd threads, 0: one per core (default: transfer.zstd_threads)"
+    )
+    importing = bind(
+        commands.add_parser(
+            "import",
+            help="store an OCI image layout (tar, tar.zst, tar.gz or directory): blobs verified, "
+            "tags last and all at once",
+        ),
+        _import,
+    )
+    importing.add_argument(
+        "source", metavar="FILE|DIR|-", help="archive, layout directory, or - for stdin"
+    )
+    importing.add_argument(
+        "--repository",
+        help="repository for images the layout does not name one for (skopeo's layouts)",
+    )
+    importing.add_argument(
+        "--dry-run", action="store_true", help="verify and list what would be stored; store nothing"
     )
 
 
@@ -109,3 +134,71 @@ async def _plan(config: Config, selectors: list[str]) -> ExportPlan:
         return await plan_export(registry, selectors)
     finally:
         await registry.index.close()
+
+
+def _raise_open_file_limit() -> None:
+    """An import holds one locked temp file per new blob until its manifests are stored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
+    _raise_open_file_limit()
+    try:
+        report = asyncio.run(_import_async(config, args))
+    except RegistryError as exc:
+        return print_error(exc)
+    except FileNotFoundError as exc:
+        print(f"aioreg: {exc.filename}: no such file or directory", file=sys.stderr)
+        return 1
+    for line in describe_import(report):
+        print(line)
+    return 0 if report.ok else 1
+
+
+async def _import_async(config: Config, args: argparse.Namespace) -> ImportReport:
+    registry = Registry(config)
+    registry.store.open()
+    await registry.index.open()
+    progress = Progress("import", 0) if sys.stderr.isatty() else None
+    importer = Importer(
+        registry,
+        repository=args.repository,
+        dry_run=args.dry_run,
+        on_blob=None if progress is None else progress.advance,
+    )
+    try:
+        if args.source == "-":
+            report = await importer.run(tar_entries(sys.stdin.buffer))
+        elif Path(args.source).is_dir():
+            report = await importer.run(directory_entries(Path(args.source)))
+        else:
+            with open(args.source, "rb", buffering=COPY_BYTES) as f:
+                report = await importer.run(tar_entries(f))
+    finally:
+        await registry.index.close()
+    if progress is not None:
+        progress.done()
+    return report
+
+
+def describe_import(report: ImportReport) -> list[str]:
+    """What an import did (or would do), one line per change, for people."""
+    would = "would be " if report.dry_run else ""
+    lines = [f"manifest {r}@{d}: {would}stored" for r, d in report.manifests_new]
+    lines += [f"tag {r}:{t} -> {d}: {would}set" for r, t, d in report.tags_set]
+    lines += [f"tag {r}:{t} -> {d}: unchanged" for r, t, d in report.tags_unchanged]
+    lines += [
+        f"tag {r}:{t}: REFUSED, the repository's rules protect it; it stays at {current}, "
+        f"the archive has {wanted}"
+        for r, t, current, wanted in report.tags_refused
+    ]
+    lines.append(
+        f"{'dry run: ' if report.dry_run else ''}{len(report.repositories)} repositories, "
+        f"{len(report.manifests_new)} new manifests ({report.manifests_existing} already "
+        f"stored), {len(report.tags_set)} tags set, {len(report.tags_refused)} refused; "
+        f"blobs: {report.blobs_new} new ({report.bytes_new} bytes), "
+        f"{report.blobs_existing} already stored"
+    )
+    return lines
