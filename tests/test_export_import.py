@@ -27,6 +27,7 @@ from tests.conftest import (
     image_manifest,
 )
 from tests.images import OCI_INDEX, Image, Layout, multi_platform
+from tests.test_auth import ADMIN_PASSWORD, basic
 
 SIGNATURE_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 SBOM_TYPE = "application/spdx+json"
@@ -339,3 +340,72 @@ async def test_import_from_stdin(make_registry: AppFactory, tmp_path: Path) -> N
     result = await aioreg(target.data_dir, "import", "-", stdin=exported.stdout)
     assert result.returncode == 0, result.stderr
     assert await manifest_bytes(target, "team/app", "1.0") == body
+
+
+# -- /api/v1 --------------------------------------------------------------------------
+
+
+async def test_api_export_streams_and_api_import_stores_it(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    manifests = await push_signed_index(source, "team/app", "1.0", tmp_path / "src")
+    resp = await source.client.get("/api/v1/export?ref=team/app:1.0")
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"] == "application/zstd"
+    archive = await resp.read()
+    target = await make_registry(tmp_path / "b")
+    resp = await target.client.post("/api/v1/import?dry_run=true", data=archive)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["dry_run"] is True
+    await assert_nothing_visible(target)
+    resp = await target.client.post("/api/v1/import", data=archive)
+    assert resp.status == 200, await resp.text()
+    summary = await resp.json()
+    assert summary["ok"] is True and summary["tags_refused"] == []
+    assert sorted(summary["manifests_new"]) == sorted(f"team/app@{d}" for d in manifests)
+    for digest, body in manifests.items():
+        assert await manifest_bytes(target, "team/app", digest) == body
+    # Plain tar too, and a reference that does not exist is an error before any byte.
+    resp = await source.client.get("/api/v1/export?ref=team/app:1.0&compress=none")
+    assert resp.headers["Content-Type"] == "application/x-tar"
+    assert (await resp.read())[257:262] == b"ustar"
+    resp = await source.client.get("/api/v1/export?ref=team/app:nope")
+    assert resp.status == 404
+    assert (await resp.json())["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+async def test_api_import_of_a_corrupt_archive_is_an_error_naming_the_blob(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    layer = random.Random(3).randbytes(1 << 19)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await source.push_blob("team/app", config)
+    await source.push_blob("team/app", layer)
+    await source.push_manifest("team/app", "1.0", image_manifest(config, [layer]))
+    resp = await source.client.get("/api/v1/export?compress=none")
+    data = bytearray(await resp.read())
+    data[data.find(layer) + 10] ^= 0x01
+    target = await make_registry(tmp_path / "b")
+    resp = await target.client.post("/api/v1/import", data=bytes(data))
+    assert resp.status == 400
+    error = (await resp.json())["errors"][0]
+    assert error["code"] == "DIGEST_INVALID" and digest_of(layer) in error["message"]
+    await assert_nothing_visible(target)
+
+
+async def test_api_export_and_import_are_for_admins(make_registry: AppFactory) -> None:
+    reg = await make_registry(auth={"enabled": True, "admin_password": ADMIN_PASSWORD})
+    await Accounts(reg.registry.index).add_user("alice", "alice-pw")
+    alice = basic("alice", "alice-pw")
+    for headers, status in (({}, 401), (alice, 403)):
+        resp = await reg.client.get("/api/v1/export", headers=headers)
+        assert resp.status == status
+        resp = await reg.client.post("/api/v1/import", headers=headers, data=b"x" * 1024)
+        assert resp.status == status
+    resp = await reg.client.get(
+        "/api/v1/export?compress=none", headers=basic("admin", ADMIN_PASSWORD)
+    )
+    assert resp.status == 200
+    assert b"index.json" in await resp.read()

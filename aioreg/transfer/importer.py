@@ -125,8 +125,10 @@ class Importer:
         repository: str | None = None,
         dry_run: bool = False,
         on_blob: Callable[[int], None] | None = None,
+        actor: str | None = None,
     ) -> None:
         self.registry = registry
+        self.actor = actor or ACTOR
         self.repository = None if repository is None else validate_name(repository)
         self.dry_run = dry_run
         self.on_blob = on_blob
@@ -334,9 +336,9 @@ class Importer:
         for repository, plan in self._plans.items():
             for manifest in plan.manifests.values():
                 await registry.put_manifest(
-                    repository, str(manifest.digest), manifest.body, manifest.media_type, ACTOR
+                    repository, str(manifest.digest), manifest.body, manifest.media_type, self.actor
                 )
-        refused = await registry.put_tags(self.report.tags_set, ACTOR)
+        refused = await registry.put_tags(self.report.tags_set, self.actor)
         if refused:  # protected since the plan was made
             kept = {(r, t) for r, t, _ in refused}
             wanted = {(r, t): d for r, t, d in self.report.tags_set}
