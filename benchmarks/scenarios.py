@@ -768,9 +768,18 @@ async def _push_layers(client: Client, repo: str, layers: list[_Layer], media_ty
     return tags
 
 
-def _run_timed(command: str | list[str], env: dict[str, str], out: Path) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes, of the process itself: ``wait4``) and stdout of one
-    command (a string runs in the shell); a failure fails the run."""
+@dataclass(frozen=True)
+class _Ran:
+    seconds: float
+    cpu: float  # user + system seconds of the command and every process it waited for
+    peak_rss: int
+    output: str
+
+
+def _run_timed(command: str | list[str], env: dict[str, str], out: Path) -> _Ran:
+    """Wall and CPU seconds, peak RSS (bytes, of the process itself: ``wait4``) and output of
+    one command (a string runs in the shell, whose rusage includes its pipeline's); a
+    failure fails the run."""
     started = clock()
     with open(out, "w+b") as log:
         proc = subprocess.Popen(
@@ -783,7 +792,7 @@ def _run_timed(command: str | list[str], env: dict[str, str], out: Path) -> tupl
         text = log.read().decode(errors="replace")
     if proc.returncode != 0:
         raise VerifyError(f"{str(command)[:200]} exited {proc.returncode}: {text[-2000:]}")
-    return elapsed, usage.ru_maxrss * KiB, text
+    return _Ran(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * KiB, text)
 
 
 async def transfer(ctx: Context, server: Running, client: Client) -> Outcome:
@@ -820,10 +829,10 @@ def _transfer_timed(
     outcome = Outcome(details={"bytes": moved, "raw_bytes": raw_bytes, "gz_bytes": gz_bytes})
     archives = {"raw": work / "raw.tar.zst", "gz": work / "gz.tar.zst"}
     log = work / "command.log"
-    export_s = import_s = 0.0
+    export_s = import_s = export_cpu = import_cpu = 0.0
     peak_rss = set_tags = 0
     for name, archive in archives.items():
-        seconds, rss, _ = _run_timed(
+        ran = _run_timed(
             [
                 *aioreg,
                 "export",
@@ -836,22 +845,22 @@ def _transfer_timed(
             env,
             log,
         )
-        export_s += seconds
-        peak_rss = max(peak_rss, rss)
+        export_s += ran.seconds
+        export_cpu += ran.cpu
+        peak_rss = max(peak_rss, ran.peak_rss)
     fresh = work / "imported"
     for archive in archives.values():
-        seconds, rss, out = _run_timed(
-            [*aioreg, "import", str(archive), "--data", str(fresh)], env, log
-        )
-        import_s += seconds
-        peak_rss = max(peak_rss, rss)
+        ran = _run_timed([*aioreg, "import", str(archive), "--data", str(fresh)], env, log)
+        import_s += ran.seconds
+        import_cpu += ran.cpu
+        peak_rss = max(peak_rss, ran.peak_rss)
         set_tags += sum(
-            1 for line in out.splitlines() if line.startswith("tag ") and ": set" in line
+            1 for line in ran.output.splitlines() if line.startswith("tag ") and ": set" in line
         )
     if set_tags != tags:
         raise VerifyError(f"import set {set_tags} tags, the registry had {tags}")
     # Every imported blob's sha256 recomputed: one config per image besides the layers.
-    _, _, scrubbed = _run_timed([*aioreg, "scrub", "--full", "--data", str(fresh)], env, log)
+    scrubbed = _run_timed([*aioreg, "scrub", "--full", "--data", str(fresh)], env, log).output
     if f"checked {len(raw) + len(gz) + tags} blobs" not in scrubbed or "0 corrupt" not in scrubbed:
         raise VerifyError(f"scrub of the imported data: {scrubbed.strip()[-300:]}")
     outcome.metrics = {
@@ -859,6 +868,8 @@ def _transfer_timed(
         "import_MBps": mbps(moved, import_s),
         "raw_ratio_pct": 100.0 * archives["raw"].stat().st_size / raw_bytes,
         "gz_ratio_pct": 100.0 * archives["gz"].stat().st_size / gz_bytes,
+        "export_cpu_s_per_gib": export_cpu / (moved / GiB),
+        "import_cpu_s_per_gib": import_cpu / (moved / GiB),
         "cli_peak_rss_mib": peak_rss / MiB,
     }
     zstd = shutil.which("zstd")
@@ -867,12 +878,14 @@ def _transfer_timed(
     else:
         base = work / "baseline.tar.zst"
         blobs = server.data_dir / "blobs"
-        seconds, _, _ = _run_timed(f"tar -cf - -C {blobs} . | {zstd} -q -3 -T0 -o {base}", env, log)
-        outcome.metrics["zstd_export_MBps"] = mbps(moved, seconds)
+        ran = _run_timed(f"tar -cf - -C {blobs} . | {zstd} -q -3 -T0 -o {base}", env, log)
+        outcome.metrics["zstd_export_MBps"] = mbps(moved, ran.seconds)
+        outcome.metrics["zstd_export_cpu_s_per_gib"] = ran.cpu / (moved / GiB)
         target = work / "untarred"
         target.mkdir()
-        seconds, _, _ = _run_timed(f"{zstd} -q -d -T0 -c {base} | tar -xf - -C {target}", env, log)
-        outcome.metrics["zstd_import_MBps"] = mbps(moved, seconds)
+        ran = _run_timed(f"{zstd} -q -d -T0 -c {base} | tar -xf - -C {target}", env, log)
+        outcome.metrics["zstd_import_MBps"] = mbps(moved, ran.seconds)
+        outcome.metrics["zstd_import_cpu_s_per_gib"] = ran.cpu / (moved / GiB)
     outcome.notes.append(
         "aioreg export/import fsync what they write and verify every digest; "
         "tar | zstd -T0 and zstd -d | tar -x do neither (same blobs, same disk, level 3)"
@@ -886,6 +899,10 @@ TRANSFER_METRICS = (
     Metric("zstd_export_MBps", "tar | zstd -T0 -3 of the same blob files", "MB/s", True),
     Metric("import_MBps", "aioreg import into a fresh data dir", "MB/s", True),
     Metric("zstd_import_MBps", "zstd -d -T0 | tar -x of the same", "MB/s", True),
+    Metric("export_cpu_s_per_gib", "aioreg export CPU (incl. start-up)", "s/GiB", False),
+    Metric("zstd_export_cpu_s_per_gib", "tar | zstd -T0 CPU", "s/GiB", False),
+    Metric("import_cpu_s_per_gib", "aioreg import CPU (incl. start-up)", "s/GiB", False),
+    Metric("zstd_import_cpu_s_per_gib", "zstd -d | tar -x CPU", "s/GiB", False),
     Metric("raw_ratio_pct", "archive size, raw tar layers", "% of input", False),
     Metric("gz_ratio_pct", "archive size, gzip layers", "% of input", False),
     Metric("cli_peak_rss_mib", "export/import process peak RSS", "MiB", False),
