@@ -4,6 +4,7 @@ checked with skopeo, over the CLI next to a running server and over /api/v1."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import json
@@ -409,3 +410,15 @@ async def test_api_export_and_import_are_for_admins(make_registry: AppFactory) -
     )
     assert resp.status == 200
     assert b"index.json" in await resp.read()
+
+
+async def test_a_gzip_compressed_tar_imports(make_registry: AppFactory, tmp_path: Path) -> None:
+    source = await make_registry(tmp_path / "a")
+    _, body = await source.push_image("team/app", "1.0")
+    plain = await export(source, tmp_path / "a.tar", compress=False)
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(gzip.compress(plain.read_bytes()))
+    target = await make_registry(tmp_path / "b")
+    result = await aioreg(target.data_dir, "import", str(archive))
+    assert result.returncode == 0, result.stderr
+    assert await manifest_bytes(target, "team/app", "1.0") == body
