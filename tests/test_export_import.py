@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -422,3 +423,30 @@ async def test_a_gzip_compressed_tar_imports(make_registry: AppFactory, tmp_path
     result = await aioreg(target.data_dir, "import", str(archive))
     assert result.returncode == 0, result.stderr
     assert await manifest_bytes(target, "team/app", "1.0") == body
+
+
+async def test_more_new_blobs_than_open_files_allow_is_refused_cleanly(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    layers = [f"layer {i}".encode() * 50 for i in range(80)]
+    config = b'{"architecture":"amd64","os":"linux"}'
+    for blob in (config, *layers):
+        await source.push_blob("team/app", blob)
+    await source.push_manifest("team/app", "1.0", image_manifest(config, layers))
+    archive = await export(source, tmp_path / "a.tar.zst")
+    target = await make_registry(tmp_path / "b")
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "aioreg", "import", str(archive), "--data", str(target.data_dir)],
+        capture_output=True,
+        timeout=TIMEOUT,
+        preexec_fn=limited,
+    )
+    assert result.returncode == 1, result.stderr
+    assert b"open-file limit is 64" in result.stderr, result.stderr
+    await assert_nothing_visible(target)

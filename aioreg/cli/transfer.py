@@ -116,6 +116,11 @@ def _export(config: Config, args: argparse.Namespace) -> int:
             progress.done()
     except RegistryError as exc:
         return print_error(exc)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise  # the reader of stdout left: the entry point ends quietly
+        print(f"aioreg: export failed, no archive was written: {exc}", file=sys.stderr)
+        return 1
     if args.output != "-":
         print(
             f"exported {len(plan.index.manifests)} tags and artifacts of "
@@ -151,6 +156,9 @@ def _import(config: Config, args: argparse.Namespace) -> int:
         return print_error(exc)
     except FileNotFoundError as exc:
         print(f"aioreg: {exc.filename}: no such file or directory", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the data directory's disk (full, read-only): nothing was tagged
+        print(f"aioreg: import failed, no tag was moved: {exc}", file=sys.stderr)
         return 1
     for line in describe_import(report):
         print(line)

@@ -89,6 +89,8 @@ class _Planner:
         self.index = registry.index
         self.plan = ExportPlan()
         self._entries: set[tuple[str, str, str | None]] = set()
+        self._listed: set[tuple[str, str]] = set()  # (repository, digest) with an entry
+        self._repositories: set[str] = set()
         self._walked: set[tuple[str, str]] = set()
 
     async def select(self, selector: Selector) -> None:
@@ -141,12 +143,12 @@ class _Planner:
     async def _root(self, name: str, row: ManifestRow, tag: str | None) -> None:
         """An ``index.json`` entry (one per repository and tag; untagged ones once)."""
         key = (name, row.digest, tag)
-        if key in self._entries or (
-            tag is None and any(e[0] == name and e[1] == row.digest for e in self._entries)
-        ):
+        if key in self._entries or (tag is None and (name, row.digest) in self._listed):
             return
         self._entries.add(key)
-        if name not in self.plan.repositories:
+        self._listed.add((name, row.digest))
+        if name not in self._repositories:
+            self._repositories.add(name)
             self.plan.repositories.append(name)
         annotations = {REPOSITORY_ANNOTATION: name}
         if tag is not None:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import resource
 import tarfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import msgspec
 import zstandard
@@ -53,10 +54,18 @@ from aioreg.transfer.layout import (
 )
 
 ACTOR = "import"
+# Each new blob's locked temp file holds a descriptor until the import is stored:
+# at most this share of the process's open-file limit, the rest is the server's.
+STAGED_SHARE_OF_FD_LIMIT = 0.5
 # What reading an archive raises when it is cut short or its compression is damaged.
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zstandard.ZstdError, OSError)
 
 Chunks = AsyncIterator[bytes]
+T = TypeVar("T")
+
+
+class ArchiveDamaged(Exception):
+    """Reading the archive failed (cut short, bad compression, unreadable): not our disk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +179,7 @@ class Importer:
                 else:
                     async for _ in entry.chunks:  # not part of a layout: skipped
                         pass
-        except ARCHIVE_ERRORS as exc:
+        except ArchiveDamaged as exc:
             raise _fail(
                 ErrorCode.BAD_REQUEST,
                 f"the archive is truncated or corrupt after {last}: {exc}",
@@ -193,6 +202,7 @@ class Importer:
                 # Verified, not written: a dry run keeps only what could be a manifest.
                 await _verify(digest, entry)
             else:
+                self._check_open_files()
                 staged.upload_id = uuid.uuid4().hex
                 writer = store.create_writer(staged.upload_id, digest.algorithm)
                 staged.writer = writer
@@ -201,7 +211,7 @@ class Importer:
                     entry.chunks, None, self.registry.config.storage.write_buffer_bytes
                 )
                 staged.written = await writer.commit(digest, entry.size)
-        except ARCHIVE_ERRORS as exc:
+        except ArchiveDamaged as exc:
             raise _fail(
                 ErrorCode.BAD_REQUEST,
                 f"the archive is truncated or damaged inside blob {digest}: {exc}",
@@ -224,6 +234,17 @@ class Importer:
             self.report.blobs_existing += 1
         if self.on_blob is not None:
             self.on_blob(entry.size)
+
+    def _check_open_files(self) -> None:
+        held = sum(1 for s in self._staged.values() if s.writer is not None)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and held >= soft * STAGED_SHARE_OF_FD_LIMIT:
+            raise _fail(
+                ErrorCode.UNSUPPORTED,
+                f"the archive holds more than {held} new blobs, each kept open until the "
+                f"import is stored, and the open-file limit is {soft}: raise it (ulimit -n) "
+                "or split the export",
+            )
 
     # -- 2. plan -------------------------------------------------------------
 
@@ -397,8 +418,8 @@ async def _verify(digest: Digest, entry: Entry) -> None:
 
 async def tar_entries(source: IO[bytes]) -> AsyncIterator[Entry]:
     """The files of a tar stream (plain, zstd or gzip), read on worker threads, in order."""
-    tar = await asyncio.to_thread(lambda: open_tar(decompressed(source)))
-    while (member := await asyncio.to_thread(tar.next)) is not None:
+    tar = await _reading(lambda: open_tar(decompressed(source)))
+    while (member := await _reading(tar.next)) is not None:
         if not member.isfile():
             continue
         f = tar.extractfile(member)
@@ -433,5 +454,13 @@ async def _closing_chunks(f: IO[bytes]) -> Chunks:
 
 
 async def _file_chunks(f: IO[bytes]) -> Chunks:
-    while chunk := await asyncio.to_thread(f.read, COPY_BYTES):
+    while chunk := await _reading(f.read, COPY_BYTES):
         yield chunk
+
+
+async def _reading(read: Callable[..., T], *args: object) -> T:
+    """A blocking read of the archive on a worker thread; its failures are the archive's."""
+    try:
+        return await asyncio.to_thread(read, *args)
+    except ARCHIVE_ERRORS as exc:
+        raise ArchiveDamaged(str(exc) or type(exc).__name__) from exc
