@@ -450,3 +450,23 @@ async def test_more_new_blobs_than_open_files_allow_is_refused_cleanly(
     assert result.returncode == 1, result.stderr
     assert b"open-file limit is 64" in result.stderr, result.stderr
     await assert_nothing_visible(target)
+
+
+async def test_a_client_leaving_an_api_export_midway_leaves_the_server_serving(
+    reg: Reg, tmp_path: Path
+) -> None:
+    layer = random.Random(5).randbytes(16 << 20)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await reg.push_blob("team/app", config)
+    await reg.push_blob("team/app", layer)
+    await reg.push_manifest("team/app", "1.0", image_manifest(config, [layer]))
+    for _ in range(3):
+        resp = await reg.client.get("/api/v1/export?compress=none")
+        assert resp.status == 200
+        assert len(await resp.content.read(65536)) > 0
+        resp.close()  # gone with most of the archive unsent
+    resp = await reg.client.get("/api/v1/export?ref=team/app:1.0&compress=none")
+    data = await resp.read()
+    assert data.count(layer) == 1
+    resp = await reg.client.get("/v2/")
+    assert resp.status == 200

@@ -16,7 +16,7 @@ import io
 import os
 import tarfile
 from collections.abc import Callable, Coroutine, Iterator
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
@@ -27,10 +27,16 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+class Sink(Protocol):
+    """Where an archive goes: a file, stdout, or an HTTP response (``SyncWriter``)."""
+
+    def write(self, data: Any, /) -> Any: ...
+
+
 class TarWriter:
     """Members appended to a writable binary stream, in order, in PAX format."""
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: Sink) -> None:
         self._out = out
         self._written = 0
         self._buffer = bytearray(COPY_BYTES)
@@ -83,7 +89,7 @@ class TarWriter:
 
 
 @contextlib.contextmanager
-def compressed(out: IO[bytes], level: int | None, threads: int) -> Iterator[IO[bytes]]:
+def compressed(out: Sink, level: int | None, threads: int) -> Iterator[Sink]:
     """``out`` through a zstd frame (``level`` None: no compression).
 
     ``threads`` as ``zstd -T``: 0 uses every core, 1 compresses on the calling thread.
@@ -93,7 +99,7 @@ def compressed(out: IO[bytes], level: int | None, threads: int) -> Iterator[IO[b
         return
     workers = -1 if threads == 0 else (0 if threads == 1 else threads)
     compressor = zstandard.ZstdCompressor(level=level, threads=workers, write_checksum=True)
-    writer = compressor.stream_writer(out, closefd=False, write_size=COPY_BYTES)
+    writer = compressor.stream_writer(cast(IO[bytes], out), closefd=False, write_size=COPY_BYTES)
     yield writer
     writer.flush(zstandard.FLUSH_FRAME)
     writer.close()  # type: ignore[no-untyped-call]
@@ -137,6 +143,7 @@ class SyncReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        _off_loop(self._loop)
         view = memoryview(buffer).cast("B")
         data: bytes = asyncio.run_coroutine_threadsafe(self._read(len(view)), self._loop).result()
         view[: len(data)] = data
@@ -151,11 +158,30 @@ class SyncWriter(io.RawIOBase):
     ):
         self._write = write
         self._loop = loop
+        self._broken = False
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
+        _off_loop(self._loop)
+        if self._broken:
+            raise BrokenPipeError("an earlier write to this stream failed")
         chunk = bytes(data)
-        asyncio.run_coroutine_threadsafe(self._write(chunk), self._loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(self._write(chunk), self._loop).result()
+        except BaseException:
+            self._broken = True
+            raise
         return len(chunk)
+
+
+def _off_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Waiting on the loop from its own thread would hang it (a buffered stream being
+    flushed when it is garbage collected there, say): refuse instead."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if running is loop:
+        raise BlockingIOError("a sync bridge to the event loop was used on the loop's thread")

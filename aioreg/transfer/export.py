@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import msgspec
 
@@ -21,7 +20,7 @@ from aioreg.domain.reference import Digest, validate_name, validate_tag
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index import ManifestRow
-from aioreg.transfer.archive import TarWriter, compressed
+from aioreg.transfer.archive import Sink, TarWriter, compressed
 from aioreg.transfer.layout import (
     BLOBS_DIR,
     INDEX_FILE,
@@ -227,7 +226,7 @@ async def _all_repositories(registry: Registry) -> list[str]:
 
 def write_export(
     plan: ExportPlan,
-    out: IO[bytes],
+    out: Sink,
     *,
     level: int | None,
     threads: int = 0,

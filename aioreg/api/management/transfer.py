@@ -45,7 +45,9 @@ async def export_archive(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    sink = io.BufferedWriter(SyncWriter(response.write, asyncio.get_running_loop()), COPY_BYTES)
+    # Unbuffered: zstd writes whole 1 MiB frames' worth, tar headers are few; and no buffer
+    # is left to be flushed from the loop's thread when a failed stream is collected.
+    sink = SyncWriter(response.write, asyncio.get_running_loop())
 
     def write() -> None:
         write_export(
@@ -54,7 +56,6 @@ async def export_archive(request: web.Request) -> web.StreamResponse:
             level=level if compress else None,
             threads=reg.config.transfer.zstd_threads,
         )
-        sink.flush()
 
     try:
         await asyncio.to_thread(write)
