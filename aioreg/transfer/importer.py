@@ -142,6 +142,7 @@ class Importer:
         self.dry_run = dry_run
         self.on_blob = on_blob
         self._staged: dict[str, _Staged] = {}
+        self._writers_created = 0  # each holds a file descriptor until stored or dropped
         self._index: LayoutIndex | None = None
         self._plans: dict[str, _RepositoryPlan] = {}
         self._tags: list[tuple[str, str, str]] = []
@@ -203,6 +204,7 @@ class Importer:
                 await _verify(digest, entry)
             else:
                 self._check_open_files()
+                self._writers_created += 1
                 staged.upload_id = uuid.uuid4().hex
                 writer = store.create_writer(staged.upload_id, digest.algorithm)
                 staged.writer = writer
@@ -236,7 +238,7 @@ class Importer:
             self.on_blob(entry.size)
 
     def _check_open_files(self) -> None:
-        held = sum(1 for s in self._staged.values() if s.writer is not None)
+        held = self._writers_created
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and held >= soft * STAGED_SHARE_OF_FD_LIMIT:
             raise _fail(
