@@ -10,8 +10,9 @@ Three steps, so nothing of a bad archive is ever visible:
 2. plan: ``index.json`` names the top-level manifests, with their repository and
    tag; every manifest they need is parsed and checked (the same validation as a
    push), every blob it references must be in the archive or in the registry.
-3. store: blobs are linked into their repositories, then manifests are stored
-   (children first), then every tag moves in one index transaction. A tag the
+3. store: manifests are stored children first, each right after its blobs are
+   linked into the repository (so none waits long, unreferenced, under GC's
+   grace period), then every tag moves in one index transaction. A tag the
    repository's rules protect is reported, not moved.
 
 A failure in 1 or 2 stores nothing; ``dry_run`` stops after 2 and reports.
@@ -85,7 +86,6 @@ class _Staged:
     writer: UploadWriter | None = None
     upload_id: str = ""
     written: WrittenBlob | None = None
-    linked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,7 @@ class _Manifest:
     digest: Digest
     body: bytes
     media_type: str
+    blobs: tuple[Digest, ...]
 
 
 @dataclass
@@ -305,7 +306,7 @@ class Importer:
                 self._staged[str(blob)] = _Staged(blob, 0, stored=True)
                 self.report.blobs_existing += 1
             plan.blobs[str(blob)] = blob
-        plan.manifests[str(digest)] = _Manifest(digest, body, manifest.media_type)
+        plan.manifests[str(digest)] = _Manifest(digest, body, manifest.media_type, manifest.blobs)
 
     async def _manifest_body(self, digest: Digest) -> bytes:
         staged = self._staged.get(str(digest))
@@ -343,21 +344,16 @@ class Importer:
     # -- 3. store ------------------------------------------------------------
 
     async def _store(self) -> None:
+        """Each manifest right after linking its blobs, so no blob waits unreferenced
+        (GC's grace period) for long; then the tags, together."""
         registry = self.registry
         for repository, plan in self._plans.items():
-            for key, digest in plan.blobs.items():
-                staged = self._staged[key]
-                if staged.writer is not None and staged.written is not None and not staged.linked:
-                    await registry.uploads.publish(repository, staged.written, staged.writer)
-                    staged.writer, staged.linked = None, True
-                elif await registry.mount_blob(repository, key, None) is None:
-                    raise RegistryError(
-                        ErrorCode.BLOB_UNKNOWN,
-                        f"import failed: blob {digest} left the registry while importing "
-                        "(garbage collected?); no manifest or tag was stored, import again",
-                    )
-        for repository, plan in self._plans.items():
+            linked: set[str] = set()
             for manifest in plan.manifests.values():
+                for blob in manifest.blobs:
+                    if str(blob) not in linked:
+                        await self._link(repository, blob)
+                        linked.add(str(blob))
                 await registry.put_manifest(
                     repository, str(manifest.digest), manifest.body, manifest.media_type, self.actor
                 )
@@ -367,6 +363,19 @@ class Importer:
             wanted = {(r, t): d for r, t, d in self.report.tags_set}
             self.report.tags_set = [e for e in self.report.tags_set if (e[0], e[1]) not in kept]
             self.report.tags_refused += [(r, t, c, wanted[(r, t)]) for r, t, c in refused]
+
+    async def _link(self, repository: str, blob: Digest) -> None:
+        staged = self._staged[str(blob)]
+        if staged.writer is not None and staged.written is not None:
+            # The first repository to need it takes the verified temp file (within quota).
+            await self.registry.uploads.publish(repository, staged.written, staged.writer)
+            staged.writer = None
+        elif await self.registry.mount_blob(repository, str(blob), None) is None:
+            raise RegistryError(
+                ErrorCode.BLOB_UNKNOWN,
+                f"import failed: blob {blob} left the registry while importing (garbage "
+                "collected?); no tag was moved, import again",
+            )
 
     async def _drop_temp_files(self) -> None:
         for staged in self._staged.values():
