@@ -101,6 +101,13 @@ class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     interval: NonNegativeFloat = 0.0
 
 
+class TransferConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """zstd compression of ``aioreg export`` and ``GET /api/v1/export`` (flags override it)."""
+
+    zstd_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
+    zstd_threads: NonNegativeInt = 0
+
+
 class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How much history the activity log and the audit log keep (each; 0: no limit)."""
 
@@ -192,6 +199,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    transfer: TransferConfig = msgspec.field(default_factory=TransferConfig)
     proxy: list[ProxyConfig] = msgspec.field(default_factory=list)
 
     @property

@@ -5,9 +5,16 @@ listings); a wrong answer raises :class:`~benchmarks.client.VerifyError`."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import math
+import os
+import random
+import shutil
+import string
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +22,7 @@ from pathlib import Path
 
 from benchmarks import loadgen
 from benchmarks.client import (
+    OCI_LAYER,
     OCI_MANIFEST,
     Blob,
     Client,
@@ -757,6 +765,236 @@ PROXY_METRICS = (
 )
 
 
+# -- export and import -----------------------------------------------------------
+
+TRANSFER_LAYERS_PER_IMAGE = 4
+OCI_GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    path: Path
+    digest: str
+    size: int
+
+
+def _text_pool(rng: random.Random, size: int) -> bytes:
+    """Pseudo-text (words, lines, some digits): what configs, scripts and docs in layers
+    compress like."""
+    words = [
+        "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 10))) for _ in range(4000)
+    ]
+    words += [str(rng.randint(0, 99999)) for _ in range(500)] + ["\n"] * 300
+    out: list[str] = []
+    length = 0
+    while length < size:
+        chunk = " ".join(rng.choices(words, k=20000))
+        out.append(chunk)
+        length += len(chunk)
+    return "".join(out).encode()[:size]
+
+
+def _layer_tar(rng: random.Random, pool: bytes, size: int) -> bytes:
+    """A real tar of files about ``size`` bytes in all: three quarters text cut from
+    ``pool``, one quarter random bytes (binaries that are already compressed)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        n = 0
+        while buf.tell() < size:
+            length = min(rng.randint(4 * KiB, 512 * KiB), max(size - buf.tell(), 1024))
+            if n % 4 == 3:
+                data = rng.randbytes(length)
+            else:
+                start = rng.randrange(0, max(1, len(pool) - length))
+                data = pool[start : start + length]
+            info = tarfile.TarInfo(f"usr/share/bench/{n // 50}/file{n}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            n += 1
+    return buf.getvalue()
+
+
+def _make_layers(root: Path, total: int, layer_size: int, gzipped: bool, seed: int) -> list[_Layer]:
+    """Layers adding up to ``total`` bytes as stored: raw tars, or gzip (level 6, as
+    ``docker build``) of other tars until the compressed bytes reach ``total``."""
+    rng = random.Random(seed)
+    pool = _text_pool(rng, 16 * MiB if total >= 256 * MiB else 2 * MiB)
+    root.mkdir(parents=True, exist_ok=True)
+    layers: list[_Layer] = []
+    stored = 0
+    while stored < total:
+        data = _layer_tar(rng, pool, layer_size)
+        if gzipped:
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        digest = sha256_digest(data)
+        path = root / digest.split(":")[1]
+        path.write_bytes(data)
+        layers.append(_Layer(path, digest, len(data)))
+        stored += len(data)
+    return layers
+
+
+async def _push_layers(client: Client, repo: str, layers: list[_Layer], media_type: str) -> int:
+    """Images of ``TRANSFER_LAYERS_PER_IMAGE`` layers, tagged v0, v1...; returns the tag count."""
+    tags = 0
+    for start in range(0, len(layers), TRANSFER_LAYERS_PER_IMAGE):
+        group = layers[start : start + TRANSFER_LAYERS_PER_IMAGE]
+        for layer in group:
+            await client.push_monolithic(
+                repo, layer.digest, layer.size, file_chunks(layer.path, 0, layer.size)
+            )
+        config = config_blob(f"{repo}-{start}")
+        config_digest = sha256_digest(config)
+        await client.push_monolithic(repo, config_digest, len(config), config)
+        body = image_manifest(
+            Blob(config_digest, len(config)), [Blob(x.digest, x.size) for x in group]
+        ).replace(OCI_LAYER.encode(), media_type.encode())
+        await client.put_manifest(repo, f"v{tags}", body, sha256_digest(body))
+        tags += 1
+    return tags
+
+
+@dataclass(frozen=True)
+class _Ran:
+    seconds: float
+    cpu: float  # user + system seconds of the command and every process it waited for
+    peak_rss: int
+    output: str
+
+
+def _run_timed(command: str | list[str], env: dict[str, str], out: Path) -> _Ran:
+    """Wall and CPU seconds, peak RSS (bytes, of the process itself: ``wait4``) and output of
+    one command (a string runs in the shell, whose rusage includes its pipeline's); a
+    failure fails the run."""
+    started = clock()
+    with open(out, "w+b") as log:
+        proc = subprocess.Popen(
+            command, shell=isinstance(command, str), env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = clock() - started
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise VerifyError(f"{str(command)[:200]} exited {proc.returncode}: {text[-2000:]}")
+    return _Ran(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * KiB, text)
+
+
+async def transfer(ctx: Context, server: Running, client: Client) -> Outcome:
+    """``aioreg export`` and ``aioreg import`` of 2 GiB (half raw tar layers, half gzip
+    layers), against ``tar | zstd -T0`` and ``zstd -d | tar -x`` of the same blob files."""
+    assert ctx.aioreg is not None
+    total = max(2 * MiB, int(2 * GiB * ctx.scale))
+    layer_size = max(256 * KiB, min(64 * MiB, total // 32))
+    work = ctx.workdir / f"transfer-{server.pid}"
+    try:
+        raw, gz = await asyncio.gather(
+            asyncio.to_thread(_make_layers, work / "raw", total // 2, layer_size, False, 1),
+            asyncio.to_thread(_make_layers, work / "gz", total // 2, layer_size, True, 2),
+        )
+        tags = await _push_layers(client, "bench/raw", raw, OCI_LAYER)
+        tags += await _push_layers(client, "bench/gz", gz, OCI_GZIP_LAYER)
+        return await asyncio.to_thread(_transfer_timed, ctx, server, work, raw, gz, tags)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def _transfer_timed(
+    ctx: Context, server: Running, work: Path, raw: list[_Layer], gz: list[_Layer], tags: int
+) -> Outcome:
+    assert ctx.aioreg is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOREG_")}
+    if ctx.aioreg.src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ctx.aioreg.src), env.get("PYTHONPATH", "")) if p
+        )
+    aioreg = [sys.executable, "-m", "aioreg"]
+    raw_bytes, gz_bytes = sum(x.size for x in raw), sum(x.size for x in gz)
+    moved = raw_bytes + gz_bytes
+    outcome = Outcome(details={"bytes": moved, "raw_bytes": raw_bytes, "gz_bytes": gz_bytes})
+    archives = {"raw": work / "raw.tar.zst", "gz": work / "gz.tar.zst"}
+    log = work / "command.log"
+    export_s = import_s = export_cpu = import_cpu = 0.0
+    peak_rss = set_tags = 0
+    for name, archive in archives.items():
+        ran = _run_timed(
+            [
+                *aioreg,
+                "export",
+                f"bench/{name}",
+                "-o",
+                str(archive),
+                "--data",
+                str(server.data_dir),
+            ],
+            env,
+            log,
+        )
+        export_s += ran.seconds
+        export_cpu += ran.cpu
+        peak_rss = max(peak_rss, ran.peak_rss)
+    fresh = work / "imported"
+    for archive in archives.values():
+        ran = _run_timed([*aioreg, "import", str(archive), "--data", str(fresh)], env, log)
+        import_s += ran.seconds
+        import_cpu += ran.cpu
+        peak_rss = max(peak_rss, ran.peak_rss)
+        set_tags += sum(
+            1 for line in ran.output.splitlines() if line.startswith("tag ") and ": set" in line
+        )
+    if set_tags != tags:
+        raise VerifyError(f"import set {set_tags} tags, the registry had {tags}")
+    # Every imported blob's sha256 recomputed: one config per image besides the layers.
+    scrubbed = _run_timed([*aioreg, "scrub", "--full", "--data", str(fresh)], env, log).output
+    if f"checked {len(raw) + len(gz) + tags} blobs" not in scrubbed or "0 corrupt" not in scrubbed:
+        raise VerifyError(f"scrub of the imported data: {scrubbed.strip()[-300:]}")
+    outcome.metrics = {
+        "export_MBps": mbps(moved, export_s),
+        "import_MBps": mbps(moved, import_s),
+        "raw_ratio_pct": 100.0 * archives["raw"].stat().st_size / raw_bytes,
+        "gz_ratio_pct": 100.0 * archives["gz"].stat().st_size / gz_bytes,
+        "export_cpu_s_per_gib": export_cpu / (moved / GiB),
+        "import_cpu_s_per_gib": import_cpu / (moved / GiB),
+        "cli_peak_rss_mib": peak_rss / MiB,
+    }
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        outcome.notes.append("zstd not installed: the tar | zstd -T0 rows are missing")
+    else:
+        base = work / "baseline.tar.zst"
+        blobs = server.data_dir / "blobs"
+        ran = _run_timed(f"tar -cf - -C {blobs} . | {zstd} -q -3 -T0 -o {base}", env, log)
+        outcome.metrics["zstd_export_MBps"] = mbps(moved, ran.seconds)
+        outcome.metrics["zstd_export_cpu_s_per_gib"] = ran.cpu / (moved / GiB)
+        target = work / "untarred"
+        target.mkdir()
+        ran = _run_timed(f"{zstd} -q -d -T0 -c {base} | tar -xf - -C {target}", env, log)
+        outcome.metrics["zstd_import_MBps"] = mbps(moved, ran.seconds)
+        outcome.metrics["zstd_import_cpu_s_per_gib"] = ran.cpu / (moved / GiB)
+    outcome.notes.append(
+        "aioreg export/import fsync what they write and verify every digest; "
+        "tar | zstd -T0 and zstd -d | tar -x do neither (same blobs, same disk, level 3)"
+    )
+    outcome.details["seconds"] = {"export": export_s, "import": import_s}
+    return outcome
+
+
+TRANSFER_METRICS = (
+    Metric("export_MBps", "aioreg export (tar.zst, level 3, all cores)", "MB/s", True),
+    Metric("zstd_export_MBps", "tar | zstd -T0 -3 of the same blob files", "MB/s", True),
+    Metric("import_MBps", "aioreg import into a fresh data dir", "MB/s", True),
+    Metric("zstd_import_MBps", "zstd -d -T0 | tar -x of the same", "MB/s", True),
+    Metric("export_cpu_s_per_gib", "aioreg export CPU (incl. start-up)", "s/GiB", False),
+    Metric("zstd_export_cpu_s_per_gib", "tar | zstd -T0 CPU", "s/GiB", False),
+    Metric("import_cpu_s_per_gib", "aioreg import CPU (incl. start-up)", "s/GiB", False),
+    Metric("zstd_import_cpu_s_per_gib", "zstd -d | tar -x CPU", "s/GiB", False),
+    Metric("raw_ratio_pct", "archive size, raw tar layers", "% of input", False),
+    Metric("gz_ratio_pct", "archive size, gzip layers", "% of input", False),
+    Metric("cli_peak_rss_mib", "export/import process peak RSS", "MiB", False),
+)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "push_monolithic",
@@ -818,6 +1056,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         big_blob=True,
         aioreg_only=True,
         access_log=True,
+    ),
+    Scenario(
+        "transfer",
+        "2 GiB export and import (tar.zst), raw and gzip layers",
+        TRANSFER_METRICS,
+        transfer,
+        aioreg_only=True,
     ),
 )
 

@@ -94,6 +94,7 @@ ZERO_MAKES_NO_SENSE = {
     ("auth", "failed_login_tracked_max"),
     ("auth", "failed_login_window"),
     ("server", "workers"),
+    ("transfer", "zstd_level"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``aioreg serve|scrub|check|backup|restore``, accounts, repository lifecycle, proxies."""
+"""Command line: ``aioreg serve|scrub|check|backup|restore``, accounts, repository lifecycle,
+proxies, export and import."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from aioreg import __version__, logcontext
-from aioreg.cli import accounts, backup, cleanup, maintenance, proxies, repositories, serve
+from aioreg.cli import (
+    accounts,
+    backup,
+    cleanup,
+    maintenance,
+    proxies,
+    repositories,
+    serve,
+    transfer,
+)
 from aioreg.cli.command import handler_of
 from aioreg.cli.output import until_reader_leaves
 from aioreg.config import ConfigError, check_data_dir, load_config
 
-GROUPS = (serve, maintenance, backup, accounts, repositories, proxies, cleanup)
+GROUPS = (serve, maintenance, backup, accounts, repositories, proxies, cleanup, transfer)
 """Command group modules, in the order ``aioreg --help`` lists their commands."""
 
 

@@ -55,6 +55,8 @@ class Progress:
         line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.items}/{self.total_items} {self.unit}"
         if self.total_bytes:
             line += f", {self.bytes / GIB:.2f}/{self.total_bytes / GIB:.2f} GiB"
+        if not self.total_items:  # totals unknown (a stream): what has gone by so far
+            line = f"{self.label}: {self.items} {self.unit}, {self.bytes / GIB:.2f} GiB"
         self._out.write(("\r" + line) if self._tty else (line + "\n"))
         self._out.flush()
 
@@ -63,7 +65,7 @@ class Progress:
         if self._tty:
             self._out.write("\n")
         rate = self.bytes / elapsed / (1 << 20) if elapsed > 0 else 0.0
-        speed = f" ({rate:.0f} MiB/s)" if self.total_bytes else ""
+        speed = f" ({rate:.0f} MiB/s)" if self.total_bytes or not self.total_items else ""
         self._out.write(f"{self.label}: {self.items} {self.unit} in {elapsed:.1f}s{speed}\n")
         self._out.flush()
 

@@ -230,6 +230,38 @@ class Registry:
             self.index.activity.note_event(Event(now, "push", name, event_tag, digest, actor))
         return PushedManifest(manifest, pushed)
 
+    async def put_tags(
+        self, tags: Sequence[tuple[str, str, str]], actor: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """Move many tags, (repository, tag, digest) each, in one transaction (an import's).
+
+        Each follows its repository's push rules: a tag they protect (immutable, or
+        overwrite off) that points at another digest keeps pointing there and is
+        returned as (repository, tag, current digest); the others move together.
+        """
+        protected: set[tuple[str, str]] = set()
+        rules: dict[str, PushRules] = {}
+        for name, tag, _ in tags:
+            validate_name(name)
+            validate_tag(tag)
+            if name not in rules:
+                rules[name] = await self.rules(name)
+            if not rules[name].allow_tag_overwrite or rules[name].tag_is_immutable(tag):
+                protected.add((name, tag))
+        now = time.time()
+        try:
+            refused = await self.index.manifests.put_tags(tags, now, protected=protected)
+        except MissingReferences as missing:
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN,
+                f"cannot tag {missing.digests[0]}: it is not stored; no tag was moved",
+            ) from missing
+        kept = {(name, tag) for name, tag, _ in refused}
+        for name, tag, digest in tags:
+            if (name, tag) not in kept:
+                self.index.activity.note_event(Event(now, "push", name, tag, digest, actor))
+        return refused
+
     async def warn_if_deprecated(self, name: str, tag: str | None = None) -> None:
         """A pull from a repository (or of a tag) an admin deprecated tells the client why."""
         message = await self.index.repositories.deprecation(name)

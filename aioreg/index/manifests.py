@@ -106,6 +106,48 @@ class ManifestQueries:
                 "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
             )
 
+    async def put_tags(
+        self,
+        tags: Sequence[tuple[str, str, str]],
+        now: float,
+        *,
+        protected: Collection[tuple[str, str]] = (),
+    ) -> list[tuple[str, str, str]]:
+        """Point each (repository, tag) at a manifest stored there (by digest), all in one
+        transaction: an import's tags appear together or not at all.
+
+        A ``protected`` tag already pointing at another digest stays as it is and
+        comes back as (repository, tag, current digest); a digest not stored in its
+        repository raises ``MissingReferences`` and no tag moves.
+        """
+        refused: list[tuple[str, str, str]] = []
+        async with self._db.transaction() as db:
+            for name, tag, digest in tags:
+                async with db.execute(
+                    "SELECT m.id, m.repository_id FROM manifests m JOIN repositories r "
+                    "ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",
+                    (name, digest),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    raise MissingReferences("manifest", [digest])
+                manifest_id, repo_id = int(row[0]), int(row[1])
+                if (name, tag) in protected:
+                    async with db.execute(
+                        "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+                        "WHERE t.repository_id = ? AND t.name = ?",
+                        (repo_id, tag),
+                    ) as cursor:
+                        existing = await cursor.fetchone()
+                    if existing is not None and existing[0] != digest:
+                        refused.append((name, tag, str(existing[0])))
+                        continue
+                await db.execute(_UPSERT_TAG, (repo_id, tag, manifest_id, now))
+                await db.execute(
+                    "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
+                )
+        return refused
+
     async def copy(
         self,
         source: str,

@@ -157,6 +157,16 @@ class ManifestIndex(Protocol):
         require_references: bool = True,
     ) -> None: ...
 
+    async def put_tags(
+        self,
+        tags: Sequence[tuple[str, str, str]],
+        now: float,
+        *,
+        protected: Collection[tuple[str, str]] = (),
+    ) -> list[tuple[str, str, str]]:
+        """(repository, tag, digest) in one transaction; returns the protected ones refused."""
+        ...
+
     async def copy(
         self,
         source: str,

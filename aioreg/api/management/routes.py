@@ -52,6 +52,7 @@ from aioreg.api.management.schemas import (
     Empty,
     EventList,
     GcResult,
+    ImportResult,
     LayerList,
     NamespaceList,
     PolicyList,
@@ -67,6 +68,7 @@ from aioreg.api.management.schemas import (
     SearchResult,
     UsageReport,
 )
+from aioreg.api.management.transfer import export_archive, import_archive
 
 PREFIX = "/api/v1"
 
@@ -301,6 +303,22 @@ ENDPOINTS: list[Endpoint] = [
         purge_proxy,
         "Delete a proxy's cached repositories; GC then frees their blobs (admin)",
         Deleted,
+    ),
+    Endpoint(
+        "GET",
+        "/export",
+        export_archive,
+        "Stream an OCI image layout tar (zstd unless compress=none) of the refs (admin)",
+        None,
+        query=("ref", "compress", "level"),
+    ),
+    Endpoint(
+        "POST",
+        "/import",
+        import_archive,
+        "Import an OCI image layout tar (plain, zstd or gzip) sent as the body (admin)",
+        ImportResult,
+        query=("repository", "dry_run"),
     ),
     Endpoint("GET", "/openapi.json", openapi, "This document", None),
 ]

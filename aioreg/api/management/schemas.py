@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from aioreg.index import Event as EventRow
     from aioreg.index import RepositorySummary as SummaryRow
     from aioreg.index import Usage as UsageRow
+    from aioreg.transfer.importer import ImportReport
 
 
 # -- repositories -------------------------------------------------------------------
@@ -422,3 +423,42 @@ class ActivityEvent(msgspec.Struct):
 class ActivityPage(msgspec.Struct):
     events: list[ActivityEvent]  # newest first
     next_cursor: str | None  # pass as ?cursor= for the next (older) page; None at the end
+
+
+class RefusedTag(msgspec.Struct):
+    repository: str
+    tag: str
+    current: str
+    archive: str
+
+
+class ImportResult(msgspec.Struct):
+    """What ``POST /import`` stored; ``ok`` is false when a protected tag was refused."""
+
+    ok: bool
+    dry_run: bool
+    repositories: list[str]
+    manifests_new: list[str]
+    manifests_existing: int
+    tags_set: list[str]
+    tags_unchanged: list[str]
+    tags_refused: list[RefusedTag]
+    blobs_new: int
+    blobs_existing: int
+    bytes_new: int
+
+    @classmethod
+    def from_domain(cls, report: ImportReport) -> ImportResult:
+        return cls(
+            report.ok,
+            report.dry_run,
+            report.repositories,
+            [f"{repository}@{digest}" for repository, digest in report.manifests_new],
+            report.manifests_existing,
+            [f"{r}:{t}@{d}" for r, t, d in report.tags_set],
+            [f"{r}:{t}@{d}" for r, t, d in report.tags_unchanged],
+            [RefusedTag(*refused) for refused in report.tags_refused],
+            report.blobs_new,
+            report.blobs_existing,
+            report.bytes_new,
+        )
