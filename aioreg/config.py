@@ -106,6 +106,19 @@ class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_rows: NonNegativeInt = 1000000
 
 
+class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The webhook outbox and its delivery worker (endpoints are managed through /api/v1)."""
+
+    concurrency: PositiveInt = 8
+    timeout: PositiveFloat = 10.0
+    max_attempts: PositiveInt = 8
+    backoff_base: PositiveFloat = 1.0
+    backoff_max: PositiveFloat = 300.0
+    outbox_max_rows: PositiveInt = 100000
+    poll_interval: PositiveFloat = 2.0
+    public_url: str = ""
+
+
 class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One pull-through proxy: a read-only local namespace in front of an upstream registry.
 
@@ -152,6 +165,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gc: GcConfig = msgspec.field(default_factory=GcConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     proxy: list[ProxyConfig] = msgspec.field(default_factory=list)
 
     @property
@@ -262,6 +276,7 @@ def load_config(
         raise ConfigError("auth.default_visibility must be 'public' or 'private'")
     _validate_memory(config)
     _validate_proxies(config)
+    _validate_webhooks(config.webhooks)
     return config
 
 
@@ -296,6 +311,13 @@ def validate_proxy(proxy: ProxyConfig) -> None:
     for option in ("revalidate_interval", "connect_timeout", "read_timeout"):
         if not math.isfinite(getattr(proxy, option)):
             raise ConfigError(f"{where}: {option} must be finite")
+
+
+def _validate_webhooks(webhooks: WebhooksConfig) -> None:
+    if webhooks.backoff_max < webhooks.backoff_base:
+        raise ConfigError("webhooks.backoff_max must be at least webhooks.backoff_base")
+    if webhooks.public_url and not re.fullmatch(r"https?://[^/\s@]+(/\S*)?", webhooks.public_url):
+        raise ConfigError("webhooks.public_url must be http(s)://host[:port][/path]")
 
 
 def _refuse_infinite(config: Config) -> None:

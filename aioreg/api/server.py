@@ -24,8 +24,10 @@ from aiohttp.web_request import BaseRequest
 from aioreg import __version__
 from aioreg.api.app import IN_FLIGHT_KEY, create_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
+from aioreg.api.http import REGISTRY_KEY
 from aioreg.config import Config
 from aioreg.errors import ErrorCode
+from aioreg.events.delivery import DeliveryWorker
 
 log = logging.getLogger("aioreg")
 
@@ -198,6 +200,7 @@ class RegistryServer:
         self.app = create_app(config)
         self.runner = make_runner(self.app, config)
         self._site: web.TCPSite | None = None
+        self.webhooks = DeliveryWorker(self.app[REGISTRY_KEY].index, config)
         self.host = config.server.host
         self.port = config.server.port
 
@@ -222,6 +225,7 @@ class RegistryServer:
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self.webhooks.start()
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the timeout), close."""
@@ -234,6 +238,7 @@ class RegistryServer:
             log.warning(
                 "%d requests still running after %ss; closing them", in_flight.count, timeout
             )
+        await self.webhooks.stop()
         await self.runner.cleanup()
         self._site = None
 

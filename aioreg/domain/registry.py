@@ -73,6 +73,7 @@ class Registry:
             config.storage.index_busy_timeout,
             read_cache_bytes=config.limits.read_cache_bytes,
             history=config.events,
+            outbox_max_rows=config.webhooks.outbox_max_rows,
         )
         self.store: BlobStorage = BlobStore(root)
         self.quotas = Quotas(self.index)
@@ -192,7 +193,7 @@ class Registry:
         now = time.time()
         try:
             await self.index.manifests.put(
-                name, manifest, body, pushed, now, protected_tags=protected
+                name, manifest, body, pushed, now, protected_tags=protected, actor=actor
             )
         except TagMoveRefused as refused:
             tag, current = refused.tag, refused.current_digest
@@ -292,10 +293,10 @@ class Registry:
             if rules.immutable_tags:
                 for tag in await self.index.manifests.tags_of(name, str(ref)):
                     self._refuse_immutable(rules, name, tag)
-            deleted = await self.index.manifests.delete(name, str(ref))
+            deleted = await self.index.manifests.delete(name, str(ref), actor)
         else:
             self._refuse_immutable(rules, name, ref)
-            deleted = await self.index.manifests.delete_tag(name, ref, digest)
+            deleted = await self.index.manifests.delete_tag(name, ref, digest, actor)
         if not deleted:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 
+import aiosqlite
+
 from aioreg.index.database import Database
+from aioreg.index.outbox import Announcement
 from aioreg.index.rows import Event, ManifestRow
 
 MAX_PENDING_EVENTS = 100000  # kept across failed flushes; the oldest go beyond it
@@ -112,6 +115,9 @@ class ActivityQueries:
                 ],
             )
             await self._db.prune_history(db, "events")
+            pulls = [e for e in events if e.kind == "pull"]
+            if pulls and await self._db.outbox.active(db):
+                await self._db.outbox.add(db, [await _pulled(db, e) for e in pulls])
 
     async def events(
         self, limit: int, repository: str | None = None, kinds: list[str] | None = None
@@ -129,3 +135,23 @@ class ActivityQueries:
             sql += " WHERE " + " AND ".join(where)
         rows = await self._db.all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [Event(*r) for r in rows]
+
+
+async def _pulled(db: aiosqlite.Connection, event: Event) -> Announcement:
+    """A batched pull as a webhook event, with the manifest's media type and size."""
+    async with db.execute(
+        "SELECT m.media_type, m.size FROM manifests m JOIN repositories r "
+        "ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",
+        (event.repository, event.digest),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return Announcement(
+        "pull",
+        event.repository,
+        event.reference,
+        event.digest,
+        None if row is None else str(row[0]),
+        None if row is None else int(row[1]),
+        event.actor,
+        at=event.at,
+    )

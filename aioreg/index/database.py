@@ -18,9 +18,10 @@ from pathlib import Path
 
 import aiosqlite
 
-from aioreg.config import EventsConfig, LimitsConfig
+from aioreg.config import EventsConfig, LimitsConfig, WebhooksConfig
 from aioreg.index.cache import ReadCache
 from aioreg.index.migrations import MIGRATIONS, statements
+from aioreg.index.outbox import Announcement, Outbox
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -43,6 +44,7 @@ class Database:
         *,
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
+        outbox_max_rows: int = WebhooksConfig().outbox_max_rows,
     ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
@@ -50,6 +52,7 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self.outbox = Outbox(outbox_max_rows)  # webhook events, in the changes' transactions
         self._writer_version: int | None = None  # see _note_bookkeeping_commit
         self.cache = ReadCache(
             self.data_version,
@@ -120,8 +123,10 @@ class Database:
                 # harmlessly.
                 with contextlib.suppress(sqlite3.Error):  # the original error matters
                     await db.execute("ROLLBACK")
+                self.outbox.rolled_back()
                 self.cache.invalidate()
                 raise
+            self.outbox.committed()
             if invalidates:
                 self.cache.invalidate()
             else:
@@ -214,12 +219,20 @@ class Database:
 # -- statements shared by several query objects, run inside their transaction --
 
 
-async def ensure_repository(db: aiosqlite.Connection, name: str, now: float) -> int:
-    """The repository's id, creating its row on first use."""
-    await db.execute(
+async def ensure_repository(
+    db: aiosqlite.Connection,
+    name: str,
+    now: float,
+    outbox: Outbox | None = None,
+    actor: str | None = None,
+) -> int:
+    """The repository's id, creating its row on first use (announced to ``outbox``)."""
+    cursor = await db.execute(
         "INSERT INTO repositories(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
         (name, now),
     )
+    if cursor.rowcount == 1 and outbox is not None:
+        await outbox.add(db, [Announcement("repository_created", name, actor=actor, at=now)])
     row = await (await db.execute("SELECT id FROM repositories WHERE name = ?", (name,))).fetchone()
     assert row is not None
     return int(row[0])

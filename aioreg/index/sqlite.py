@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aioreg.config import EventsConfig
+from aioreg.config import EventsConfig, WebhooksConfig
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.activity import ActivityQueries
@@ -19,6 +19,7 @@ from aioreg.index.repositories import RepositoryQueries
 from aioreg.index.retention import RetentionQueries
 from aioreg.index.uploads import UploadQueries
 from aioreg.index.usage import UsageQueries
+from aioreg.index.webhooks import WebhookQueries
 
 PULL_FLUSH_SECONDS = 1.0
 
@@ -38,8 +39,15 @@ class Index:
         *,
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
+        outbox_max_rows: int = WebhooksConfig().outbox_max_rows,
     ) -> None:
-        self.db = Database(path, busy_timeout, read_cache_bytes=read_cache_bytes, history=history)
+        self.db = Database(
+            path,
+            busy_timeout,
+            read_cache_bytes=read_cache_bytes,
+            history=history,
+            outbox_max_rows=outbox_max_rows,
+        )
         self.repositories = RepositoryQueries(self.db)
         self.blobs = BlobQueries(self.db)
         self.uploads = UploadQueries(self.db)
@@ -51,6 +59,7 @@ class Index:
         self.retention = RetentionQueries(self.db)
         self.gc = GcQueries(self.db)
         self.proxies = ProxyQueries(self.db)
+        self.webhooks = WebhookQueries(self.db)
         self._flusher = PeriodicJob("pull flush", PULL_FLUSH_SECONDS, self.activity.flush)
 
     @property
