@@ -1,4 +1,4 @@
-"""Command line: ``aioreg serve|scrub|check``, accounts, repository lifecycle, proxies."""
+"""Command line: ``aioreg serve|scrub|check``, accounts, repository lifecycle, proxies, webhooks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from aioreg import __version__, logcontext
-from aioreg.cli import accounts, cleanup, maintenance, proxies, repositories, serve
+from aioreg.cli import accounts, cleanup, maintenance, proxies, repositories, serve, webhooks
 from aioreg.cli.command import handler_of
 from aioreg.cli.output import until_reader_leaves
 from aioreg.config import ConfigError, check_data_dir, load_config
 
-GROUPS = (serve, maintenance, accounts, repositories, proxies, cleanup)
+GROUPS = (serve, maintenance, accounts, repositories, proxies, webhooks, cleanup)
 """Command group modules, in the order ``aioreg --help`` lists their commands."""
 
 

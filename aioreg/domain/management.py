@@ -1,7 +1,7 @@
 """The operations behind /api/v1 and the CLI, one object per noun.
 
 Both hold one ``Management`` built over a ``Registry``; each operation lives on
-its noun: ``listings``, ``repositories``, ``gc``, ``retention``, ``proxies``.
+its noun: ``listings``, ``repositories``, ``gc``, ``retention``, ``proxies``, ``webhooks``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from aioreg.domain.proxies import ProxyDefinitions
 from aioreg.domain.registry import Registry
 from aioreg.domain.repositories import Repositories
 from aioreg.domain.retention import Retention
+from aioreg.events.endpoints import WebhookEndpoints
 
 
 class Management:
@@ -22,3 +23,4 @@ class Management:
         self.gc = GarbageCollector(registry)
         self.retention = Retention(registry)
         self.proxies = ProxyDefinitions(registry, self.repositories)
+        self.webhooks = WebhookEndpoints(registry)

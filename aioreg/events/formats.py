@@ -109,21 +109,20 @@ def distribution_event(event: OutboxEventRow, source: Source) -> dict[str, Any]:
             "tag": event.tag,
         }
     )
-    return _compact(
-        {
-            "id": event.uid,
-            "timestamp": _rfc3339(event.at),
-            "action": _DISTRIBUTION_ACTIONS.get(event.action, event.action),
-            "target": target,
-            "request": {
-                "id": event.request_id or "",
-                "method": _REQUEST_METHODS.get(event.action, ""),
-                "useragent": "",
-            },
-            "actor": _compact({"name": event.actor}),
-            "source": {"addr": source.addr, "instanceID": source.instance_id},
-        }
-    )
+    # Go's omitempty leaves struct fields in: target, request, actor, source are always there.
+    return {
+        "id": event.uid,
+        "timestamp": _rfc3339(event.at),
+        "action": _DISTRIBUTION_ACTIONS.get(event.action, event.action),
+        "target": target,
+        "request": {
+            "id": event.request_id or "",
+            "method": _REQUEST_METHODS.get(event.action, ""),
+            "useragent": "",
+        },
+        "actor": _compact({"name": event.actor}),
+        "source": {"addr": source.addr, "instanceID": source.instance_id},
+    }
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
