@@ -115,6 +115,7 @@ class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backoff_base: PositiveFloat = 1.0
     backoff_max: PositiveFloat = 300.0
     outbox_max_rows: PositiveInt = 100000
+    quota_warning_percent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 90
     poll_interval: PositiveFloat = 2.0
     public_url: str = ""
 

@@ -93,6 +93,15 @@ ZERO_MAKES_NO_SENSE = {
     ("auth", "failed_login_address_limit"),
     ("auth", "failed_login_tracked_max"),
     ("auth", "failed_login_window"),
+    # Webhooks: no sender, no wait, no attempt or no outbox would deliver nothing.
+    ("webhooks", "concurrency"),
+    ("webhooks", "timeout"),
+    ("webhooks", "max_attempts"),
+    ("webhooks", "backoff_base"),
+    ("webhooks", "backoff_max"),
+    ("webhooks", "outbox_max_rows"),
+    ("webhooks", "poll_interval"),
+    ("webhooks", "quota_warning_percent"),
 }
 
 

@@ -254,9 +254,51 @@ async def test_rolled_back_changes_are_not_announced(
     assert resp.status == 403, await resp.text()
     # Deliveries are in order: once the marker arrives, everything before it has.
     await reg.push_image("marker/app", "done")
-    await receiver.wait_for(lambda: ("tag_created", "done") in actions(receiver.events()))
+    # The refusal itself is news (batched like pulls, so it may come after the marker).
+    await receiver.wait_for(
+        lambda: (
+            {("tag_created", "done"), ("quota_exceeded", None)} <= set(actions(receiver.events()))
+        )
+    )
     repositories = {e["data"]["repository"] for e in receiver.events()}
-    assert repositories == {"big/app", "marker/app"}
+    assert repositories == {"big/app", "marker/app", "small/app"}
+    assert actions(receiver.events(), "small/app") == [("quota_exceeded", None)]
+
+
+async def test_quota_warning_and_exceeded(start_registry: Start, receiver: Receiver) -> None:
+    await receiver.start()
+    reg = await start_registry()
+    await add_endpoint(reg, receiver.url, events=["quota_warning", "quota_exceeded"])
+    with contextlib.suppress(Exception):
+        await Accounts(reg.registry.index).create_namespace("small", None)
+    await api(reg, "PUT", "/namespaces/small/quota", json={"quota_bytes": 10000})
+    await reg.push_blob("small/app", os.urandom(5000))  # 50%: nothing yet
+    await reg.push_blob("small/app", os.urandom(4500))  # 95%: past the 90% warning
+    await reg.push_blob("small/app", os.urandom(100))  # still over 90%: no second warning
+    resp = await reg.client.post("/v2/small/app/blobs/uploads/", data=b"")
+    assert resp.status == 202
+    data = os.urandom(1000)
+    resp = await reg.client.put(
+        f"{resp.headers['Location']}&digest={digest_of(data)}"
+        if "?" in resp.headers["Location"]
+        else f"{resp.headers['Location']}?digest={digest_of(data)}",
+        data=data,
+    )
+    assert resp.status == 403
+    await receiver.wait_for(lambda: len(receiver.accepted) == 2)
+    warning, exceeded = receiver.events()
+    assert warning["type"] == "io.aioreg.quota_warning"
+    assert warning["data"].pop("requestId")
+    assert warning["data"] == {
+        "repository": "small/app",
+        "namespace": "small",
+        "used": 9500,
+        "quota": 10000,
+        "percent": 90,
+    }
+    assert exceeded["type"] == "io.aioreg.quota_exceeded"
+    assert exceeded["data"]["namespace"] == "small"
+    assert exceeded["data"]["needed"] == 1000
 
 
 async def test_a_400_is_dead_lettered_after_one_attempt_and_redeliverable(

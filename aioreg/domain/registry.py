@@ -17,7 +17,6 @@ from pathlib import Path
 from aioreg.config import Config
 from aioreg.domain.manifest import ParsedManifest, parse_manifest
 from aioreg.domain.quotas import Quotas
-from aioreg.domain.quotas import refusal as quota_refusal
 from aioreg.domain.reference import Digest, parse_reference, validate_name, validate_tag
 from aioreg.domain.rules import (
     SIGNATURE_ARTIFACT_TYPES,
@@ -73,7 +72,7 @@ class Registry:
             config.storage.index_busy_timeout,
             read_cache_bytes=config.limits.read_cache_bytes,
             history=config.events,
-            outbox_max_rows=config.webhooks.outbox_max_rows,
+            webhooks=config.webhooks,
         )
         self.store: BlobStorage = BlobStore(root)
         self.quotas = Quotas(self.index)
@@ -141,7 +140,7 @@ class Registry:
         if source is not None:
             validate_name(source)
         limit = await self.quotas.limit(name)
-        with quota_refusal():
+        with self.quotas.refusal(name):
             return await self.index.blobs.mount(
                 name, str(parsed), source, lambda: self.store.exists(parsed), limit, adopt
             )

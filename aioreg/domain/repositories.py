@@ -10,7 +10,6 @@ import time
 import msgspec
 
 from aioreg.domain.manifest import INDEX_TYPES, ImageIndex
-from aioreg.domain.quotas import refusal as quota_refusal
 from aioreg.domain.reference import Digest, validate_name, validate_tag
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
@@ -82,7 +81,7 @@ class Repositories:
             if protect and existing is not None and existing.digest != row.digest:
                 raise RegistryError(ErrorCode.DENIED, f"tag {target}:{tag} may not be overwritten")
         quota = await self.registry.quotas.limit(target)
-        with quota_refusal():
+        with self.registry.quotas.refusal(target):
             # An index's children come first, so an index is never copied without them.
             if row.media_type in INDEX_TYPES:
                 for child in msgspec.json.decode(row.body, type=ImageIndex).manifests:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import aiosqlite
+import msgspec
 
 from aioreg.index.database import Database
 from aioreg.index.outbox import Announcement
@@ -115,9 +116,10 @@ class ActivityQueries:
                 ],
             )
             await self._db.prune_history(db, "events")
-            pulls = [e for e in events if e.kind == "pull"]
-            if pulls and await self._db.outbox.active(db):
-                await self._db.outbox.add(db, [await _pulled(db, e) for e in pulls])
+            # The batched kinds webhooks hear; the others were announced with their change.
+            batched = [e for e in events if e.kind in ("pull", "quota_exceeded")]
+            if batched and await self._db.outbox.active(db):
+                await self._db.outbox.add(db, [await _announcement(db, e) for e in batched])
 
     async def events(
         self, limit: int, repository: str | None = None, kinds: list[str] | None = None
@@ -137,8 +139,13 @@ class ActivityQueries:
         return [Event(*r) for r in rows]
 
 
-async def _pulled(db: aiosqlite.Connection, event: Event) -> Announcement:
-    """A batched pull as a webhook event, with the manifest's media type and size."""
+async def _announcement(db: aiosqlite.Connection, event: Event) -> Announcement:
+    """A batched event as a webhook event; a pull with the manifest's media type and size."""
+    if event.kind != "pull":
+        detail = {} if event.detail is None else msgspec.json.decode(event.detail)
+        return Announcement(
+            event.kind, event.repository, actor=event.actor, detail=detail, at=event.at
+        )
     async with db.execute(
         "SELECT m.media_type, m.size FROM manifests m JOIN repositories r "
         "ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",

@@ -226,7 +226,7 @@ async def _link(
     adopt: bool = False,
     outbox: Outbox | None = None,
 ) -> None:
-    async with within_quota(db, name, quota_limit):
+    async with within_quota(db, name, quota_limit, outbox):
         repo_id = await ensure_repository(db, name, now, outbox)
         await db.execute(
             "INSERT INTO repository_blobs(repository_id, digest, linked_at) VALUES (?, ?, ?) "

@@ -44,7 +44,7 @@ class Database:
         *,
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
-        outbox_max_rows: int = WebhooksConfig().outbox_max_rows,
+        webhooks: WebhooksConfig | None = None,
     ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
@@ -52,7 +52,9 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self.outbox = Outbox(outbox_max_rows)  # webhook events, in the changes' transactions
+        webhooks = webhooks or WebhooksConfig()
+        # Webhook events, written in the transactions of the changes they report.
+        self.outbox = Outbox(webhooks.outbox_max_rows, webhooks.quota_warning_percent)
         self._writer_version: int | None = None  # see _note_bookkeeping_commit
         self.cache = ReadCache(
             self.data_version,

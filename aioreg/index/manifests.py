@@ -165,7 +165,7 @@ class ManifestQueries:
                 "SELECT ?, child_digest FROM manifest_children WHERE manifest_id = ?",
                 (new_id, row[0]),
             )
-            async with within_quota(db, target, quota_limit):
+            async with within_quota(db, target, quota_limit, outbox):
                 await db.execute(
                     "INSERT INTO repository_blobs(repository_id, digest, linked_at) "
                     "SELECT ?, digest, ? FROM manifest_blobs WHERE manifest_id = ? "

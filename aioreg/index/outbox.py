@@ -2,7 +2,7 @@
 
 A push, tag or delete adds its events with ``Outbox.add`` inside its own write
 transaction, so an acknowledged change is never missed and a rolled-back one
-never announced. Pulls arrive batched (``ActivityQueries.flush``). Nothing is
+never announced. Pulls and quota refusals arrive batched (``ActivityQueries.flush``). Nothing is
 written while no endpoint is enabled: nobody could be told. The outbox keeps
 at most ``max_rows`` events (delivery history included); past it the oldest
 go, with a warning when any of them was still undelivered.
@@ -55,8 +55,9 @@ class Announcement:
 class Outbox:
     """Appends announcements inside a caller's transaction; wakes the delivery worker after."""
 
-    def __init__(self, max_rows: int) -> None:
+    def __init__(self, max_rows: int, quota_warning_percent: int = 90) -> None:
         self.max_rows = max_rows
+        self.quota_warning_percent = quota_warning_percent
         self.written = asyncio.Event()  # set after a commit that added events
         self._in_transaction = False
 

@@ -39,14 +39,14 @@ class Index:
         *,
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
-        outbox_max_rows: int = WebhooksConfig().outbox_max_rows,
+        webhooks: WebhooksConfig | None = None,
     ) -> None:
         self.db = Database(
             path,
             busy_timeout,
             read_cache_bytes=read_cache_bytes,
             history=history,
-            outbox_max_rows=outbox_max_rows,
+            webhooks=webhooks,
         )
         self.repositories = RepositoryQueries(self.db)
         self.blobs = BlobQueries(self.db)
