@@ -26,8 +26,9 @@ from aiohttp import web
 from aioreg.api.server import RegistryServer
 from aioreg.auth.accounts import Accounts
 from aioreg.config import load_config
-from tests.conftest import HttpClient, Reg, digest_of, error_codes, image_manifest
+from tests.conftest import AppFactory, HttpClient, Reg, digest_of, error_codes, image_manifest
 from tests.process import Server, free_port, start
+from tests.test_auth import ADMIN_PASSWORD, basic
 
 SECRET = "s3cret-for-the-webhook-tests"
 # Retries within a test's patience: 50 ms doubling to at most 200 ms.
@@ -106,7 +107,7 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Start]:
     """A registry as ``aioreg serve`` builds it, with fast webhook retries."""
     started: list[Reg] = []
 
-    async def start_one(**webhooks: object) -> Reg:
+    async def start_one(gc: dict[str, object] | None = None, **webhooks: object) -> Reg:
         config = load_config(
             None,
             environ={},
@@ -114,6 +115,7 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Start]:
                 "storage": {"data_dir": str(tmp_path / "data")},
                 "server": {"listen": "127.0.0.1:0", "access_log": False},
                 "webhooks": {**FAST, **webhooks},
+                "gc": gc or {},
             },
         )
         server = RegistryServer(config)
@@ -463,3 +465,92 @@ async def test_events_queued_when_killed_are_delivered_after_restart(
         assert all(verify(h, b) for h, b in receiver.accepted)
     finally:
         await receiver.stop()
+
+
+async def test_gc_of_untagged_manifests_is_announced(
+    start_registry: Start, receiver: Receiver
+) -> None:
+    await receiver.start()
+    reg = await start_registry(gc={"grace_period": 0})
+    await add_endpoint(reg, receiver.url, events=["delete"])
+    digest, _ = await reg.push_image("team/app", None)
+    report = await api(reg, "POST", "/gc?untagged=true")
+    assert len(report["manifests_removed"]) == 1
+    await receiver.wait_for(lambda: len(receiver.accepted) == 1)
+    [event] = receiver.events()
+    assert event["type"] == "io.aioreg.delete"
+    assert event["data"]["digest"] == digest
+    assert event["data"]["actor"] == "gc"
+
+
+async def test_namespace_admins_manage_their_namespace_endpoints_only(
+    make_registry: AppFactory, receiver: Receiver
+) -> None:
+    reg = await make_registry(auth={"enabled": True, "admin_password": ADMIN_PASSWORD})
+    accounts = Accounts(reg.registry.index)
+    for user in ("alice", "carol"):
+        await accounts.add_user(user, f"{user}-pw")
+    await accounts.create_namespace("team", "alice")
+    await accounts.set_member("team", "carol", "read")
+    alice, carol = basic("alice", "alice-pw"), basic("carol", "carol-pw")
+    admin = basic("admin", ADMIN_PASSWORD)
+
+    async def call(method: str, path: str, creds: dict[str, str] | None, **kw: Any) -> int:
+        resp = await reg.client.request(method, "/api/v1" + path, headers=creds or {}, **kw)
+        return resp.status
+
+    hook = {"url": "http://127.0.0.1:9/hook"}
+    assert await call("POST", "/webhooks", None, json=hook) == 401
+    assert await call("POST", "/webhooks", alice, json=hook) == 403  # registry-wide
+    assert await call("POST", "/webhooks", alice, json={**hook, "namespace": "other"}) == 403
+    assert await call("POST", "/webhooks", carol, json={**hook, "namespace": "team"}) == 403
+    resp = await reg.client.post(
+        "/api/v1/webhooks", headers=alice, json={**hook, "namespace": "team"}
+    )
+    assert resp.status == 201
+    mine = (await resp.json())["id"]
+    resp = await reg.client.post("/api/v1/webhooks", headers=admin, json=hook)
+    assert resp.status == 201
+    wide = (await resp.json())["id"]
+    assert await call("GET", "/webhooks", alice) == 403
+    resp = await reg.client.get("/api/v1/webhooks?namespace=team", headers=alice)
+    assert [w["id"] for w in (await resp.json())["webhooks"]] == [mine]
+    for method, path in (("GET", ""), ("GET", "/deliveries"), ("DELETE", "")):
+        assert await call(method, f"/webhooks/{wide}{path}", alice) == 403
+        assert await call(method, f"/webhooks/{mine}{path}", carol) == 403
+    assert await call("DELETE", f"/webhooks/{mine}", alice) == 200
+    resp = await reg.client.get("/api/v1/webhooks", headers=admin)
+    assert [w["id"] for w in (await resp.json())["webhooks"]] == [wide]
+
+
+def test_cli_add_ls_test_rm(tmp_path: Path) -> None:
+    """The CLI on a data dir: the secret is printed once; ``test`` reports a refusal."""
+    data = str(tmp_path / "d")
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aioreg", "webhook", *args, "--data", data],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            input=stdin,
+        )
+
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    added = cli("add", url, "--event", "push", "--namespace", "team")
+    assert added.returncode == 0, added.stderr
+    assert "secret (shown once" in added.stdout
+    quiet = cli("add", url, "--secret-stdin", "--format", "distribution", stdin=SECRET + "\n")
+    assert quiet.returncode == 0 and SECRET not in quiet.stdout
+    listing = cli("ls")
+    assert listing.returncode == 0
+    assert url in listing.stdout and "distribution" in listing.stdout
+    assert SECRET not in listing.stdout and "secret" not in listing.stdout.lower()
+    tested = cli("test", "1")  # nobody listens there
+    assert tested.returncode == 1
+    assert "not accepted" in tested.stderr
+    assert cli("rm", "1").returncode == 0
+    assert "team" not in cli("ls").stdout
+    assert cli("rm", "1").returncode == 1
+    bad = cli("add", "http://u:p@h/x")
+    assert bad.returncode == 1 and "credentials" in bad.stderr
