@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from aiohttp import web
 
 from aioreg.api.server import RegistryServer
 from aioreg.auth.accounts import Accounts
+from aioreg.cli import main
 from aioreg.config import load_config
 from tests.conftest import AppFactory, HttpClient, Reg, digest_of, error_codes, image_manifest
 from tests.process import Server, free_port, start
@@ -523,34 +525,34 @@ async def test_namespace_admins_manage_their_namespace_endpoints_only(
     assert [w["id"] for w in (await resp.json())["webhooks"]] == [wide]
 
 
-def test_cli_add_ls_test_rm(tmp_path: Path) -> None:
-    """The CLI on a data dir: the secret is printed once; ``test`` reports a refusal."""
+def test_cli_add_ls_test_rm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI (its entry point, in process) on a data dir: the secret is printed once;
+    ``test`` reports a refusal."""
     data = str(tmp_path / "d")
 
-    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "aioreg", "webhook", *args, "--data", data],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            input=stdin,
-        )
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["webhook", *args, "--data", data])
+        out, err = capsys.readouterr()
+        return code, out, err
 
     url = f"http://127.0.0.1:{free_port()}/hook"
-    added = cli("add", url, "--event", "push", "--namespace", "team")
-    assert added.returncode == 0, added.stderr
-    assert "secret (shown once" in added.stdout
-    quiet = cli("add", url, "--secret-stdin", "--format", "distribution", stdin=SECRET + "\n")
-    assert quiet.returncode == 0 and SECRET not in quiet.stdout
-    listing = cli("ls")
-    assert listing.returncode == 0
-    assert url in listing.stdout and "distribution" in listing.stdout
-    assert SECRET not in listing.stdout and "secret" not in listing.stdout.lower()
-    tested = cli("test", "1")  # nobody listens there
-    assert tested.returncode == 1
-    assert "not accepted" in tested.stderr
-    assert cli("rm", "1").returncode == 0
-    assert "team" not in cli("ls").stdout
-    assert cli("rm", "1").returncode == 1
-    bad = cli("add", "http://u:p@h/x")
-    assert bad.returncode == 1 and "credentials" in bad.stderr
+    code, out, _ = cli("add", url, "--event", "push", "--namespace", "team")
+    assert code == 0
+    assert "secret (shown once" in out
+    monkeypatch.setattr(sys, "stdin", io.StringIO(SECRET + "\n"))
+    code, out, _ = cli("add", url, "--secret-stdin", "--format", "distribution")
+    assert code == 0 and SECRET not in out
+    code, out, _ = cli("ls")
+    assert code == 0
+    assert url in out and "distribution" in out
+    assert SECRET not in out and "secret" not in out.lower()
+    code, _, err = cli("test", "1")  # nobody listens there
+    assert code == 1
+    assert "not accepted" in err
+    assert cli("rm", "1")[0] == 0
+    assert "team" not in cli("ls")[1]
+    assert cli("rm", "1")[0] == 1
+    code, _, err = cli("add", "http://u:p@h/x")
+    assert code == 1 and "credentials" in err
