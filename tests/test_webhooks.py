@@ -31,6 +31,7 @@ from aioreg.config import load_config
 from tests.conftest import AppFactory, HttpClient, Reg, digest_of, error_codes, image_manifest
 from tests.process import Server, free_port, start
 from tests.test_auth import ADMIN_PASSWORD, basic
+from tests.test_proxy import proxy_entry
 
 SECRET = "s3cret-for-the-webhook-tests"
 # Retries within a test's patience: 50 ms doubling to at most 200 ms.
@@ -109,7 +110,11 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Start]:
     """A registry as ``aioreg serve`` builds it, with fast webhook retries."""
     started: list[Reg] = []
 
-    async def start_one(gc: dict[str, object] | None = None, **webhooks: object) -> Reg:
+    async def start_one(
+        gc: dict[str, object] | None = None,
+        proxy: list[dict[str, object]] | None = None,
+        **webhooks: object,
+    ) -> Reg:
         config = load_config(
             None,
             environ={},
@@ -118,6 +123,7 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Start]:
                 "server": {"listen": "127.0.0.1:0", "access_log": False},
                 "webhooks": {**FAST, **webhooks},
                 "gc": gc or {},
+                "proxy": proxy or [],
             },
         )
         server = RegistryServer(config)
@@ -483,6 +489,24 @@ async def test_gc_of_untagged_manifests_is_announced(
     assert event["type"] == "io.aioreg.delete"
     assert event["data"]["digest"] == digest
     assert event["data"]["actor"] == "gc"
+
+
+async def test_a_proxy_caching_upstream_content_announces_pulls_not_pushes(
+    start_registry: Start, make_registry: AppFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    await receiver.start()
+    upstream = await make_registry(tmp_path / "up")
+    digest, _ = await upstream.push_image("library/alpine", "3.20")
+    reg = await start_registry(proxy=[proxy_entry(upstream)])
+    await add_endpoint(reg, receiver.url)
+    assert (await reg.client.get("/v2/hub/alpine/manifests/3.20")).status == 200
+    await reg.push_image("local/app", "done")
+    await receiver.wait_for(
+        lambda: {("pull", "3.20"), ("tag_created", "done")} <= set(actions(receiver.events()))
+    )
+    assert actions(receiver.events(), "hub/alpine") == [("pull", "3.20")]
+    [pull] = [e for e in receiver.events() if e["data"]["repository"] == "hub/alpine"]
+    assert pull["data"]["digest"] == digest
 
 
 async def test_namespace_admins_manage_their_namespace_endpoints_only(

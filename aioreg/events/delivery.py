@@ -20,6 +20,7 @@ import math
 import random
 import socket
 import time
+import urllib.parse
 import uuid
 
 import aiohttp
@@ -203,12 +204,15 @@ class DeliveryWorker:
             next_at = attempt.at + backoff(self.config, attempts) if state == PENDING else 0.0
             await self.index.webhooks.record_attempt(delivery_id, attempt, state, next_at)
             if state == DEAD:
+                # The endpoint by id and host: a URL's path may carry a token.
                 log.warning(
-                    "webhook delivery %d (event %s, %s) to %s dead-lettered after %d attempts: %s",
+                    "webhook delivery %d (event %s, %s) to endpoint %d (%s) dead-lettered "
+                    "after %d attempts: %s",
                     delivery_id,
                     delivery.event.uid,
                     delivery.event.action,
-                    endpoint.url,
+                    endpoint.id,
+                    urllib.parse.urlsplit(endpoint.url).hostname,
                     attempts,
                     attempt.error,
                 )

@@ -226,6 +226,8 @@ async def _link(
     adopt: bool = False,
     outbox: Outbox | None = None,
 ) -> None:
+    if adopt:
+        outbox = None  # a proxy caching upstream content: nobody pushed anything
     async with within_quota(db, name, quota_limit, outbox):
         repo_id = await ensure_repository(db, name, now, outbox)
         await db.execute(

@@ -53,10 +53,11 @@ class ManifestQueries:
         insert. A tag in ``protected_tags`` already pointing at another digest
         raises ``TagMoveRefused`` (the same digest again is fine), and then neither
         the manifest nor any of the tags is stored. The webhook events (push, tags
-        created or moved, the repository created) go in the same transaction.
+        created or moved, the repository created) go in the same transaction; a
+        proxy's cached copy (without ``require_references``) is no push and has none.
         """
         digest = str(manifest.digest)
-        outbox = self._db.outbox
+        outbox = self._db.outbox if require_references else None
         async with self._db.transaction() as db:
             repo_id = await ensure_repository(db, name, now, outbox, actor)
             for tag in tags:
@@ -106,13 +107,13 @@ class ManifestQueries:
                 "INSERT OR IGNORE INTO manifest_children(manifest_id, child_digest) VALUES (?, ?)",
                 [(manifest_id, d) for d in children],
             )
-            announce = await outbox.active(db)
+            announce = outbox is not None and await outbox.active(db)
             previous = await _tag_digests(db, repo_id, tags) if announce else {}
             await db.executemany(_UPSERT_TAG, [(repo_id, t, manifest_id, now) for t in tags])
             await db.execute(
                 "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
             )
-            if announce:
+            if announce and outbox is not None:
                 target = Announcement(
                     "push", name, None, digest, manifest.media_type, manifest.size, actor, at=now
                 )
