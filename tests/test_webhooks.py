@@ -47,12 +47,15 @@ class Receiver:
         self.status = status
         self.requests = 0
         self.accepted: list[tuple[dict[str, str], bytes]] = []
+        self.hold: asyncio.Event | None = None  # set: answer; until then each request hangs
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests += 1
+        if self.hold is not None:
+            await self.hold.wait()
         if self.requests <= self.refuse:
             return web.Response(status=503, text="not yet")
         if not 200 <= self.status < 300:
@@ -361,6 +364,39 @@ async def test_a_400_is_dead_lettered_after_one_attempt_and_redeliverable(
     assert redelivered["state"] == "pending"
     await receiver.wait_for(lambda: len(receiver.accepted) == 2)
     assert receiver.accepted[1][0]["X-Aioreg-Event-Id"] == delivery["event_id"]
+
+
+async def test_retries_stop_at_max_attempts(start_registry: Start, receiver: Receiver) -> None:
+    receiver.status = 503
+    await receiver.start()
+    reg = await start_registry(max_attempts=3)
+    endpoint = await add_endpoint(reg, receiver.url, events=["push"])
+    await reg.push_image("team/app", "v1")
+    path = f"/webhooks/{endpoint['id']}/deliveries?state=dead"
+    deadline = time.monotonic() + 20
+    while not (dead := (await api(reg, "GET", path))["deliveries"]):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert [a["status"] for a in dead[0]["attempts"]] == [503, 503, 503]
+    assert receiver.requests == 3
+
+
+async def test_a_hung_receiver_holds_up_neither_pushes_nor_pulls(
+    start_registry: Start, receiver: Receiver
+) -> None:
+    receiver.hold = asyncio.Event()
+    await receiver.start()
+    reg = await start_registry(concurrency=1, timeout=60)
+    await add_endpoint(reg, receiver.url)
+    await reg.push_image("team/app", "v1")
+    await receiver.wait_for(lambda: receiver.requests == 1)  # the first send hangs there
+    for i in range(3):
+        await reg.push_image("team/app", f"w{i}", seed=str(i))
+    assert (await reg.client.get("/v2/team/app/manifests/w2")).status == 200
+    assert receiver.requests == 1  # in order: the next waits for the first
+    receiver.hold.set()
+    await receiver.wait_for(lambda: len(receiver.accepted) == 3 + 3 * 2 + 1)
+    assert receiver.requests == 10
 
 
 async def test_distribution_envelope(start_registry: Start, receiver: Receiver) -> None:
