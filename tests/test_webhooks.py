@@ -27,7 +27,7 @@ from aiohttp import web
 from aioreg.api.server import RegistryServer
 from aioreg.auth.accounts import Accounts
 from aioreg.cli import main
-from aioreg.config import load_config
+from aioreg.config import ConfigError, load_config
 from tests.conftest import AppFactory, HttpClient, Reg, digest_of, error_codes, image_manifest
 from tests.process import Server, free_port, start
 from tests.test_auth import ADMIN_PASSWORD, basic
@@ -116,6 +116,7 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Start]:
     async def start_one(
         gc: dict[str, object] | None = None,
         proxy: list[dict[str, object]] | None = None,
+        webhook: list[dict[str, object]] | None = None,
         **webhooks: object,
     ) -> Reg:
         config = load_config(
@@ -127,6 +128,7 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Start]:
                 "webhooks": {**FAST, **webhooks},
                 "gc": gc or {},
                 "proxy": proxy or [],
+                "webhook": webhook or [],
             },
         )
         server = RegistryServer(config)
@@ -616,3 +618,59 @@ def test_cli_add_ls_test_rm(
     assert cli("rm", "1")[0] == 1
     code, _, err = cli("add", "http://u:p@h/x")
     assert code == 1 and "credentials" in err
+
+
+def test_config_file_endpoints_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = {"url": "https://ci.example.com/hook", "secret": SECRET}
+    config = load_config(None, environ={}, overrides={"webhook": [good]})
+    assert SECRET not in repr(config)
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    from_env = {"url": good["url"], "secret_env": "HOOK_SECRET"}
+    assert load_config(None, environ={}, overrides={"webhook": [from_env]}).webhook
+    for bad, why in [
+        ({"url": good["url"]}, "secret"),
+        ({**good, "secret": "short"}, "16 to 256"),
+        ({**good, "secret_env": "HOOK_SECRET"}, "one of"),
+        ({**good, "url": "http://me:pw@host/x"}, "credentials"),
+        ({**good, "events": ["push", "pushed"]}, "unknown events pushed"),
+        ({**good, "format": "xml"}, "format"),
+        ({**good, "namespace": "Team/x"}, "namespace"),
+        ({**good, "extra": 1}, "extra"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            load_config(None, environ={}, overrides={"webhook": [bad]})
+    with pytest.raises(ConfigError, match="twice"):
+        load_config(None, environ={}, overrides={"webhook": [good, good]})
+
+
+async def test_config_file_endpoints_are_stored_at_start_and_changed_only_there(
+    start_registry: Start, receiver: Receiver
+) -> None:
+    await receiver.start()
+    entry = {"url": receiver.url, "secret": SECRET, "events": ["push"]}
+    reg = await start_registry(webhook=[entry])
+    [listed] = (await api(reg, "GET", "/webhooks"))["webhooks"]
+    assert listed["source"] == "config" and "secret" not in listed
+    await reg.push_image("team/app", "v1")
+    await receiver.wait_for(lambda: len(receiver.accepted) == 1)
+    assert verify(*receiver.accepted[0])
+    for method, path, body in (
+        ("DELETE", f"/webhooks/{listed['id']}", None),
+        ("PATCH", f"/webhooks/{listed['id']}", {"enabled": False}),
+    ):
+        resp = await reg.client.request(method, "/api/v1" + path, json=body)
+        assert resp.status == 403
+        assert "config file" in (await resp.json())["errors"][0]["message"]
+    await reg.client.close()
+    await reg.server.stop()
+    # Restarted with the entry changed: the same endpoint (its history kept), new filters.
+    reg = await start_registry(webhook=[{**entry, "events": ["push", "tag_created"]}])
+    [again] = (await api(reg, "GET", "/webhooks"))["webhooks"]
+    assert again["id"] == listed["id"] and again["events"] == ["push", "tag_created"]
+    history = await api(reg, "GET", f"/webhooks/{again['id']}/deliveries")
+    assert [d["state"] for d in history["deliveries"]] == ["delivered"]
+    await reg.client.close()
+    await reg.server.stop()
+    # Removed from the file: gone.
+    reg = await start_registry()
+    assert (await api(reg, "GET", "/webhooks"))["webhooks"] == []

@@ -25,6 +25,7 @@ from aioreg import __version__
 from aioreg.api.app import IN_FLIGHT_KEY, create_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
 from aioreg.api.http import REGISTRY_KEY
+from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.config import Config
 from aioreg.errors import ErrorCode
 from aioreg.events.delivery import DeliveryWorker
@@ -212,6 +213,8 @@ class RegistryServer:
     async def start(self) -> None:
         """Open the registry and listen; ``ListenError`` when the address is unusable."""
         await self.runner.setup()
+        # The config file's webhook endpoints, as the file has them now.
+        await self.app[MANAGEMENT_KEY].webhooks.sync_config(self.config.webhook)
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
         try:
             await site.start()

@@ -13,11 +13,10 @@ import sys
 
 from aioreg.cli.command import Subparsers, bind, on_management
 from aioreg.cli.output import format_time
+from aioreg.config import WEBHOOK_EVENTS, WEBHOOK_FORMATS, WebhookEndpointConfig
 from aioreg.domain.management import Management
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.events.endpoints import DELIVERY_STATES, EndpointSpec
-from aioreg.events.formats import CLOUDEVENTS, FORMATS
-from aioreg.index.outbox import EVENT_KINDS
+from aioreg.events.endpoints import DELIVERY_STATES
 
 
 def add_parsers(commands: Subparsers) -> None:
@@ -33,7 +32,7 @@ def add_parsers(commands: Subparsers) -> None:
         "--event",
         action="append",
         default=[],
-        choices=EVENT_KINDS,
+        choices=WEBHOOK_EVENTS,
         dest="events",
         help="an event kind to send (repeatable; default: every kind)",
     )
@@ -45,7 +44,7 @@ def add_parsers(commands: Subparsers) -> None:
         dest="media_types",
         help="only events about manifests of this media type (repeatable)",
     )
-    add.add_argument("--format", default=CLOUDEVENTS, choices=FORMATS)
+    add.add_argument("--format", default=WEBHOOK_FORMATS[0], choices=WEBHOOK_FORMATS)
     add.add_argument("--disabled", action="store_true", help="add it paused")
     add.add_argument("--secret-stdin", action="store_true", help="read the secret from stdin")
     bind(actions.add_parser("ls", help="endpoints, without their secrets"), on_management(_ls))
@@ -74,15 +73,15 @@ def add_parsers(commands: Subparsers) -> None:
 async def _add(m: Management, args: argparse.Namespace) -> None:
     secret = sys.stdin.readline().rstrip("\n") if args.secret_stdin else None
     endpoint, secret = await m.webhooks.add(
-        EndpointSpec(
-            args.url,
-            secret,
-            args.namespace,
-            args.events,
-            args.repository,
-            args.media_types,
-            args.format,
-            not args.disabled,
+        WebhookEndpointConfig(
+            url=args.url,
+            secret=secret or "",
+            namespace=args.namespace or "",
+            events=args.events,
+            repository_pattern=args.repository,
+            media_types=args.media_types,
+            format=args.format,
+            enabled=not args.disabled,
         )
     )
     print(f"added webhook {endpoint.id} -> {endpoint.url}")

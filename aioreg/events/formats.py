@@ -19,9 +19,7 @@ import msgspec
 
 from aioreg.index.webhooks import OutboxEventRow
 
-CLOUDEVENTS = "cloudevents"
-DISTRIBUTION = "distribution"
-FORMATS = (CLOUDEVENTS, DISTRIBUTION)
+DISTRIBUTION = "distribution"  # else CloudEvents (config.WEBHOOK_FORMATS)
 CLOUDEVENTS_MEDIA_TYPE = "application/cloudevents+json"
 DISTRIBUTION_MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 CLOUDEVENTS_TYPE_PREFIX = "io.aioreg."

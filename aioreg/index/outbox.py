@@ -24,18 +24,6 @@ from aioreg import logcontext
 
 log = logging.getLogger("aioreg.webhooks")
 
-EVENT_KINDS = (
-    "push",
-    "pull",
-    "delete",
-    "tag_created",
-    "tag_deleted",
-    "repository_created",
-    "repository_deleted",
-    "quota_warning",
-    "quota_exceeded",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Announcement:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 import msgspec
 
 from aioreg.index.database import Database
@@ -20,7 +21,7 @@ from aioreg.index.database import Database
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 _ENDPOINT_COLUMNS = (
     "id, namespace, url, secret, events, repository_pattern, media_types, format, enabled, "
-    "created_at"
+    "created_at, source"
 )
 _EVENT_COLUMNS = (
     "e.id, e.uid, e.at, e.action, e.repository, e.tag, e.digest, e.media_type, e.size, "
@@ -45,6 +46,7 @@ class EndpointRow:
     format: str
     enabled: bool
     created_at: float
+    source: str  # "api" (API or CLI) or "config" (the config file's [[webhook]])
 
     def __repr__(self) -> str:
         return f"EndpointRow(id={self.id}, url={self.url!r}, namespace={self.namespace!r})"
@@ -100,6 +102,31 @@ class NewEndpoint:
     enabled: bool
 
 
+def _settings(endpoint: NewEndpoint) -> tuple[object, ...]:
+    """(namespace, url, secret, events, pattern, media types, format, enabled) as stored."""
+    return (
+        endpoint.namespace,
+        endpoint.url,
+        endpoint.secret,
+        msgspec.json.encode(endpoint.events).decode(),
+        endpoint.repository_pattern,
+        msgspec.json.encode(endpoint.media_types).decode(),
+        endpoint.format,
+        int(endpoint.enabled),
+    )
+
+
+async def _insert(db: aiosqlite.Connection, endpoint: NewEndpoint, now: float, source: str) -> int:
+    cursor = await db.execute(
+        f"INSERT INTO webhook_endpoints({_ENDPOINT_COLUMNS.removeprefix('id, ')}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (*_settings(endpoint), now, source),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _endpoint(row: Sequence[Any]) -> EndpointRow:
     return EndpointRow(
         int(row[0]),
@@ -112,6 +139,7 @@ def _endpoint(row: Sequence[Any]) -> EndpointRow:
         row[7],
         bool(row[8]),
         float(row[9]),
+        row[10],
     )
 
 
@@ -159,24 +187,33 @@ class WebhookQueries:
 
     async def add_endpoint(self, endpoint: NewEndpoint, now: float) -> int:
         async with self._db.transaction(invalidates=False) as db:
-            cursor = await db.execute(
-                f"INSERT INTO webhook_endpoints({_ENDPOINT_COLUMNS.removeprefix('id, ')}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (
-                    endpoint.namespace,
-                    endpoint.url,
-                    endpoint.secret,
-                    msgspec.json.encode(endpoint.events).decode(),
-                    endpoint.repository_pattern,
-                    msgspec.json.encode(endpoint.media_types).decode(),
-                    endpoint.format,
-                    int(endpoint.enabled),
-                    now,
-                ),
+            return await _insert(db, endpoint, now, "api")
+
+    async def sync_config(self, endpoints: Sequence[NewEndpoint], now: float) -> None:
+        """Make the config file's endpoints these, in one transaction.
+
+        One is known by its URL and namespace: kept (its id, queue and history) and
+        updated when still configured, removed when no longer.
+        """
+        async with self._db.transaction(invalidates=False) as db:
+            async with db.execute(
+                "SELECT id, url, coalesce(namespace, '') FROM webhook_endpoints "
+                "WHERE source = 'config'"
+            ) as cursor:
+                known = {(r[1], r[2]): int(r[0]) for r in await cursor.fetchall()}
+            for endpoint in endpoints:
+                endpoint_id = known.pop((endpoint.url, endpoint.namespace or ""), None)
+                if endpoint_id is None:
+                    await _insert(db, endpoint, now, "config")
+                    continue
+                await db.execute(
+                    "UPDATE webhook_endpoints SET secret = ?, events = ?, repository_pattern = ?, "
+                    "media_types = ?, format = ?, enabled = ? WHERE id = ?",
+                    (*_settings(endpoint)[2:], endpoint_id),
+                )
+            await db.executemany(
+                "DELETE FROM webhook_endpoints WHERE id = ?", [(i,) for i in known.values()]
             )
-            row = await cursor.fetchone()
-            assert row is not None
-            return int(row[0])
 
     async def endpoints(self) -> list[EndpointRow]:
         rows = await self._db.all(f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY id")

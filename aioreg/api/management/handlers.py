@@ -55,9 +55,9 @@ from aioreg.api.management.schemas import (
 )
 from aioreg.api.v2.proxied import proxies
 from aioreg.auth.service import AuthError, Identity
+from aioreg.config import WebhookEndpointConfig
 from aioreg.domain.management import Management
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.events.endpoints import EndpointSpec
 from aioreg.index.webhooks import EndpointRow
 
 MANAGEMENT_KEY = web.AppKey("management", Management)
@@ -401,15 +401,15 @@ async def add_webhook(request: web.Request) -> web.StreamResponse:
     body = await _body(request, WebhookRequest)
     await _require_webhooks(request, body.namespace)
     endpoint, secret = await _management(request).webhooks.add(
-        EndpointSpec(
-            body.url,
-            body.secret,
-            body.namespace,
-            body.events,
-            body.repository_pattern,
-            body.media_types,
-            body.format,
-            body.enabled,
+        WebhookEndpointConfig(
+            url=body.url,
+            secret=body.secret or "",
+            namespace=body.namespace or "",
+            events=body.events,
+            repository_pattern=body.repository_pattern,
+            media_types=body.media_types,
+            format=body.format,
+            enabled=body.enabled,
         )
     )
     return _json(WebhookCreated.created(endpoint, secret), status=201)

@@ -384,6 +384,7 @@ class Webhook(msgspec.Struct, kw_only=True):
     format: str
     enabled: bool
     created_at: float
+    source: str  # "api" (added by API or CLI) or "config" (only the config file changes it)
 
     @classmethod
     def from_domain(cls, row: EndpointRow) -> Webhook:
@@ -397,6 +398,7 @@ class Webhook(msgspec.Struct, kw_only=True):
             format=row.format,
             enabled=row.enabled,
             created_at=row.created_at,
+            source=row.source,
         )
 
 

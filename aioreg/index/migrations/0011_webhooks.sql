@@ -10,7 +10,8 @@ CREATE TABLE webhook_endpoints (
     media_types TEXT NOT NULL,  -- JSON list; empty: any
     format TEXT NOT NULL,  -- cloudevents | distribution
     enabled INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    source TEXT NOT NULL DEFAULT 'api'  -- api (added by API or CLI) | config ([[webhook]])
 );
 CREATE TABLE webhook_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order events happened in, never reused
