@@ -186,40 +186,41 @@ class DeliveryWorker:
                 return
 
     async def _deliver(self, delivery_id: int, endpoint_id: int) -> None:
+        sent = False
         try:
-            delivery = await self.index.webhooks.delivery(delivery_id)
-            endpoint = await self.index.webhooks.endpoint(endpoint_id)
-            if delivery is None or endpoint is None or delivery.state != PENDING:
-                return
-            attempt = await send(
-                endpoint,
-                delivery.event,
-                delivery_id,
-                self.source,
-                self.config.timeout,
-                self._session,
-            )
-            attempts = delivery.attempts + 1
-            state = outcome(attempt.status, attempts, self.config.max_attempts)
-            next_at = attempt.at + backoff(self.config, attempts) if state == PENDING else 0.0
-            await self.index.webhooks.record_attempt(delivery_id, attempt, state, next_at)
-            if state == DEAD:
-                # The endpoint by id and host: a URL's path may carry a token.
-                log.warning(
-                    "webhook delivery %d (event %s, %s) to endpoint %d (%s) dead-lettered "
-                    "after %d attempts: %s",
-                    delivery_id,
-                    delivery.event.uid,
-                    delivery.event.action,
-                    endpoint.id,
-                    urllib.parse.urlsplit(endpoint.url).hostname,
-                    attempts,
-                    attempt.error,
-                )
+            sent = await self._attempt(delivery_id, endpoint_id)
         except Exception:
             # Left pending as it was: the next poll tries again, not a tight loop.
             log.exception("webhook delivery %d failed", delivery_id)
+        finally:
             self._sending.pop(endpoint_id, None)
-        else:
-            self._sending.pop(endpoint_id, None)
+        if sent:
             self.index.webhooks.written.set()  # the endpoint's next delivery may go
+
+    async def _attempt(self, delivery_id: int, endpoint_id: int) -> bool:
+        """One attempt at a delivery, recorded; False when it was no longer due."""
+        delivery = await self.index.webhooks.delivery(delivery_id)
+        endpoint = await self.index.webhooks.endpoint(endpoint_id)
+        if delivery is None or endpoint is None or delivery.state != PENDING:
+            return False  # removed, or finished by another process meanwhile
+        attempt = await send(
+            endpoint, delivery.event, delivery_id, self.source, self.config.timeout, self._session
+        )
+        attempts = delivery.attempts + 1
+        state = outcome(attempt.status, attempts, self.config.max_attempts)
+        next_at = attempt.at + backoff(self.config, attempts) if state == PENDING else 0.0
+        await self.index.webhooks.record_attempt(delivery_id, attempt, state, next_at)
+        if state == DEAD:
+            # The endpoint by id and host: a URL's path may carry a token.
+            log.warning(
+                "webhook delivery %d (event %s, %s) to endpoint %d (%s) dead-lettered "
+                "after %d attempts: %s",
+                delivery_id,
+                delivery.event.uid,
+                delivery.event.action,
+                endpoint.id,
+                urllib.parse.urlsplit(endpoint.url).hostname,
+                attempts,
+                attempt.error,
+            )
+        return True
