@@ -330,6 +330,8 @@ async def test_a_400_is_dead_lettered_after_one_attempt_and_redeliverable(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert receiver.requests == 1
+    stats = reg.server.webhooks.stats
+    assert (stats.attempts, stats.delivered, stats.failed, stats.dead_lettered) == (1, 0, 1, 1)
     [delivery] = dead
     assert [a["status"] for a in delivery["attempts"]] == [400]
     assert delivery["attempts"][0]["error"].startswith("HTTP 400")

@@ -22,6 +22,7 @@ import socket
 import time
 import urllib.parse
 import uuid
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -115,6 +116,16 @@ def backoff(config: WebhooksConfig, attempts: int) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
+@dataclass(slots=True)
+class DeliveryStats:
+    """What this process's worker did since it started (for metrics)."""
+
+    attempts: int = 0
+    delivered: int = 0
+    failed: int = 0  # attempts that did not deliver
+    dead_lettered: int = 0
+
+
 class DeliveryWorker:
     """Started and stopped with the server; wakes on new events, due retries, or every
     ``poll_interval`` (events another process wrote)."""
@@ -126,6 +137,7 @@ class DeliveryWorker:
         self._task: asyncio.Task[None] | None = None
         self._sending: dict[int, asyncio.Task[None]] = {}  # endpoint id -> its send
         self._session: aiohttp.ClientSession | None = None
+        self.stats = DeliveryStats()
 
     def start(self) -> None:
         if self._task is None:
@@ -209,6 +221,13 @@ class DeliveryWorker:
         attempts = delivery.attempts + 1
         state = outcome(attempt.status, attempts, self.config.max_attempts)
         next_at = attempt.at + backoff(self.config, attempts) if state == PENDING else 0.0
+        self.stats.attempts += 1
+        if state == DELIVERED:
+            self.stats.delivered += 1
+        else:
+            self.stats.failed += 1
+        if state == DEAD:
+            self.stats.dead_lettered += 1
         await self.index.webhooks.record_attempt(delivery_id, attempt, state, next_at)
         if state == DEAD:
             # The endpoint by id and host: a URL's path may carry a token.

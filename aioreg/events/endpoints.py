@@ -118,13 +118,16 @@ class WebhookEndpoints:
         if state is not None and state not in DELIVERY_STATES:
             raise _bad(f"state must be one of {', '.join(DELIVERY_STATES)}")
         rows = await self.index.webhooks.deliveries(endpoint_id, limit, state)
-        return [DeliveryHistory(d, await self.index.webhooks.attempts(d.id)) for d in rows]
+        attempts = await self.index.webhooks.attempts([d.id for d in rows])
+        return [DeliveryHistory(d, attempts[d.id]) for d in rows]
 
     async def delivery(self, delivery_id: int) -> DeliveryHistory:
         row = await self.index.webhooks.delivery(delivery_id)
         if row is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"no webhook delivery {delivery_id}")
-        return DeliveryHistory(row, await self.index.webhooks.attempts(delivery_id))
+        return DeliveryHistory(
+            row, (await self.index.webhooks.attempts([delivery_id]))[delivery_id]
+        )
 
     async def redeliver(self, delivery_id: int) -> DeliveryHistory:
         """Queue a delivery again (a dead-lettered one, or a delivered one once more)."""

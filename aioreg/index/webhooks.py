@@ -313,13 +313,20 @@ class WebhookQueries:
         rows = await self._db.all(sql + " ORDER BY d.id DESC LIMIT ?", (*params, limit))
         return [_delivery(r) for r in rows]
 
-    async def attempts(self, delivery_id: int) -> list[AttemptRow]:
-        rows = await self._db.all(
-            "SELECT at, status, latency, error FROM webhook_attempts WHERE delivery_id = ? "
-            "ORDER BY id",
-            (delivery_id,),
-        )
-        return [AttemptRow(*r) for r in rows]
+    async def attempts(self, delivery_ids: Sequence[int]) -> dict[int, list[AttemptRow]]:
+        """Each delivery's attempts, oldest first (every id has an entry)."""
+        found: dict[int, list[AttemptRow]] = {i: [] for i in delivery_ids}
+        ids = list(found)
+        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            batch = ids[start : start + 500]
+            rows = await self._db.all(
+                "SELECT delivery_id, at, status, latency, error FROM webhook_attempts "
+                f"WHERE delivery_id IN ({','.join('?' * len(batch))}) ORDER BY id",
+                batch,
+            )
+            for r in rows:
+                found[int(r[0])].append(AttemptRow(r[1], r[2], r[3], r[4]))
+        return found
 
     async def record_attempt(
         self, delivery_id: int, attempt: AttemptRow, state: str, next_at: float
