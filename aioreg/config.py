@@ -150,6 +150,69 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 LOG_FORMATS = ("plain", "json", "auto")
 
 
+class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The webhook outbox and its delivery worker (endpoints are managed through /api/v1)."""
+
+    concurrency: PositiveInt = 8
+    timeout: PositiveFloat = 10.0
+    max_attempts: PositiveInt = 8
+    backoff_base: PositiveFloat = 1.0
+    backoff_max: PositiveFloat = 300.0
+    outbox_max_rows: PositiveInt = 100000
+    quota_warning_percent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 90
+    poll_interval: PositiveFloat = 2.0
+    public_url: str = ""
+
+
+WEBHOOK_EVENTS = (
+    "push",
+    "pull",
+    "delete",
+    "tag_created",
+    "tag_deleted",
+    "repository_created",
+    "repository_deleted",
+    "quota_warning",
+    "quota_exceeded",
+)
+WEBHOOK_FORMATS = ("cloudevents", "distribution")
+WEBHOOK_SECRET_LENGTH = (16, 256)
+WEBHOOK_TEXT_MAX = 2048
+WEBHOOK_FILTER_ITEMS_MAX = 50
+WEBHOOK_URL_RE = re.compile(r"https?://[^/\s@?#]+(?:[/?]\S*)?")
+
+
+class WebhookEndpointConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One webhook endpoint: a ``[[webhook]]`` table, or one added through /api/v1 or the CLI.
+
+    The secret signing its requests comes from ``secret`` (in the file),
+    ``secret_env`` (an environment variable's name) or ``secret_file`` (a path);
+    never logged. ``namespace`` empty: registry-wide. Empty filters let all through.
+    """
+
+    url: str
+    secret: str = ""
+    secret_env: str = ""
+    secret_file: str = ""
+    namespace: str = ""
+    events: list[str] = msgspec.field(default_factory=list)
+    repository_pattern: str = "*"
+    media_types: list[str] = msgspec.field(default_factory=list)
+    format: str = "cloudevents"
+    enabled: bool = True
+
+    def __repr__(self) -> str:
+        return f"WebhookEndpointConfig(url={self.url!r}, namespace={self.namespace!r})"
+
+    def resolved_secret(self) -> str:
+        """The secret, from wherever the config says it is."""
+        if self.secret_env:
+            return os.environ.get(self.secret_env, "")
+        if self.secret_file:
+            return Path(self.secret_file).expanduser().read_text().strip()
+        return self.secret
+
+
 class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One pull-through proxy: a read-only local namespace in front of an upstream registry.
 
@@ -200,7 +263,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     transfer: TransferConfig = msgspec.field(default_factory=TransferConfig)
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     proxy: list[ProxyConfig] = msgspec.field(default_factory=list)
+    webhook: list[WebhookEndpointConfig] = msgspec.field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
@@ -215,8 +280,8 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-# Sections that are lists of tables (``[[proxy]]``): set in the file only.
-LIST_SECTIONS = frozenset({"proxy"})
+# Sections that are lists of tables (``[[proxy]]``, ``[[webhook]]``): set in the file only.
+LIST_SECTIONS = frozenset({"proxy", "webhook"})
 # AIOREG_* variables that are not options.
 ENV_OTHER = frozenset({"AIOREG_CONFIG"})
 MAX_PORT = 65535
@@ -314,6 +379,7 @@ def load_config(
         raise ConfigError("give one of metrics.token, metrics.token_env")
     _validate_memory(config)
     _validate_proxies(config)
+    _validate_webhooks(config)
     return config
 
 
@@ -348,6 +414,68 @@ def validate_proxy(proxy: ProxyConfig) -> None:
     for option in ("revalidate_interval", "connect_timeout", "read_timeout"):
         if not math.isfinite(getattr(proxy, option)):
             raise ConfigError(f"{where}: {option} must be finite")
+
+
+def _validate_webhooks(config: Config) -> None:
+    """The worker's settings, and each ``[[webhook]]``: valid, with a usable secret, once."""
+    webhooks = config.webhooks
+    seen: set[tuple[str, str]] = set()
+    for endpoint in config.webhook:
+        validate_webhook(endpoint)
+        where = f"webhook {endpoint.url!r}"
+        try:
+            secret = endpoint.resolved_secret()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret_file: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"{where}: give its secret (secret, secret_env or secret_file)")
+        _check_secret(where, secret)
+        if (endpoint.url, endpoint.namespace) in seen:
+            raise ConfigError(f"{where}: configured twice for the same namespace")
+        seen.add((endpoint.url, endpoint.namespace))
+    if webhooks.backoff_max < webhooks.backoff_base:
+        raise ConfigError("webhooks.backoff_max must be at least webhooks.backoff_base")
+    if webhooks.public_url and not re.fullmatch(r"https?://[^/\s@]+(/\S*)?", webhooks.public_url):
+        raise ConfigError("webhooks.public_url must be http(s)://host[:port][/path]")
+
+
+def validate_webhook(endpoint: WebhookEndpointConfig) -> None:
+    """An http(s) URL without credentials, known events and format, bounded filters.
+
+    Shared by the config file and endpoints added through ``/api/v1`` or the CLI.
+    """
+    where = f"webhook {endpoint.url[:100]!r}"
+    if len(endpoint.url) > WEBHOOK_TEXT_MAX or not WEBHOOK_URL_RE.fullmatch(endpoint.url):
+        # No user:password@ (URLs are listed): the secret signs instead.
+        raise ConfigError(f"{where}: url must be http(s)://host[:port][/path], without credentials")
+    if sum(map(bool, (endpoint.secret, endpoint.secret_env, endpoint.secret_file))) > 1:
+        raise ConfigError(f"{where}: give one of secret, secret_env, secret_file")
+    if endpoint.secret:
+        _check_secret(where, endpoint.secret)
+    if endpoint.namespace and not PROXY_NAMESPACE_RE.fullmatch(endpoint.namespace):
+        raise ConfigError(f"{where}: namespace must be one lowercase path component")
+    unknown = sorted(set(endpoint.events) - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown events {', '.join(unknown)[:200]}; "
+            f"known: {', '.join(WEBHOOK_EVENTS)}"
+        )
+    if not endpoint.repository_pattern or len(endpoint.repository_pattern) > WEBHOOK_TEXT_MAX:
+        raise ConfigError(f"{where}: repository_pattern is a glob of 1 to 2048 characters")
+    if len(endpoint.media_types) > WEBHOOK_FILTER_ITEMS_MAX or any(
+        not m or len(m) > 255 for m in endpoint.media_types
+    ):
+        raise ConfigError(
+            f"{where}: media_types has at most {WEBHOOK_FILTER_ITEMS_MAX} types of 1-255 characters"
+        )
+    if endpoint.format not in WEBHOOK_FORMATS:
+        raise ConfigError(f"{where}: format must be one of {', '.join(WEBHOOK_FORMATS)}")
+
+
+def _check_secret(where: str, secret: str) -> None:
+    low, high = WEBHOOK_SECRET_LENGTH
+    if not low <= len(secret) <= high:
+        raise ConfigError(f"{where}: a secret has {low} to {high} characters")
 
 
 def _refuse_infinite(config: Config) -> None:

@@ -95,6 +95,15 @@ ZERO_MAKES_NO_SENSE = {
     ("auth", "failed_login_window"),
     ("server", "workers"),
     ("transfer", "zstd_level"),
+    # Webhooks: no sender, no wait, no attempt or no outbox would deliver nothing.
+    ("webhooks", "concurrency"),
+    ("webhooks", "timeout"),
+    ("webhooks", "max_attempts"),
+    ("webhooks", "backoff_base"),
+    ("webhooks", "backoff_max"),
+    ("webhooks", "outbox_max_rows"),
+    ("webhooks", "poll_interval"),
+    ("webhooks", "quota_warning_percent"),
 }
 
 

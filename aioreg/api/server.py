@@ -27,9 +27,12 @@ from aioreg import __version__, logformat
 from aioreg.api.access_log import JsonAccessLogger
 from aioreg.api.app import IN_FLIGHT_KEY, create_app, create_peer_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
+from aioreg.api.http import REGISTRY_KEY
+from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.config import Config
 from aioreg.domain.workers import MAX_SOCKET_PATH, WorkerIdentity
 from aioreg.errors import ErrorCode
+from aioreg.events.delivery import DeliveryWorker
 
 log = logging.getLogger("aioreg")
 
@@ -212,8 +215,15 @@ class RegistryServer:
         self.runner = make_runner(self.app, config)
         self._site: web.TCPSite | None = None
         self._peer_runner: web.AppRunner | None = None
+        self.webhooks = DeliveryWorker(self.app[REGISTRY_KEY].index, config)
         self.host = config.server.host
         self.port = config.server.port
+
+    @property
+    def _delivers_webhooks(self) -> bool:
+        """One process sends webhooks (worker 0 of several), so each endpoint's queue
+        goes out in order, once."""
+        return self.worker is None or self.worker.maintenance
 
     @property
     def url(self) -> str:
@@ -233,6 +243,9 @@ class RegistryServer:
             self._peer_runner = make_runner(create_peer_app(self.app, self.config), self.config)
             await self._peer_runner.setup()
             await web.UnixSite(self._peer_runner, str(self.worker.socket_path())).start()
+        if self._delivers_webhooks:
+            # The config file's webhook endpoints, as the file has them now.
+            await self.app[MANAGEMENT_KEY].webhooks.sync_config(self.config.webhook)
         site = web.TCPSite(
             self.runner,
             self.host,
@@ -254,6 +267,8 @@ class RegistryServer:
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        if self._delivers_webhooks:
+            self.webhooks.start()
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the timeout), close."""
@@ -268,6 +283,7 @@ class RegistryServer:
             )
         if self._peer_runner is not None:
             await self._peer_runner.cleanup()
+        await self.webhooks.stop()
         await self.runner.cleanup()
         self._site = None
 

@@ -1,5 +1,5 @@
 """Command line: ``aioreg serve|scrub|check|backup|restore``, accounts, repository lifecycle,
-proxies, export and import."""
+proxies, webhooks, export and import."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from aioreg.cli import (
     repositories,
     serve,
     transfer,
+    webhooks,
 )
 from aioreg.cli.command import handler_of
 from aioreg.cli.output import until_reader_leaves
 from aioreg.config import ConfigError, check_data_dir, load_config
 
-GROUPS = (serve, maintenance, backup, accounts, repositories, proxies, cleanup, transfer)
+GROUPS = (serve, maintenance, backup, accounts, repositories, proxies, webhooks, cleanup, transfer)
 """Command group modules, in the order ``aioreg --help`` lists their commands."""
 
 

@@ -2,7 +2,7 @@
 
 Both hold one ``Management`` built over a ``Registry``; each operation lives on
 its noun: ``listings``, ``repositories``, ``gc``, ``retention``, ``proxies``,
-``activity`` (pull statistics, the activity feed).
+``activity`` (pull statistics, the activity feed), ``webhooks``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from aioreg.domain.proxies import ProxyDefinitions
 from aioreg.domain.registry import Registry
 from aioreg.domain.repositories import Repositories
 from aioreg.domain.retention import Retention
+from aioreg.events.endpoints import WebhookEndpoints
 
 
 class Management:
@@ -25,3 +26,4 @@ class Management:
         self.retention = Retention(registry)
         self.proxies = ProxyDefinitions(registry, self.repositories)
         self.activity = Activity(registry)
+        self.webhooks = WebhookEndpoints(registry)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+
+import msgspec
 
 from aioreg.domain.reference import Digest
 from aioreg.domain.rules import namespace_of
 from aioreg.errors import QuotaExceededError
-from aioreg.index import QuotaWouldExceed
+from aioreg.index import Event, QuotaWouldExceed
 from aioreg.index.protocols import IndexProtocol
 
 
@@ -24,6 +27,24 @@ class Quotas:
         linking transaction; ``refusal`` turns the index's answer into the error.
         """
         return await self.index.usage.quota(namespace_of(name))
+
+    @contextlib.contextmanager
+    def refusal(self, name: str) -> Iterator[None]:
+        """``refusal`` for a link into ``name``, announcing it (``quota_exceeded``)."""
+        try:
+            with refusal():
+                yield
+        except QuotaExceededError as exc:
+            self.note_exceeded(name, exc)
+            raise
+
+    def note_exceeded(self, name: str, exc: QuotaExceededError) -> None:
+        """A push refused by the quota: in the activity log and to webhooks (batched, as the
+        refused change itself left nothing to write it with)."""
+        detail = msgspec.json.encode(exc.detail).decode()
+        self.index.activity.note_event(
+            Event(time.time(), "quota_exceeded", name, None, None, None, detail)
+        )
 
     async def bounded(
         self, name: str, body: AsyncIterator[bytes], offset: int, digest: Digest | None = None
@@ -46,7 +67,9 @@ class Quotas:
         def check(size: int) -> None:
             adding = max(size - counted, 0)
             if used + adding > limit:
-                raise QuotaExceededError(namespace, limit, used, adding)
+                exc = QuotaExceededError(namespace, limit, used, adding)
+                self.note_exceeded(name, exc)
+                raise exc
 
         return _checked(body, offset, check)
 

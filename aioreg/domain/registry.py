@@ -17,7 +17,6 @@ from pathlib import Path
 from aioreg.config import Config
 from aioreg.domain.manifest import ParsedManifest, parse_manifest
 from aioreg.domain.quotas import Quotas
-from aioreg.domain.quotas import refusal as quota_refusal
 from aioreg.domain.reference import Digest, parse_reference, validate_name, validate_tag
 from aioreg.domain.rules import (
     SIGNATURE_ARTIFACT_TYPES,
@@ -80,6 +79,7 @@ class Registry:
             shared_generation=None
             if worker is None
             else SharedGeneration(worker.generation_path, worker.number, worker.count),
+            webhooks=config.webhooks,
         )
         self.store: BlobStorage = BlobStore(root)
         self.quotas = Quotas(self.index)
@@ -147,7 +147,7 @@ class Registry:
         if source is not None:
             validate_name(source)
         limit = await self.quotas.limit(name)
-        with quota_refusal():
+        with self.quotas.refusal(name):
             return await self.index.blobs.mount(
                 name, str(parsed), source, lambda: self.store.exists(parsed), limit, adopt
             )
@@ -199,7 +199,7 @@ class Registry:
         now = time.time()
         try:
             await self.index.manifests.put(
-                name, manifest, body, pushed, now, protected_tags=protected
+                name, manifest, body, pushed, now, protected_tags=protected, actor=actor
             )
         except TagMoveRefused as refused:
             tag, current = refused.tag, refused.current_digest
@@ -331,10 +331,10 @@ class Registry:
             if rules.immutable_tags:
                 for tag in await self.index.manifests.tags_of(name, str(ref)):
                     self._refuse_immutable(rules, name, tag)
-            deleted = await self.index.manifests.delete(name, str(ref))
+            deleted = await self.index.manifests.delete(name, str(ref), actor)
         else:
             self._refuse_immutable(rules, name, ref)
-            deleted = await self.index.manifests.delete_tag(name, ref, digest)
+            deleted = await self.index.manifests.delete_tag(name, ref, digest, actor)
         if not deleted:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}"

@@ -10,7 +10,6 @@ import time
 import msgspec
 
 from aioreg.domain.manifest import INDEX_TYPES, ImageIndex
-from aioreg.domain.quotas import refusal as quota_refusal
 from aioreg.domain.reference import Digest, validate_name, validate_tag
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
@@ -30,7 +29,7 @@ class Repositories:
         await self._refuse_if_immutable(
             name, [t.name for t in await self.index.listings.tag_infos(name)]
         )
-        if not await self.index.repositories.delete(name):
+        if not await self.index.repositories.delete(name, actor):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known")
         self.index.activity.note_event(
             Event(time.time(), "delete", name, None, None, actor, "repository")
@@ -51,7 +50,7 @@ class Repositories:
             await self._refuse_if_immutable(
                 name, [t.name for t in await self.index.listings.tag_infos(name)]
             )
-        await self.index.repositories.delete_namespace(namespace, repositories)
+        await self.index.repositories.delete_namespace(namespace, repositories, actor)
         now = time.time()
         for name in repositories:
             self.index.activity.note_event(
@@ -82,15 +81,15 @@ class Repositories:
             if protect and existing is not None and existing.digest != row.digest:
                 raise RegistryError(ErrorCode.DENIED, f"tag {target}:{tag} may not be overwritten")
         quota = await self.registry.quotas.limit(target)
-        with quota_refusal():
+        with self.registry.quotas.refusal(target):
             # An index's children come first, so an index is never copied without them.
             if row.media_type in INDEX_TYPES:
                 for child in msgspec.json.decode(row.body, type=ImageIndex).manifests:
                     await self.index.manifests.copy(
-                        source, child.digest, target, None, time.time(), quota
+                        source, child.digest, target, None, time.time(), quota, actor
                     )
             copied = await self.index.manifests.copy(
-                source, row.digest, target, tag, time.time(), quota
+                source, row.digest, target, tag, time.time(), quota, actor
             )
         if not copied:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"{reference} is not in {source}")

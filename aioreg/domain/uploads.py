@@ -37,7 +37,6 @@ from aioreg.config import Config
 from aioreg.domain.errors import registry_error, storage_errors
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.quotas import Quotas
-from aioreg.domain.quotas import refusal as quota_refusal
 from aioreg.domain.reference import Digest, supported_algorithm, validate_name
 from aioreg.domain.workers import WorkerIdentity
 from aioreg.errors import (
@@ -277,7 +276,7 @@ class UploadSessions:
         digest = Digest.parse(blob.digest)
         row = BlobRow(blob.digest, blob.size, blob.xxh3)
         limit = await self.quotas.limit(name)
-        with quota_refusal():
+        with self.quotas.refusal(name):
             await self.index.blobs.link(
                 name,
                 row,

@@ -10,7 +10,11 @@ import asyncio
 import time
 from collections import Counter
 
+import aiosqlite
+import msgspec
+
 from aioreg.index.database import Database
+from aioreg.index.outbox import Announcement
 from aioreg.index.pull_stats import PendingPulls, PullKey, pull_counts, pull_days, write_counts
 from aioreg.index.rows import Event, ManifestRow, PullCounts
 
@@ -143,6 +147,10 @@ class ActivityQueries:
                 ],
             )
             await self._db.prune_history(db, "events")
+            # The batched kinds webhooks hear; the others were announced with their change.
+            batched = [e for e in events if e.kind in ("pull", "quota_exceeded")]
+            if batched and await self._db.outbox.active(db):
+                await self._db.outbox.add(db, [await _announcement(db, e) for e in batched])
 
     async def events(
         self,
@@ -200,3 +208,28 @@ class ActivityQueries:
             sql += " WHERE " + " AND ".join(where)
         rows = await self._db.all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [Event(*r) for r in rows]
+
+
+async def _announcement(db: aiosqlite.Connection, event: Event) -> Announcement:
+    """A batched event as a webhook event; a pull with the manifest's media type and size."""
+    if event.kind != "pull":
+        detail = {} if event.detail is None else msgspec.json.decode(event.detail)
+        return Announcement(
+            event.kind, event.repository, actor=event.actor, detail=detail, at=event.at
+        )
+    async with db.execute(
+        "SELECT m.media_type, m.size FROM manifests m JOIN repositories r "
+        "ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",
+        (event.repository, event.digest),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return Announcement(
+        "pull",
+        event.repository,
+        event.reference,
+        event.digest,
+        None if row is None else str(row[0]),
+        None if row is None else int(row[1]),
+        event.actor,
+        at=event.at,
+    )

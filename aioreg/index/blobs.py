@@ -11,6 +11,7 @@ import aiosqlite
 
 from aioreg.index.database import Database, delete_in_repository, ensure_repository
 from aioreg.index.errors import BlobStillReferenced
+from aioreg.index.outbox import Outbox
 from aioreg.index.rows import BlobRow
 from aioreg.index.usage import within_quota
 
@@ -141,7 +142,7 @@ class BlobQueries:
                 "WHERE quarantined_at IS NOT NULL",
                 (blob.digest, blob.size, blob.xxh3_128, now),
             )
-            await _link(db, name, blob.digest, now, quota_limit, adopt)
+            await _link(db, name, blob.digest, now, quota_limit, adopt, self._db.outbox)
             if ended_upload is not None:
                 await db.execute("DELETE FROM uploads WHERE id = ?", (ended_upload,))
             if place_file is not None:
@@ -181,7 +182,7 @@ class BlobQueries:
                 row = await cursor.fetchone()
             if row is None or not await asyncio.to_thread(file_exists):
                 return None
-            await _link(db, name, digest, now, quota_limit, adopt)
+            await _link(db, name, digest, now, quota_limit, adopt, self._db.outbox)
             return BlobRow(*row)
 
     async def unlink(self, name: str, digest: str, *, refuse_if_referenced: bool = False) -> bool:
@@ -223,9 +224,12 @@ async def _link(
     now: float,
     quota_limit: int | None,
     adopt: bool = False,
+    outbox: Outbox | None = None,
 ) -> None:
-    async with within_quota(db, name, quota_limit):
-        repo_id = await ensure_repository(db, name, now)
+    if adopt:
+        outbox = None  # a proxy caching upstream content: nobody pushed anything
+    async with within_quota(db, name, quota_limit, outbox):
+        repo_id = await ensure_repository(db, name, now, outbox)
         await db.execute(
             "INSERT INTO repository_blobs(repository_id, digest, linked_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import aiosqlite
 
-from aioreg.config import EventsConfig, LimitsConfig
+from aioreg.config import EventsConfig, LimitsConfig, WebhooksConfig
 from aioreg.index.cache import ReadCache, SharedGeneration
 from aioreg.index.migrations import MIGRATIONS, statements
+from aioreg.index.outbox import Announcement, Outbox
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -44,6 +45,7 @@ class Database:
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
         shared_generation: SharedGeneration | None = None,
+        webhooks: WebhooksConfig | None = None,
     ) -> None:
         """``shared_generation``: the commit counters of the server's worker processes."""
         self.path = path
@@ -52,6 +54,9 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        webhooks = webhooks or WebhooksConfig()
+        # Webhook events, written in the transactions of the changes they report.
+        self.outbox = Outbox(webhooks.outbox_max_rows, webhooks.quota_warning_percent)
         self._writer_version: int | None = None  # see _note_bookkeeping_commit
         # Called with the seconds each write transaction waited for the write lock
         # (this process's lock, then SQLite's): how the API layer counts busy waits.
@@ -151,8 +156,10 @@ class Database:
                 # harmlessly.
                 with contextlib.suppress(sqlite3.Error):  # the original error matters
                     await db.execute("ROLLBACK")
+                self.outbox.rolled_back()
                 self.cache.committed()  # perhaps it did commit
                 raise
+            self.outbox.committed()
             if invalidates:
                 self.cache.committed()
             else:
@@ -245,12 +252,20 @@ class Database:
 # -- statements shared by several query objects, run inside their transaction --
 
 
-async def ensure_repository(db: aiosqlite.Connection, name: str, now: float) -> int:
-    """The repository's id, creating its row on first use."""
-    await db.execute(
+async def ensure_repository(
+    db: aiosqlite.Connection,
+    name: str,
+    now: float,
+    outbox: Outbox | None = None,
+    actor: str | None = None,
+) -> int:
+    """The repository's id, creating its row on first use (announced to ``outbox``)."""
+    cursor = await db.execute(
         "INSERT INTO repositories(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
         (name, now),
     )
+    if cursor.rowcount == 1 and outbox is not None:
+        await outbox.add(db, [Announcement("repository_created", name, actor=actor, at=now)])
     row = await (await db.execute("SELECT id FROM repositories WHERE name = ?", (name,))).fetchone()
     assert row is not None
     return int(row[0])

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from aioreg.index.database import Database
+from aioreg.index.outbox import Announcement
 from aioreg.index.rows import GcResult
 
 # Storage hook: move a swept blob's file out of the served tree. It decides nothing.
@@ -40,7 +41,7 @@ class GcQueries:
             manifests: list[tuple[str, str]] = []
             if untagged:
                 async with db.execute(
-                    """SELECT m.id, r.name, m.digest FROM manifests m
+                    """SELECT m.id, r.name, m.digest, m.media_type, m.size FROM manifests m
                        JOIN repositories r ON r.id = m.repository_id
                        WHERE m.pushed_at < ?
                          AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
@@ -56,6 +57,13 @@ class GcQueries:
                 if not dry_run:
                     await db.executemany(
                         "DELETE FROM manifests WHERE id = ?", [(r[0],) for r in doomed]
+                    )
+                    await self._db.outbox.add(
+                        db,
+                        [
+                            Announcement("delete", r[1], None, r[2], r[3], r[4], "gc", at=now)
+                            for r in doomed
+                        ],
                     )
             async with db.execute(
                 """SELECT b.digest, b.size FROM blobs b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 
 import aiosqlite
 import msgspec
@@ -10,6 +11,7 @@ import msgspec
 from aioreg.domain.manifest import ParsedManifest
 from aioreg.index.database import Database, delete_in_repository, ensure_repository
 from aioreg.index.errors import Kind, MissingReferences, SizeMismatch, TagMoveRefused
+from aioreg.index.outbox import Announcement
 from aioreg.index.rows import ManifestRow, Referrer
 from aioreg.index.usage import within_quota
 
@@ -36,6 +38,7 @@ class ManifestQueries:
         *,
         protected_tags: Collection[str] = (),
         require_references: bool = True,
+        actor: str | None = None,
     ) -> None:
         """Store a manifest and its references, moving ``tags`` to it, in one transaction.
 
@@ -49,11 +52,14 @@ class ManifestQueries:
         write transaction so a concurrent delete cannot slip between check and
         insert. A tag in ``protected_tags`` already pointing at another digest
         raises ``TagMoveRefused`` (the same digest again is fine), and then neither
-        the manifest nor any of the tags is stored.
+        the manifest nor any of the tags is stored. The webhook events (push, tags
+        created or moved, the repository created) go in the same transaction; a
+        proxy's cached copy (without ``require_references``) is no push and has none.
         """
         digest = str(manifest.digest)
+        outbox = self._db.outbox if require_references else None
         async with self._db.transaction() as db:
-            repo_id = await ensure_repository(db, name, now)
+            repo_id = await ensure_repository(db, name, now, outbox, actor)
             for tag in tags:
                 if tag not in protected_tags:
                     continue
@@ -101,10 +107,17 @@ class ManifestQueries:
                 "INSERT OR IGNORE INTO manifest_children(manifest_id, child_digest) VALUES (?, ?)",
                 [(manifest_id, d) for d in children],
             )
+            announce = outbox is not None and await outbox.active(db)
+            previous = await _tag_digests(db, repo_id, tags) if announce else {}
             await db.executemany(_UPSERT_TAG, [(repo_id, t, manifest_id, now) for t in tags])
             await db.execute(
                 "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
             )
+            if announce and outbox is not None:
+                target = Announcement(
+                    "push", name, None, digest, manifest.media_type, manifest.size, actor, at=now
+                )
+                await outbox.add(db, _pushed(target, tags, previous))
 
     async def put_tags(
         self,
@@ -156,6 +169,7 @@ class ManifestQueries:
         tag: str | None,
         now: float,
         quota_limit: int | None = None,
+        actor: str | None = None,
     ) -> bool:
         """Make ``target`` hold the manifest (and its blob links) ``source`` has; no bytes move.
 
@@ -172,7 +186,8 @@ class ManifestQueries:
                 row = await cursor.fetchone()
             if row is None:
                 return False
-            repo_id = await ensure_repository(db, target, now)
+            outbox = self._db.outbox
+            repo_id = await ensure_repository(db, target, now, outbox, actor)
             cursor = await db.execute(
                 """INSERT INTO manifests(repository_id, digest, media_type, size, artifact_type,
                        subject, annotations, body, pushed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -193,18 +208,26 @@ class ManifestQueries:
                 "SELECT ?, child_digest FROM manifest_children WHERE manifest_id = ?",
                 (new_id, row[0]),
             )
-            async with within_quota(db, target, quota_limit):
+            async with within_quota(db, target, quota_limit, outbox):
                 await db.execute(
                     "INSERT INTO repository_blobs(repository_id, digest, linked_at) "
                     "SELECT ?, digest, ? FROM manifest_blobs WHERE manifest_id = ? "
                     "ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
                     (repo_id, now, row[0]),
                 )
+            tags = [] if tag is None else [tag]
+            announce = await outbox.active(db)
+            previous = await _tag_digests(db, repo_id, tags) if announce else {}
             if tag is not None:
                 await db.execute(_UPSERT_TAG, (repo_id, tag, new_id, now))
             await db.execute(
                 "UPDATE repositories SET last_push_at = ? WHERE id = ?", (now, repo_id)
             )
+            if announce:
+                pushed = Announcement(
+                    "push", target, None, digest, row[1], row[2], actor, {"source": source}, now
+                )
+                await outbox.add(db, _pushed(pushed, tags, previous))
             return True
 
     async def by_digest(self, name: str, digest: str) -> ManifestRow | None:
@@ -273,24 +296,42 @@ class ManifestQueries:
             limit,
         )
 
-    async def delete(self, name: str, digest: str) -> bool:
-        """Remove a manifest and every tag pointing at it."""
+    async def delete(self, name: str, digest: str, actor: str | None = None) -> bool:
+        """Remove a manifest and every tag pointing at it (each a webhook event)."""
         async with self._db.transaction() as db:
-            return await delete_in_repository(db, "manifests", "digest", name, digest)
+            doomed: list[Announcement] = []
+            if await self._db.outbox.active(db):
+                doomed = await _doomed(db, name, "m.digest = ?", digest, actor)
+            deleted = await delete_in_repository(db, "manifests", "digest", name, digest)
+            if deleted and doomed:
+                tags = [a for a in doomed if a.tag is not None]
+                await self._db.outbox.add(
+                    db, [*tags, replace(doomed[0], action="delete", tag=None)]
+                )
+            return deleted
 
-    async def delete_tag(self, name: str, tag: str, digest: str | None = None) -> bool:
+    async def delete_tag(
+        self, name: str, tag: str, digest: str | None = None, actor: str | None = None
+    ) -> bool:
         """Remove a tag; with ``digest``, only while it still points at that manifest."""
         async with self._db.transaction() as db:
+            doomed: list[Announcement] = []
+            if await self._db.outbox.active(db):
+                doomed = await _doomed(db, name, "t.name = ?", tag, actor)
             if digest is None:
-                return await delete_in_repository(db, "tags", "name", name, tag)
-            cursor = await db.execute(
-                "DELETE FROM tags WHERE name = ? AND repository_id = "
-                "(SELECT id FROM repositories WHERE name = ?) AND manifest_id = "
-                "(SELECT id FROM manifests m WHERE m.repository_id = tags.repository_id "
-                "AND m.digest = ?)",
-                (tag, name, digest),
-            )
-            return cursor.rowcount > 0
+                deleted = await delete_in_repository(db, "tags", "name", name, tag)
+            else:
+                cursor = await db.execute(
+                    "DELETE FROM tags WHERE name = ? AND repository_id = "
+                    "(SELECT id FROM repositories WHERE name = ?) AND manifest_id = "
+                    "(SELECT id FROM manifests m WHERE m.repository_id = tags.repository_id "
+                    "AND m.digest = ?)",
+                    (tag, name, digest),
+                )
+                deleted = cursor.rowcount > 0
+            if deleted:
+                await self._db.outbox.add(db, [a for a in doomed if a.tag == tag])
+            return deleted
 
     async def referrers(
         self, repo_id: int, subject: str, artifact_type: str | None
@@ -314,6 +355,55 @@ class ManifestQueries:
             )
             for r in rows
         ]
+
+
+async def _tag_digests(
+    db: aiosqlite.Connection, repo_id: int, tags: Sequence[str]
+) -> dict[str, str]:
+    """The digest each of ``tags`` points at now (those that exist)."""
+    found: dict[str, str] = {}
+    for tag in tags:
+        async with db.execute(
+            "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+            "WHERE t.repository_id = ? AND t.name = ?",
+            (repo_id, tag),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None:
+            found[tag] = str(row[0])
+    return found
+
+
+def _pushed(
+    push: Announcement, tags: Sequence[str], previous: Mapping[str, str]
+) -> list[Announcement]:
+    """A push's events: one push per tag (or one untagged), then each tag that now points
+    at the manifest and did not before (new, or moved from ``previous``)."""
+    pushes = [replace(push, tag=t) for t in tags] or [push]
+    created = [
+        replace(push, action="tag_created", tag=t, detail={**push.detail, "previous": previous[t]})
+        if t in previous
+        else replace(push, action="tag_created", tag=t)
+        for t in tags
+        if previous.get(t) != push.digest
+    ]
+    return pushes + created
+
+
+async def _doomed(
+    db: aiosqlite.Connection, name: str, where: str, key: str, actor: str | None
+) -> list[Announcement]:
+    """Before a delete: the manifest matched by ``where`` (first, untagged) and its tags,
+    as ``tag_deleted`` events."""
+    async with db.execute(
+        "SELECT t.name, m.digest, m.media_type, m.size FROM manifests m "
+        "JOIN repositories r ON r.id = m.repository_id "
+        "LEFT JOIN tags t ON t.manifest_id = m.id "
+        f"WHERE r.name = ? AND {where} ORDER BY t.name",
+        (name, key),
+    ) as cursor:
+        rows = list(await cursor.fetchall())
+    return [Announcement("tag_deleted", name, r[0], r[1], r[2], r[3], actor) for r in rows]
 
 
 async def _stored(db: aiosqlite.Connection, digests: list[str]) -> list[str]:

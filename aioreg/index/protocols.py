@@ -10,6 +10,7 @@ lock a GC sweep takes, so file placement and sweeping never interleave.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -36,6 +37,13 @@ from aioreg.index.rows import (
     UploadRow,
     Usage,
     UserRow,
+)
+from aioreg.index.webhooks import (
+    AttemptRow,
+    DeliveryRow,
+    EndpointRow,
+    NewEndpoint,
+    OutboxEventRow,
 )
 
 
@@ -66,9 +74,11 @@ class RepositoryIndex(Protocol):
 
     async def namespace_names(self) -> list[str]: ...
 
-    async def delete(self, name: str) -> bool: ...
+    async def delete(self, name: str, actor: str | None = None) -> bool: ...
 
-    async def delete_namespace(self, namespace: str, repositories: list[str]) -> None: ...
+    async def delete_namespace(
+        self, namespace: str, repositories: list[str], actor: str | None = None
+    ) -> None: ...
 
 
 class BlobIndex(Protocol):
@@ -155,6 +165,7 @@ class ManifestIndex(Protocol):
         *,
         protected_tags: Collection[str] = (),
         require_references: bool = True,
+        actor: str | None = None,
     ) -> None: ...
 
     async def put_tags(
@@ -175,6 +186,7 @@ class ManifestIndex(Protocol):
         tag: str | None,
         now: float,
         quota_limit: int | None = None,
+        actor: str | None = None,
     ) -> bool: ...
 
     async def by_digest(self, name: str, digest: str) -> ManifestRow | None: ...
@@ -189,9 +201,11 @@ class ManifestIndex(Protocol):
 
     async def tags(self, repo_id: int, last: str | None, limit: int) -> tuple[list[str], bool]: ...
 
-    async def delete(self, name: str, digest: str) -> bool: ...
+    async def delete(self, name: str, digest: str, actor: str | None = None) -> bool: ...
 
-    async def delete_tag(self, name: str, tag: str, digest: str | None = None) -> bool: ...
+    async def delete_tag(
+        self, name: str, tag: str, digest: str | None = None, actor: str | None = None
+    ) -> bool: ...
 
     async def referrers(
         self, repo_id: int, subject: str, artifact_type: str | None
@@ -403,6 +417,47 @@ class GcIndex(Protocol):
     ) -> GcResult: ...
 
 
+class WebhookIndex(Protocol):
+    """Webhook endpoints, the outbox's events, deliveries and attempts."""
+
+    @property
+    def written(self) -> asyncio.Event: ...
+
+    async def add_endpoint(self, endpoint: NewEndpoint, now: float) -> int: ...
+
+    async def sync_config(self, endpoints: Sequence[NewEndpoint], now: float) -> None: ...
+
+    async def endpoints(self) -> list[EndpointRow]: ...
+
+    async def endpoint(self, endpoint_id: int) -> EndpointRow | None: ...
+
+    async def remove_endpoint(self, endpoint_id: int) -> bool: ...
+
+    async def set_enabled(self, endpoint_id: int, enabled: bool) -> bool: ...
+
+    async def undispatched(self, limit: int) -> list[OutboxEventRow]: ...
+
+    async def fan_out(self, targets: dict[int, list[int]], now: float) -> None: ...
+
+    async def pending_count(self) -> int: ...
+
+    async def heads(self) -> list[tuple[int, int, float]]: ...
+
+    async def delivery(self, delivery_id: int) -> DeliveryRow | None: ...
+
+    async def deliveries(
+        self, endpoint_id: int, limit: int, state: str | None = None
+    ) -> list[DeliveryRow]: ...
+
+    async def attempts(self, delivery_ids: Sequence[int]) -> dict[int, list[AttemptRow]]: ...
+
+    async def record_attempt(
+        self, delivery_id: int, attempt: AttemptRow, state: str, next_at: float
+    ) -> None: ...
+
+    async def redeliver(self, delivery_id: int, now: float) -> bool: ...
+
+
 class IndexProtocol(Protocol):
     """The whole index, one query object per noun; opened before use, closed after."""
 
@@ -438,6 +493,9 @@ class IndexProtocol(Protocol):
 
     @property
     def proxies(self) -> ProxyIndex: ...
+
+    @property
+    def webhooks(self) -> WebhookIndex: ...
 
     @property
     def schema_version(self) -> int: ...

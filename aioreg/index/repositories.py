@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aioreg.index.database import Database
+from aioreg.index.outbox import Announcement
 from aioreg.index.usage import NAMESPACE_REPOS, namespace_params
 
 
@@ -93,15 +94,24 @@ class RepositoryQueries:
         )
         return [r[0] for r in rows]
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, actor: str | None = None) -> bool:
         async with self._db.transaction() as db:
             cursor = await db.execute("DELETE FROM repositories WHERE name = ?", (name,))
+            if cursor.rowcount > 0:
+                await self._db.outbox.add(
+                    db, [Announcement("repository_deleted", name, actor=actor)]
+                )
             return cursor.rowcount > 0
 
-    async def delete_namespace(self, namespace: str, repositories: list[str]) -> None:
+    async def delete_namespace(
+        self, namespace: str, repositories: list[str], actor: str | None = None
+    ) -> None:
         """Remove these repositories and the namespace's settings in one transaction."""
         async with self._db.transaction() as db:
-            await db.executemany(
-                "DELETE FROM repositories WHERE name = ?", [(name,) for name in repositories]
-            )
+            deleted = []
+            for name in repositories:
+                cursor = await db.execute("DELETE FROM repositories WHERE name = ?", (name,))
+                if cursor.rowcount > 0:
+                    deleted.append(Announcement("repository_deleted", name, actor=actor))
             await db.execute("DELETE FROM namespaces WHERE name = ?", (namespace,))
+            await self._db.outbox.add(db, deleted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from aioreg.config import EventsConfig
+from aioreg.config import EventsConfig, WebhooksConfig
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.index.accounts import AccountQueries
 from aioreg.index.activity import ActivityQueries
@@ -20,6 +20,7 @@ from aioreg.index.repositories import RepositoryQueries
 from aioreg.index.retention import RetentionQueries
 from aioreg.index.uploads import UploadQueries
 from aioreg.index.usage import UsageQueries
+from aioreg.index.webhooks import WebhookQueries
 
 PULL_FLUSH_SECONDS = 1.0
 
@@ -40,6 +41,7 @@ class Index:
         read_cache_bytes: int | None = None,
         history: EventsConfig | None = None,
         shared_generation: SharedGeneration | None = None,
+        webhooks: WebhooksConfig | None = None,
     ) -> None:
         self.db = Database(
             path,
@@ -47,6 +49,7 @@ class Index:
             read_cache_bytes=read_cache_bytes,
             history=history,
             shared_generation=shared_generation,
+            webhooks=webhooks,
         )
         self.repositories = RepositoryQueries(self.db)
         self.blobs = BlobQueries(self.db)
@@ -59,6 +62,7 @@ class Index:
         self.retention = RetentionQueries(self.db)
         self.gc = GcQueries(self.db)
         self.proxies = ProxyQueries(self.db)
+        self.webhooks = WebhookQueries(self.db)
         self._flusher = PeriodicJob("pull flush", PULL_FLUSH_SECONDS, self.activity.flush)
 
     @property

@@ -10,6 +10,7 @@ import aiosqlite
 from aioreg.domain.rules import namespace_of
 from aioreg.index.database import Database
 from aioreg.index.errors import QuotaWouldExceed
+from aioreg.index.outbox import Announcement, Outbox
 from aioreg.index.rows import StoreTotals, Usage
 
 NAMESPACE_REPOS = "(r.name = ? OR r.name LIKE ? ESCAPE '\\')"
@@ -44,13 +45,14 @@ async def _namespace_usage(db: aiosqlite.Connection, namespace: str) -> int:
 
 @contextlib.asynccontextmanager
 async def within_quota(
-    db: aiosqlite.Connection, name: str, quota_limit: int | None
+    db: aiosqlite.Connection, name: str, quota_limit: int | None, outbox: Outbox | None = None
 ) -> AsyncIterator[None]:
     """Run links into ``name``'s namespace, then raise ``QuotaWouldExceed`` past ``quota_limit``.
 
     The figure is the namespace's incremental usage (kept by triggers on every
     link and unlink), read in the same transaction: one check serves uploads,
-    mounts and copies alike, and the refusal rolls the links back.
+    mounts and copies alike, and the refusal rolls the links back. Links that
+    take the usage over the outbox's warning share of the quota announce it.
     """
     if quota_limit is None:
         yield
@@ -61,6 +63,16 @@ async def within_quota(
     added = await _namespace_usage(db, namespace) - before
     if added > 0 and before + added > quota_limit:
         raise QuotaWouldExceed(namespace, before, added, quota_limit)
+    if outbox is not None and added > 0:
+        threshold = quota_limit * outbox.quota_warning_percent
+        if before * 100 < threshold <= (before + added) * 100:
+            detail: dict[str, object] = {
+                "namespace": namespace,
+                "used": before + added,
+                "quota": quota_limit,
+                "percent": outbox.quota_warning_percent,
+            }
+            await outbox.add(db, [Announcement("quota_warning", name, detail=detail)])
 
 
 class UsageQueries:

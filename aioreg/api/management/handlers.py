@@ -24,6 +24,9 @@ from aioreg.api.management.schemas import (
     Copied,
     CopyRequest,
     Deleted,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryList,
     Deprecation,
     DeprecationRequest,
     Empty,
@@ -49,13 +52,20 @@ from aioreg.api.management.schemas import (
     SearchResult,
     Usage,
     UsageReport,
+    Webhook,
+    WebhookCreated,
+    WebhookList,
+    WebhookRequest,
+    WebhookUpdate,
 )
 from aioreg.api.v2.proxied import proxies
 from aioreg.auth.service import AuthError, Identity
+from aioreg.config import WebhookEndpointConfig
 from aioreg.domain.activity import HISTORY_DAYS, MAX_DAYS, FeedQuery
 from aioreg.domain.management import Management
 from aioreg.domain.reference import validate_name
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.index.webhooks import EndpointRow
 
 MANAGEMENT_KEY = web.AppKey("management", Management)
 Body = TypeVar("Body")
@@ -450,3 +460,86 @@ async def get_activity(request: web.Request) -> web.StreamResponse:
             None if cursor is None else str(cursor),
         )
     )
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+
+async def _require_webhooks(request: web.Request, namespace: str | None) -> None:
+    """Registry-wide endpoints are for admins; a namespace's also for whoever may delete in
+    it (its admins), with a credential scoped to it."""
+    await _require(request, namespace, "delete")
+
+
+async def _webhook(request: web.Request) -> EndpointRow:
+    """The endpoint named in the path, once the caller may manage it."""
+    endpoint = await _management(request).webhooks.get(int(request.match_info["id"]))
+    await _require_webhooks(request, endpoint.namespace)
+    return endpoint
+
+
+async def list_webhooks(request: web.Request) -> web.StreamResponse:
+    """Every endpoint (admins), or one namespace's (``?namespace=``); never their secrets."""
+    namespace = request.query.get("namespace")
+    await _require_webhooks(request, namespace)
+    endpoints = await _management(request).webhooks.all()
+    if namespace is not None:
+        endpoints = [e for e in endpoints if e.namespace == namespace]
+    return _json(WebhookList([Webhook.from_domain(e) for e in endpoints]))
+
+
+async def add_webhook(request: web.Request) -> web.StreamResponse:
+    body = await _body(request, WebhookRequest)
+    await _require_webhooks(request, body.namespace)
+    endpoint, secret = await _management(request).webhooks.add(
+        WebhookEndpointConfig(
+            url=body.url,
+            secret=body.secret or "",
+            namespace=body.namespace or "",
+            events=body.events,
+            repository_pattern=body.repository_pattern,
+            media_types=body.media_types,
+            format=body.format,
+            enabled=body.enabled,
+        )
+    )
+    return _json(WebhookCreated.created(endpoint, secret), status=201)
+
+
+async def get_webhook(request: web.Request) -> web.StreamResponse:
+    return _json(Webhook.from_domain(await _webhook(request)))
+
+
+async def update_webhook(request: web.Request) -> web.StreamResponse:
+    endpoint = await _webhook(request)
+    body = await _body(request, WebhookUpdate)
+    updated = await _management(request).webhooks.set_enabled(endpoint.id, body.enabled)
+    return _json(Webhook.from_domain(updated))
+
+
+async def remove_webhook(request: web.Request) -> web.StreamResponse:
+    endpoint = await _webhook(request)
+    await _management(request).webhooks.remove(endpoint.id)
+    return _json(Deleted([str(endpoint.id)]))
+
+
+async def test_webhook(request: web.Request) -> web.StreamResponse:
+    endpoint = await _webhook(request)
+    attempt = await _management(request).webhooks.test(endpoint.id)
+    return _json(DeliveryAttempt.from_domain(attempt))
+
+
+async def list_deliveries(request: web.Request) -> web.StreamResponse:
+    endpoint = await _webhook(request)
+    history = await _management(request).webhooks.deliveries(
+        endpoint.id, query_int(request, "limit", 100, 1000), request.query.get("state")
+    )
+    return _json(DeliveryList([Delivery.from_domain(h) for h in history]))
+
+
+async def redeliver(request: web.Request) -> web.StreamResponse:
+    webhooks = _management(request).webhooks
+    history = await webhooks.delivery(int(request.match_info["delivery"]))
+    endpoint = await webhooks.get(history.delivery.endpoint_id)
+    await _require_webhooks(request, endpoint.namespace)
+    return _json(Delivery.from_domain(await webhooks.redeliver(history.delivery.id)))

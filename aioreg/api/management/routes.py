@@ -16,6 +16,7 @@ from aiohttp import web
 
 from aioreg.api.management.handlers import (
     add_proxy,
+    add_webhook,
     copy_artifact,
     delete_artifact,
     delete_deprecation,
@@ -29,17 +30,24 @@ from aioreg.api.management.handlers import (
     get_pulls,
     get_repository,
     get_usage,
+    get_webhook,
+    list_deliveries,
     list_namespaces,
     list_proxies,
     list_repositories,
+    list_webhooks,
     purge_proxy,
     put_deprecation,
     put_policy,
     put_quota,
+    redeliver,
     remove_proxy,
+    remove_webhook,
     retention_run,
     run_gc,
     search,
+    test_webhook,
+    update_webhook,
 )
 from aioreg.api.management.openapi import build_openapi
 from aioreg.api.management.schemas import (
@@ -47,6 +55,9 @@ from aioreg.api.management.schemas import (
     Copied,
     CopyRequest,
     Deleted,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryList,
     Deprecation,
     DeprecationRequest,
     Empty,
@@ -67,6 +78,11 @@ from aioreg.api.management.schemas import (
     RetentionResult,
     SearchResult,
     UsageReport,
+    Webhook,
+    WebhookCreated,
+    WebhookList,
+    WebhookRequest,
+    WebhookUpdate,
 )
 from aioreg.api.management.transfer import export_archive, import_archive
 
@@ -95,6 +111,7 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 # A repository name: anything without a "/-/" segment (no valid name has one).
 NAME = "{name:(?:(?!/-/).)+}"
 SUB = f"/repositories/{NAME}/-"
+WEBHOOK = "{id:[0-9]{1,18}}"
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/namespaces", list_namespaces, "List namespaces", NamespaceList),
     Endpoint(
@@ -319,6 +336,61 @@ ENDPOINTS: list[Endpoint] = [
         "Import an OCI image layout tar (plain, zstd or gzip) sent as the body (admin)",
         ImportResult,
         query=("repository", "dry_run"),
+    ),
+    Endpoint(
+        "GET",
+        "/webhooks",
+        list_webhooks,
+        "Webhook endpoints, without their secrets (admin; ?namespace= for its admins)",
+        WebhookList,
+        query=("namespace",),
+    ),
+    Endpoint(
+        "POST",
+        "/webhooks",
+        add_webhook,
+        "Add a webhook endpoint; the answer shows its secret, this once",
+        WebhookCreated,
+        WebhookRequest,
+        201,
+    ),
+    Endpoint("GET", f"/webhooks/{WEBHOOK}", get_webhook, "A webhook endpoint", Webhook),
+    Endpoint(
+        "PATCH",
+        f"/webhooks/{WEBHOOK}",
+        update_webhook,
+        "Enable or pause a webhook endpoint",
+        Webhook,
+        WebhookUpdate,
+    ),
+    Endpoint(
+        "DELETE",
+        f"/webhooks/{WEBHOOK}",
+        remove_webhook,
+        "Remove a webhook endpoint with its queued deliveries and history",
+        Deleted,
+    ),
+    Endpoint(
+        "POST",
+        f"/webhooks/{WEBHOOK}/test",
+        test_webhook,
+        "Send a test event to the endpoint now (outside its queue)",
+        DeliveryAttempt,
+    ),
+    Endpoint(
+        "GET",
+        f"/webhooks/{WEBHOOK}/deliveries",
+        list_deliveries,
+        "An endpoint's deliveries, newest first, with every attempt",
+        DeliveryList,
+        query=("state", "limit"),
+    ),
+    Endpoint(
+        "POST",
+        "/webhooks/deliveries/{delivery:[0-9]{1,18}}/redeliver",
+        redeliver,
+        "Queue a delivery again (dead-lettered or delivered)",
+        Delivery,
     ),
     Endpoint("GET", "/openapi.json", openapi, "This document", None),
 ]

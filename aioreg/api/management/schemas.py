@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from aioreg.domain.listings import TagDetail as DomainTag
     from aioreg.domain.proxies import ProxyDefinition
     from aioreg.domain.retention import Removal
+    from aioreg.events.endpoints import DeliveryHistory
     from aioreg.index import Event as EventRow
     from aioreg.index import RepositorySummary as SummaryRow
     from aioreg.index import Usage as UsageRow
+    from aioreg.index.webhooks import AttemptRow, EndpointRow
     from aioreg.transfer.importer import ImportReport
 
 
@@ -462,3 +464,115 @@ class ImportResult(msgspec.Struct):
             report.blobs_existing,
             report.bytes_new,
         )
+
+
+# -- webhooks -------------------------------------------------------------------------
+
+
+class WebhookRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A new endpoint. ``secret``: omitted, one is generated; either way it is shown once."""
+
+    url: str
+    secret: str | None = None
+    namespace: str | None = None  # None: registry-wide (admins only)
+    events: list[str] = msgspec.field(default_factory=list)  # empty: every kind
+    repository_pattern: str = "*"
+    media_types: list[str] = msgspec.field(default_factory=list)  # empty: any
+    format: str = "cloudevents"  # or "distribution"
+    enabled: bool = True
+
+
+class WebhookUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+
+
+class Webhook(msgspec.Struct, kw_only=True):
+    """An endpoint as listed: never its secret."""
+
+    id: int
+    namespace: str | None
+    url: str
+    events: list[str]
+    repository_pattern: str
+    media_types: list[str]
+    format: str
+    enabled: bool
+    created_at: float
+    source: str  # "api" (added by API or CLI) or "config" (only the config file changes it)
+
+    @classmethod
+    def from_domain(cls, row: EndpointRow) -> Webhook:
+        return Webhook(
+            id=row.id,
+            namespace=row.namespace,
+            url=row.url,
+            events=row.events,
+            repository_pattern=row.repository_pattern,
+            media_types=row.media_types,
+            format=row.format,
+            enabled=row.enabled,
+            created_at=row.created_at,
+            source=row.source,
+        )
+
+
+class WebhookCreated(Webhook, kw_only=True):
+    """The answer to adding an endpoint: the one time its secret is shown."""
+
+    secret: str
+
+    @classmethod
+    def created(cls, row: EndpointRow, secret: str) -> WebhookCreated:
+        return cls(**msgspec.structs.asdict(Webhook.from_domain(row)), secret=secret)
+
+
+class WebhookList(msgspec.Struct):
+    webhooks: list[Webhook]
+
+
+class DeliveryAttempt(msgspec.Struct):
+    at: float
+    status: int | None  # the receiver's HTTP status; null when it did not answer
+    latency: float  # seconds
+    error: str | None
+
+    @classmethod
+    def from_domain(cls, row: AttemptRow) -> DeliveryAttempt:
+        return cls(row.at, row.status, row.latency, row.error)
+
+
+class Delivery(msgspec.Struct):
+    id: int
+    webhook: int
+    state: str  # pending | delivered | dead
+    event_id: str
+    action: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    created_at: float
+    next_attempt_at: float | None
+    finished_at: float | None
+    attempts: list[DeliveryAttempt]
+
+    @classmethod
+    def from_domain(cls, history: DeliveryHistory) -> Delivery:
+        d, e = history.delivery, history.delivery.event
+        return cls(
+            d.id,
+            d.endpoint_id,
+            d.state,
+            e.uid,
+            e.action,
+            e.repository,
+            e.tag,
+            e.digest,
+            d.created_at,
+            d.next_at if d.state == "pending" else None,
+            d.finished_at,
+            [DeliveryAttempt.from_domain(a) for a in history.attempts],
+        )
+
+
+class DeliveryList(msgspec.Struct):
+    deliveries: list[Delivery]

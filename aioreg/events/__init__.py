@@ -1,0 +1,1 @@
+"""Webhooks: endpoints, the delivery worker and the payload formats."""
