@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from aioreg.domain.reference import Digest
+from aioreg.storage.blobstore import fsync_dir
 from aioreg.storage.writer import READ_BLOCK
 
 # link(2) refusals that mean "copy instead": another filesystem, or one without hard links.
@@ -94,11 +95,3 @@ def sync_dirs(root: Path) -> None:
     """fsync every directory under ``root`` and ``root`` itself, so the names survive power loss."""
     for parent, _, _ in os.walk(root, topdown=False):
         fsync_dir(Path(parent))
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

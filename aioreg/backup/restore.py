@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aioreg.backup.errors import BackupError
-from aioreg.backup.files import blob_path, copy_file, copy_verified, fsync_dir, sync_dirs
+from aioreg.backup.files import blob_path, copy_file, copy_verified, sync_dirs
 from aioreg.backup.manifest import EXTRA_FILES, INDEX_NAME, BlobEntry
 from aioreg.backup.source import BackupSource
 from aioreg.domain.reference import Digest
 from aioreg.index.migrations import MIGRATIONS
 from aioreg.index.snapshot import SnapshotFile
+from aioreg.storage.blobstore import fsync_dir
 
 
 @dataclass

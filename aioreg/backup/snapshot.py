@@ -26,7 +26,7 @@ from pathlib import Path
 from aioreg import __version__
 from aioreg.backup.archive import DEFAULT_LEVEL, ArchiveWriter
 from aioreg.backup.errors import BackupError
-from aioreg.backup.files import blob_path, copy_file, fsync_dir, sync_dirs, take_blob
+from aioreg.backup.files import blob_path, copy_file, sync_dirs, take_blob
 from aioreg.backup.manifest import (
     EXTRA_FILES,
     INDEX_NAME,
@@ -45,6 +45,7 @@ from aioreg.domain.reference import Digest
 from aioreg.domain.trash import recover_trash
 from aioreg.index.snapshot import SnapshotFile
 from aioreg.storage import BlobStore
+from aioreg.storage.blobstore import fsync_dir
 
 
 @dataclass

@@ -63,14 +63,9 @@ class ManifestQueries:
             for tag in tags:
                 if tag not in protected_tags:
                     continue
-                async with db.execute(
-                    "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
-                    "WHERE t.repository_id = ? AND t.name = ?",
-                    (repo_id, tag),
-                ) as cursor:
-                    existing = await cursor.fetchone()
-                if existing is not None and existing[0] != digest:
-                    raise TagMoveRefused(tag, str(existing[0]))
+                existing = await _tagged_digest(db, repo_id, tag)
+                if existing is not None and existing != digest:
+                    raise TagMoveRefused(tag, existing)
             blobs = sorted({str(d) for d in manifest.blobs})
             children = sorted({str(d) for d in manifest.children})
             if require_references:
@@ -146,14 +141,9 @@ class ManifestQueries:
                     raise MissingReferences("manifest", [digest])
                 manifest_id, repo_id = int(row[0]), int(row[1])
                 if (name, tag) in protected:
-                    async with db.execute(
-                        "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
-                        "WHERE t.repository_id = ? AND t.name = ?",
-                        (repo_id, tag),
-                    ) as cursor:
-                        existing = await cursor.fetchone()
-                    if existing is not None and existing[0] != digest:
-                        refused.append((name, tag, str(existing[0])))
+                    existing = await _tagged_digest(db, repo_id, tag)
+                    if existing is not None and existing != digest:
+                        refused.append((name, tag, existing))
                         continue
                 await db.execute(_UPSERT_TAG, (repo_id, tag, manifest_id, now))
                 await db.execute(
@@ -446,3 +436,14 @@ async def _require(
     missing = [d for d in digests if d not in found]
     if missing:
         raise MissingReferences(kind, missing)
+
+
+async def _tagged_digest(db: aiosqlite.Connection, repo_id: int, tag: str) -> str | None:
+    """The digest ``tag`` points at in the repository, if it exists."""
+    async with db.execute(
+        "SELECT m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+        "WHERE t.repository_id = ? AND t.name = ?",
+        (repo_id, tag),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else str(row[0])

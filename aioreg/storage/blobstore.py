@@ -261,7 +261,7 @@ class BlobStore:
         # FileExistsError: stored already, by an earlier or concurrent upload of the same bytes.
         with contextlib.suppress(FileExistsError):
             os.link(temp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
 
 def _make_durable_dirs(directory: Path) -> None:
@@ -275,14 +275,15 @@ def _make_durable_dirs(directory: Path) -> None:
     _make_durable_dirs(directory.parent)
     with contextlib.suppress(FileExistsError):  # a concurrent upload made it first
         directory.mkdir(mode=0o700)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
 
 
 def _age(st: os.stat_result, now: float | None) -> float:
     return (time.time() if now is None else now) - max(st.st_mtime, st.st_ctime)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or link in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
