@@ -3,15 +3,18 @@ headless Chromium (Debian's ``chromium`` through Playwright, never a downloaded 
 and, for what a browser would hide (cookies' flags, a forged POST), by plain HTTP.
 
 Every page the browser visits is saved as a screenshot under ``$AIOREG_SCREENSHOTS``
-(default ``tests/artifacts/screenshots``), kept by CI as artifacts.
+(default ``artifacts/screenshots`` at the repository's root), kept by CI as artifacts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,14 @@ from tests.conftest import (
     digest_of,
 )
 from tests.test_auth import ADMIN_PASSWORD, basic
+from tests.test_proxy import proxy_entry
+from tests.test_proxy_cache import pull_image, push_image
+from tests.test_webhooks import FAST, Receiver, verify
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(
     os.environ.get("AIOREG_SCREENSHOTS")
-    or Path(__file__).resolve().parent / "artifacts" / "screenshots"
+    or Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 )
 ADMIN = basic("admin", ADMIN_PASSWORD)
 XSS = "<script>alert(1)</script>"
@@ -84,9 +90,17 @@ async def push(
 
 @pytest.fixture
 async def creg(make_registry: AppFactory) -> Reg:
-    """Auth on; alice owns team (private) and pub (public); bob has no role in team."""
-    reg = await make_registry(auth={"enabled": True, "admin_password": ADMIN_PASSWORD})
+    return await console_registry(make_registry)
+
+
+async def console_registry(make_registry: AppFactory, **sections: dict[str, object]) -> Reg:
+    """Auth on; alice owns team (private) and pub (public); bob has no role in team;
+    carol is a member of team who may only read."""
+    reg = await make_registry(
+        auth={"enabled": True, "admin_password": ADMIN_PASSWORD}, sections=sections
+    )
     accounts = Accounts(reg.registry.index)
+    await accounts.add_user("carol", "carol-pw")
     await accounts.add_user("alice", "alice-pw")
     await accounts.add_user("bob", "bob-pw")
     await accounts.create_namespace("team", "alice")
@@ -94,6 +108,7 @@ async def creg(make_registry: AppFactory) -> Reg:
     await push(reg, "team/app", "v1", "a1", {"org.example.note": XSS}, {"maintainer": XSS})
     await push(reg, "team/app", "v2", "a2")
     await push(reg, "pub/web", "latest", "w1")
+    await accounts.set_member("team", "carol", "read")
     return reg
 
 
@@ -582,5 +597,257 @@ async def test_proxies_and_quotas_are_shown_and_proxy_namespaces_refuse_deletes(
         await visitor.page("/r/px/library/x/-/delete", 405)
         resp = await visitor.post("/r/px/library/x/-/delete", {"csrf": csrf_of(admin)})
         assert resp.status == 405
+    finally:
+        await visitor.session.close()
+
+
+# -- pull statistics, the activity feed ----------------------------------------------------
+
+
+async def pull(reg: Reg, repo: str, reference: str, times: int) -> None:
+    for _ in range(times):
+        resp = await reg.client.get(
+            f"/v2/{repo}/manifests/{reference}", headers={**ADMIN, "Accept": OCI_MANIFEST}
+        )
+        assert resp.status == 200
+        await resp.read()
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
+
+
+@needs_chromium
+async def test_pull_counts_and_30_day_charts_on_the_repository_page_and_overview(
+    creg: Reg, browser: Any
+) -> None:
+    v1 = await creg.registry.index.manifests.by_tag("team/app", "v1")
+    assert v1 is not None
+    await pull(creg, "team/app", "v1", 3)
+    await pull(creg, "team/app", v1.digest, 2)  # by digest: the artifact's count, not the tag's
+    tab = await open_tab(browser, creg, "alice")
+    page = tab.page
+    await tab.sign_in("alice", "alice-pw")
+    await tab.goto("/r/team/app")
+    tags = page.get_by_role("table", name="Tags of team/app")
+    header = [c.strip() for c in await tags.locator("thead th").all_inner_texts()]
+    pulls_at = header.index("Pulls")
+    cells = tags.get_by_role("row").filter(has_text="v1").locator("th, td")
+    assert (await cells.all_inner_texts())[pulls_at] == "3"
+    assert (
+        await tags.get_by_role("row").filter(has_text="v2").locator("th, td").all_inner_texts()
+    )[pulls_at] == "0"
+    assert await tags.get_by_role("row").filter(has_text="v1").get_by_text("never").count() == 0
+    artifacts = page.get_by_role("table", name="Artifacts of team/app, newest first")
+    row = artifacts.get_by_role("row").filter(has=page.locator(f'a[href$="{v1.digest}"]'))
+    assert (await row.locator("td").all_inner_texts())[-1] == "5"
+    chart = page.get_by_role("img", name=re.compile("^Pulls over the last 30 days"))
+    label = await chart.get_attribute("aria-label")
+    assert label == (
+        f"Pulls over the last 30 days: 5 in all; {today()}: 5; no pulls on the other days."
+    )
+    assert await chart.locator("rect").count() == 30
+    await tab.shot("repository-pulls")
+    await pull(creg, "pub/web", "latest", 1)
+    await tab.goto("/")
+    assert await page.get_by_role("img", name=re.compile("^Pulls over the last")).count() == 0
+    admin = await open_tab(browser, creg, "admin")
+    await admin.sign_in("admin", ADMIN_PASSWORD)  # the registry's pulls are for admins
+    chart = admin.page.get_by_role("img", name=re.compile("^Pulls over the last"))
+    assert await chart.get_attribute("aria-label") == (
+        f"Pulls over the last 30 days: 6 in all; {today()}: 6; no pulls on the other days."
+    )
+    await admin.shot("overview-pulls")
+
+
+async def test_activity_pages_by_cursor_and_filters_by_time_range(
+    creg: Reg, visitor: Visitor
+) -> None:
+    v1 = await creg.registry.index.manifests.by_tag("team/app", "v1")
+    assert v1 is not None
+    for i in range(105):
+        resp = await creg.client.put(
+            f"/v2/team/app/manifests/t{i:03d}",
+            data=v1.body,
+            headers={**ADMIN, "Content-Type": OCI_MANIFEST},
+        )
+        assert resp.status == 201
+    await visitor.sign_in("admin", ADMIN_PASSWORD)
+    tags = re.compile(
+        r'<span class="badge badge-push">push</span></td>\s*<td><a href="/r/team/app">'
+        r"team/app</a></td>\s*<td><code>(\w+)</code>"
+    )
+    first = await visitor.page("/activity?repository=team/app")
+    assert tags.findall(first) == [f"t{i:03d}" for i in range(104, 4, -1)]
+    older = re.search(r'<a rel="next" href="([^"]+)">Older</a>', first)
+    assert older, first[-2000:]
+    rest = await visitor.page(older.group(1).replace("&amp;", "&"))
+    assert tags.findall(rest) == ["t004", "t003", "t002", "t001", "t000", "v2", "v1"]
+    assert 'rel="next"' not in rest
+    rows = re.compile(r'<span class="badge badge-(\w+)">')
+    day = datetime.date.fromisoformat(today())
+    yesterday = (day - datetime.timedelta(days=1)).isoformat()
+    assert rows.findall(await visitor.page(f"/activity?action=push&until={yesterday}")) == []
+    assert rows.findall(await visitor.page(f"/activity?since={today()}&until={today()}"))
+    pushes = await visitor.page(f"/activity?repository=pub/web&since={today()}&until={today()}")
+    assert rows.findall(pushes) == ["push"]
+    await visitor.page("/activity?since=yesterday", 400)
+
+    bob = Visitor(creg)  # no role in team: sees pub's events only, not team's
+    try:
+        await bob.sign_in("bob", "bob-pw")
+        page = await bob.page("/activity?action=push")
+        assert "pub/web" in page and "team/app" not in page
+        await bob.page("/activity?repository=team/app", 404)
+    finally:
+        await bob.session.close()
+
+
+# -- administration: webhooks, proxies ------------------------------------------------------
+
+
+@needs_chromium
+async def test_webhook_added_in_the_browser_delivers_and_is_redelivered_from_its_page(
+    make_registry: AppFactory, browser: Any
+) -> None:
+    receiver = Receiver(status=400)  # refused: dead-lettered after its one attempt
+    await receiver.start()
+    try:
+        reg = await console_registry(make_registry, webhooks={**FAST, "max_attempts": 3})
+        tab = await open_tab(browser, reg, "webhooks")
+        page = tab.page
+        await tab.sign_in("admin", ADMIN_PASSWORD)
+        await page.get_by_role("link", name="Administration").click()
+        await page.get_by_role("link", name="Webhook endpoints and their deliveries").click()
+        await page.get_by_text("No webhook endpoints yet.").wait_for()
+        await tab.shot("webhooks")
+        await page.get_by_label("Receiver URL").fill(receiver.url)
+        await page.get_by_label("push", exact=True).check()
+        await page.get_by_role("button", name="Add endpoint").click()
+        secret = await page.locator("#secret-value").inner_text()
+        assert len(secret) >= 32
+        await tab.shot("webhook-added")
+        await page.reload()
+        assert await page.locator("#secret-value").count() == 0  # shown once
+        assert secret not in await page.content()
+        [endpoint] = await reg.registry.index.webhooks.endpoints()
+        assert (endpoint.url, endpoint.events, endpoint.secret) == (receiver.url, ["push"], secret)
+
+        await push(reg, "team/app", "v9", "a9")
+        deliveries = page.get_by_role("table", name=re.compile("deliveries"))
+        dead = deliveries.get_by_role("row").filter(has_text="dead")
+        deadline = time.monotonic() + 20
+        while await dead.count() == 0:
+            assert time.monotonic() < deadline, await page.content()
+            await asyncio.sleep(0.1)
+            await page.reload()
+        assert "HTTP 400" in await dead.inner_text()
+        assert "team/app:v9" in await dead.inner_text()
+        await tab.shot("webhook-dead")
+
+        receiver.status = 204
+        await dead.get_by_role("button", name=re.compile("^Redeliver")).click()
+        await receiver.wait_for(lambda: len(receiver.accepted) == 1)
+        assert verify(*receiver.accepted[0], secret=secret)
+        delivered = deliveries.get_by_role("row").filter(has_text="delivered")
+        deadline = time.monotonic() + 20
+        while await delivered.count() == 0:
+            assert time.monotonic() < deadline, await page.content()
+            await asyncio.sleep(0.1)
+            await page.reload()
+        attempts = await delivered.locator("ol.attempts li").all_inner_texts()
+        assert [re.search(r"HTTP (\d+)", a).group(1) for a in attempts] == ["400", "204"]  # type: ignore[union-attr]
+        await tab.shot("webhook-redelivered")
+
+        await page.get_by_role("button", name="Pause").click()
+        await page.get_by_role("button", name="Enable").wait_for()
+        assert not (await reg.registry.index.webhooks.endpoints())[0].enabled
+        await page.get_by_role("link", name="Remove this endpoint").click()
+        await page.get_by_text(
+            f"The endpoint {receiver.url} (registry-wide) will be removed"
+        ).wait_for()
+        await page.get_by_role("button", name="Remove endpoint").click()
+        await page.get_by_text("No webhook endpoints yet.").wait_for()
+        assert await reg.registry.index.webhooks.endpoints() == []
+    finally:
+        await receiver.stop()
+
+
+async def test_webhooks_admin_follows_the_api_rules_and_needs_csrf(
+    creg: Reg, visitor: Visitor
+) -> None:
+    resp = await creg.client.post(
+        "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/wide"}, headers=ADMIN
+    )
+    assert resp.status == 201
+    wide = (await resp.json())["id"]
+    await visitor.page("/admin/webhooks", 403)  # anonymous
+    await visitor.sign_in("alice", "alice-pw")  # owns team: its webhooks, not the registry's
+    await visitor.page("/admin/webhooks", 403)
+    await visitor.page(f"/admin/webhooks/{wide}", 403)
+    page = await visitor.page("/admin/webhooks?namespace=team")
+    assert "Webhooks of team" in page and "/wide" not in page
+    assert 'href="/admin/webhooks?namespace=team"' in await visitor.page("/namespaces/team")
+    form = {"url": "http://127.0.0.1:9/hook", "namespace": "team", "enabled": "on"}
+    for forged in ({}, {"csrf": "forged"}):
+        resp = await visitor.post("/admin/webhooks", {**form, **forged})
+        assert resp.status == 403
+    assert [e.id for e in await creg.registry.index.webhooks.endpoints()] == [wide]
+    form["csrf"] = csrf_of(page)
+    resp = await visitor.post("/admin/webhooks", {**form, "namespace": ""})  # registry-wide
+    assert resp.status == 403
+    resp = await visitor.post("/admin/webhooks", {**form, "namespace": "other"})
+    assert resp.status == 404
+    resp = await visitor.post("/admin/webhooks", form)
+    assert resp.status == 303
+    mine = next(e for e in await creg.registry.index.webhooks.endpoints() if e.id != wide)
+    assert mine.namespace == "team" and resp.headers["Location"] == f"/admin/webhooks/{mine.id}"
+    assert mine.secret in await visitor.page(f"/admin/webhooks/{mine.id}")
+    for path in (
+        f"/admin/webhooks/{mine.id}/enabled",
+        f"/admin/webhooks/{mine.id}/remove",
+        "/admin/webhooks/deliveries/1/redeliver",
+    ):
+        resp = await visitor.post(path, {})
+        assert resp.status == 403, path
+    assert all(e.enabled for e in await creg.registry.index.webhooks.endpoints())
+
+    for user, status in (("carol", 403), ("bob", 404)):  # a reader of team; no role in it
+        other = Visitor(creg)
+        try:
+            await other.sign_in(user, f"{user}-pw")
+            for path in (
+                "/admin/webhooks?namespace=team",
+                f"/admin/webhooks/{mine.id}",
+                f"/admin/webhooks/{mine.id}/remove",
+            ):
+                await other.page(path, status)
+            token = csrf_of(await other.page("/tokens"))
+            resp = await other.post(f"/admin/webhooks/{mine.id}/remove", {"csrf": token})
+            assert resp.status == status
+        finally:
+            await other.session.close()
+    assert len(await creg.registry.index.webhooks.endpoints()) == 2
+    confirm = await visitor.page(f"/admin/webhooks/{mine.id}/remove")
+    resp = await visitor.post(f"/admin/webhooks/{mine.id}/remove", {"csrf": csrf_of(confirm)})
+    assert resp.status == 303 and resp.headers["Location"] == "/admin/webhooks?namespace=team"
+    assert [e.id for e in await creg.registry.index.webhooks.endpoints()] == [wide]
+
+
+async def test_proxies_show_their_cache_use_against_the_cap(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    upstream = await make_registry(tmp_path / "up")
+    manifest = await push_image(upstream, "a", "a")
+    proxy = await make_registry(tmp_path / "px", proxy=[proxy_entry(upstream, max_bytes=1_000_000)])
+    visitor = Visitor(proxy)
+    try:
+        assert '<meter min="0" max="1000000" value="0"' in await visitor.page("/admin")
+        await pull_image(proxy, "a", manifest)
+        used = await proxy.registry.index.proxies.cached_bytes("hub")
+        assert used > 100_000
+        admin = await visitor.page("/admin")
+        assert f'<meter min="0" max="1000000" value="{used}"' in admin
+        assert f"{100 * used / 1_000_000:.1f}%" in admin
     finally:
         await visitor.session.close()

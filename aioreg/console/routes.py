@@ -9,6 +9,7 @@ Every POST carries the session's CSRF token or is refused with 403.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from aioreg.api.errors import error_status
 from aioreg.api.http import query_int, read_form
 from aioreg.api.v2.proxied import proxies
 from aioreg.auth.service import AuthError
+from aioreg.config import WebhookEndpointConfig
 from aioreg.console import views
 from aioreg.console.session import (
     CSRF_FIELD,
@@ -44,7 +46,9 @@ from aioreg.errors import ErrorCode, RegistryError
 
 FORM_MAX_BYTES = 65536
 MAX_OFFSET = 1 << 31
+MAX_CURSOR = 1 << 62  # an event id
 NAME = "{name:(?:(?!/-/).)+}"
+ID = "{id:[0-9]{1,18}}"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -293,14 +297,42 @@ async def suggest(request: web.Request, who: views.Viewer) -> web.StreamResponse
     return web.Response(body=msgspec.json.encode(found), content_type="application/json")
 
 
+def _day(request: web.Request, key: str, after: bool = False) -> tuple[str, float | None]:
+    """A ``YYYY-MM-DD`` date from the query as given, and the UTC midnight that starts it
+    (``after``: the one that ends it, so an "until" day is included)."""
+    raw = request.query.get(key, "").strip()[:10]
+    if not raw:
+        return "", None
+    try:
+        day = datetime.date.fromisoformat(raw)
+    except ValueError:
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"{key} must be a date, YYYY-MM-DD") from None
+    if after:
+        day += datetime.timedelta(days=1)
+    start = datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC)
+    return raw, start.timestamp()
+
+
 @_handler
 async def activity(request: web.Request, who: views.Viewer) -> web.StreamResponse:
     repository = request.query.get("repository", "").strip()[:300]
     kind = request.query.get("action", "")
     actor = request.query.get("user", "").strip()[:200]
-    model = await views.activity(request, who, repository, kind, actor)
+    since_text, since = _day(request, "since")
+    until_text, until = _day(request, "until", after=True)
+    cursor = query_int(request, "cursor", 0, MAX_CURSOR) or None
+    model = await views.activity(request, who, repository, kind, actor, since, until, cursor)
     return render(
-        request, who, "activity.html", repository=repository, kind=kind, actor=actor, **model
+        request,
+        who,
+        "activity.html",
+        repository=repository,
+        kind=kind,
+        actor=actor,
+        since=since_text,
+        until=until_text,
+        cursor=cursor,
+        **model,
     )
 
 
@@ -434,6 +466,83 @@ async def revoke_token(request: web.Request, who: views.Viewer) -> web.StreamRes
     return _redirect("/tokens")
 
 
+# -- webhooks: endpoints, their deliveries, redelivery ----------------------------------
+
+
+def _endpoint_id(request: web.Request, key: str = "id") -> int:
+    return int(request.match_info[key])  # the route admits 1 to 18 digits
+
+
+def _webhooks_of(namespace: str | None) -> str:
+    return "/admin/webhooks" + (f"?namespace={namespace}" if namespace else "")
+
+
+@_handler
+async def webhooks(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    namespace = request.query.get("namespace") or None
+    model = await views.webhooks(request, who, namespace)
+    return render(request, who, "webhooks.html", **model)
+
+
+@_handler
+async def add_webhook(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    form = await _form(request)
+    spec = WebhookEndpointConfig(
+        url=str(form.get("url", "")).strip(),
+        secret=str(form.get("secret", "")),
+        namespace=str(form.get("namespace", "")).strip(),
+        events=[str(e) for e in form.getall("events", [])],
+        repository_pattern=str(form.get("repository_pattern", "")).strip() or "*",
+        format=str(form.get("format", "cloudevents")),
+        enabled=form.get("enabled") == "on",
+    )
+    endpoint, secret = await views.add_webhook(request, who, spec)
+    # The secret is shown by the endpoint's page, this once (post/redirect/get).
+    request[SESSION].new_secret = (endpoint.id, secret)
+    return _redirect(f"/admin/webhooks/{endpoint.id}")
+
+
+@_handler
+async def webhook(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    model = await views.webhook(request, who, _endpoint_id(request))
+    session = request.get(SESSION)
+    secret = None
+    if session is not None and session.new_secret is not None:
+        if session.new_secret[0] == model["endpoint"].id:
+            secret = session.new_secret[1]
+        session.new_secret = None
+    return render(request, who, "webhook.html", secret=secret, **model)
+
+
+@_handler
+async def enable_webhook(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    form = await _form(request)
+    endpoint = await views.webhook_endpoint(request, who, _endpoint_id(request))
+    await views.management(request).webhooks.set_enabled(endpoint.id, form.get("enabled") == "on")
+    return _redirect(f"/admin/webhooks/{endpoint.id}")
+
+
+@_handler
+async def confirm_remove_webhook(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    endpoint = await views.webhook_endpoint(request, who, _endpoint_id(request))
+    return render(request, who, "webhook_remove.html", endpoint=endpoint)
+
+
+@_handler
+async def remove_webhook(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    await _form(request)
+    endpoint = await views.webhook_endpoint(request, who, _endpoint_id(request))
+    await views.management(request).webhooks.remove(endpoint.id)
+    return _redirect(_webhooks_of(endpoint.namespace))
+
+
+@_handler
+async def redeliver(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    await _form(request)
+    endpoint_id = await views.redeliver(request, who, _endpoint_id(request, "delivery"))
+    return _redirect(f"/admin/webhooks/{endpoint_id}")
+
+
 def static_dir() -> Path:
     return Path(str(resources.files("aioreg.console") / "static"))
 
@@ -463,6 +572,13 @@ def add_routes(app: web.Application) -> None:
     get("/admin", admin)
     post("/admin/gc", run_gc)
     post("/admin/retention-preview", retention_preview)
+    get("/admin/webhooks", webhooks)
+    post("/admin/webhooks", add_webhook)
+    get(f"/admin/webhooks/{ID}", webhook)
+    post(f"/admin/webhooks/{ID}/enabled", enable_webhook)
+    get(f"/admin/webhooks/{ID}/remove", confirm_remove_webhook)
+    post(f"/admin/webhooks/{ID}/remove", remove_webhook)
+    post("/admin/webhooks/deliveries/{delivery:[0-9]{1,18}}/redeliver", redeliver)
     get("/tokens", tokens)
     post("/tokens", create_token)
     post("/tokens/{token}/revoke", revoke_token)

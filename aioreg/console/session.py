@@ -36,6 +36,7 @@ class Session:
     identity: Identity
     seen: float
     new_token: str | None = None  # shown on the next page, once (post/redirect/get)
+    new_secret: tuple[int, str] | None = None  # (webhook endpoint, its secret), likewise
 
 
 class Sessions:

@@ -19,12 +19,16 @@ from aioreg.api.auth import AUTH_KEY
 from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.auth.accounts import TokenScope
 from aioreg.auth.scopes import ACTIONS
-from aioreg.auth.service import AuthService, Identity
+from aioreg.auth.service import AuthError, AuthService, Identity
+from aioreg.config import PROXY_NAMESPACE_RE, WEBHOOK_EVENTS, WEBHOOK_FORMATS, WebhookEndpointConfig
 from aioreg.console.session import identity_of
+from aioreg.domain.activity import DayPulls, FeedQuery
 from aioreg.domain.listings import Listings
 from aioreg.domain.management import Management
+from aioreg.domain.proxies import ProxyDefinition
 from aioreg.domain.reference import Digest, validate_name
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.index.webhooks import EndpointRow
 
 REPOSITORIES_PER_PAGE = 50
 TAGS_PER_PAGE = 50
@@ -32,9 +36,10 @@ ARTIFACTS_PER_PAGE = 20
 SEARCH_LIMIT = 100
 SUGGESTIONS = 10
 EVENTS_PER_PAGE = 100
-EVENT_KINDS = ("push", "pull", "untag", "delete")
+EVENT_KINDS = ("push", "pull", "untag", "delete", "retention", "gc", "quota_exceeded")
 RECENT_EVENTS = 10
 CHART_ROWS = 10
+DELIVERIES_SHOWN = 50  # an endpoint's latest deliveries on its page
 
 
 @dataclass(frozen=True)
@@ -159,10 +164,16 @@ async def overview(request: web.Request, who: Viewer) -> dict[str, Any]:
         scale=top,
         repository_scale=top_repository,
         repository_count=len(by_repository),
-        events=await listings(request).events(RECENT_EVENTS),
+        events=(await management(request).activity.feed(FeedQuery(RECENT_EVENTS), _everything))[0],
         quotas=await listings(request).quotas([ns for ns, _ in namespaces]),
+        pull_chart=pull_chart(await listings(request).pulls_by_day(None)),
     )
     return model
+
+
+async def _everything(repository: str) -> bool:
+    """The activity feed's filter for admins: every event, registry-wide ones too."""
+    return True
 
 
 async def repositories(
@@ -187,7 +198,12 @@ async def repositories(
         limit=REPOSITORIES_PER_PAGE,
         only=only,
     )
-    return {"namespace": namespace, "page": page, "pages": pages(page.total, offset, page.limit)}
+    return {
+        "namespace": namespace,
+        "page": page,
+        "pages": pages(page.total, offset, page.limit),
+        "manages_webhooks": await may_manage_webhooks(request, who, namespace),
+    }
 
 
 async def repository(
@@ -203,6 +219,7 @@ async def repository(
     await require(request, who, name, "pull")
     found = listings(request)
     summary = await found.summary(name)
+    pulls = await found.pull_counts(name)
     tags = await found.tag_page(
         name,
         contains=contains,
@@ -210,12 +227,17 @@ async def repository(
         descending=descending,
         offset=offset,
         limit=TAGS_PER_PAGE,
+        pulls=pulls,
     )
-    artifacts = await found.artifact_page(name, offset=artifact_offset, limit=ARTIFACTS_PER_PAGE)
+    artifacts = await found.artifact_page(
+        name, offset=artifact_offset, limit=ARTIFACTS_PER_PAGE, pulls=pulls
+    )
     deprecation = await found.deprecation(name)
     return {
         "name": name,
         "summary": summary,
+        "pull_count": pulls.total,
+        "pull_chart": pull_chart(await found.pulls_by_day(name)),
         "deprecation": deprecation,
         "tags": tags,
         "tag_pages": pages(tags.total, offset, tags.limit),
@@ -224,6 +246,30 @@ async def repository(
         "may_delete": "delete" in await allowed(request, who, name),
         "pull_tag": _pull_tag([t.name for t in tags.items]),
     }
+
+
+@dataclass(frozen=True)
+class PullChart:
+    """A day series drawn as bars: each bar's height in percent of the busiest day."""
+
+    days: list[DayPulls]
+    total: int
+    busiest: int
+
+    def height(self, pulls: int) -> float:
+        return round(100 * pulls / self.busiest, 2) if self.busiest else 0.0
+
+    def spoken(self) -> str:
+        """The numbers for a screen reader: the total, then every day that had pulls."""
+        busy = [f"{d.day}: {d.pulls}" for d in self.days if d.pulls]
+        head = f"Pulls over the last {len(self.days)} days: {self.total} in all"
+        if not busy:
+            return head + "."
+        return f"{head}; {'; '.join(busy)}; no pulls on the other days."
+
+
+def pull_chart(days: list[DayPulls]) -> PullChart:
+    return PullChart(days, sum(d.pulls for d in days), max([d.pulls for d in days] + [0]))
 
 
 def _pull_tag(shown: list[str]) -> str:
@@ -261,24 +307,124 @@ async def suggestions(request: web.Request, who: Viewer, query: str) -> list[str
 
 
 async def activity(
-    request: web.Request, who: Viewer, repository: str, kind: str, actor: str
+    request: web.Request,
+    who: Viewer,
+    repository: str,
+    kind: str,
+    actor: str,
+    since: float | None,
+    until: float | None,
+    cursor: int | None,
 ) -> dict[str, Any]:
-    """Everything for admins; otherwise one repository the viewer may pull."""
+    """A page of the activity feed (the one /api/v1/activity serves) under the same rule:
+    everything for admins, otherwise the repositories the viewer may list."""
     if repository:
         await require(request, who, repository, "pull")
-    elif not who.admin:
-        return {"events": None, "kinds": EVENT_KINDS}
     if kind and kind not in EVENT_KINDS:
         raise RegistryError(ErrorCode.BAD_REQUEST, f"action must be one of {EVENT_KINDS}")
-    events = await listings(request).events(
-        EVENTS_PER_PAGE, repository or None, [kind] if kind else None, actor or None
+    service = _auth(request)
+
+    async def shown(name: str) -> bool:
+        return bool(name) and await service.listable(who.identity, name)  # "" (gc): admins
+
+    query = FeedQuery(
+        limit=EVENTS_PER_PAGE,
+        before=cursor,
+        repository=repository or None,
+        kinds=[kind] if kind else None,
+        actor=actor or None,
+        since=since,
+        until=until,
     )
-    return {"events": events, "kinds": EVENT_KINDS}
+    events, following = await management(request).activity.feed(
+        query, _everything if who.admin else shown
+    )
+    return {"events": events, "next_cursor": following, "kinds": EVENT_KINDS}
 
 
 async def administration(request: web.Request) -> dict[str, Any]:
-    """What the administration page lists besides its forms: the proxies."""
-    return {"proxies": await management(request).proxies.all()}
+    """What the administration page lists besides its forms: the proxies, the webhooks."""
+    return {
+        "proxies": await administration_proxies(request),
+        "webhook_count": len(await management(request).webhooks.all()),
+    }
+
+
+async def administration_proxies(request: web.Request) -> list[tuple[ProxyDefinition, int]]:
+    """Each proxy with the bytes its cache holds (against its ``max_bytes``, 0: no cap)."""
+    proxies = await management(request).proxies.all()
+    used = await listings(request).proxy_cache_bytes([p.config.namespace for p in proxies])
+    return [(p, used[p.config.namespace]) for p in proxies]
+
+
+# -- webhooks: the access rule of /api/v1/webhooks ----------------------------------------
+
+
+async def require_webhooks(request: web.Request, who: Viewer, namespace: str | None) -> None:
+    """Registry-wide endpoints are for admins; a namespace's also for whoever may delete
+    in it (its admins). A namespace the viewer cannot even pull in is "not known"."""
+    if namespace is None:
+        require_admin(who)
+        return
+    if not PROXY_NAMESPACE_RE.fullmatch(namespace):
+        raise RegistryError(ErrorCode.BAD_REQUEST, "a namespace is one lowercase path component")
+    actions = await allowed(request, who, namespace)
+    if "pull" not in actions and not who.signed_in and who.auth_on:
+        raise AuthError("sign in to manage webhooks")
+    if "pull" not in actions:
+        raise RegistryError(ErrorCode.NAME_UNKNOWN, f"namespace {namespace} is not known")
+    if "delete" not in actions:
+        raise RegistryError(
+            ErrorCode.DENIED, f"the webhooks of {namespace} are for its administrators"
+        )
+
+
+async def may_manage_webhooks(request: web.Request, who: Viewer, namespace: str) -> bool:
+    return "delete" in await allowed(request, who, namespace)
+
+
+async def webhooks(request: web.Request, who: Viewer, namespace: str | None) -> dict[str, Any]:
+    """Every endpoint (admins, no namespace given) or one namespace's; never a secret."""
+    await require_webhooks(request, who, namespace)
+    endpoints = await management(request).webhooks.all()
+    if namespace is not None:
+        endpoints = [e for e in endpoints if e.namespace == namespace]
+    return {
+        "namespace": namespace,
+        "endpoints": endpoints,
+        "event_kinds": WEBHOOK_EVENTS,
+        "formats": WEBHOOK_FORMATS,
+    }
+
+
+async def webhook_endpoint(request: web.Request, who: Viewer, endpoint_id: int) -> EndpointRow:
+    """The endpoint, once the viewer may manage it."""
+    endpoint = await management(request).webhooks.get(endpoint_id)
+    await require_webhooks(request, who, endpoint.namespace)
+    return endpoint
+
+
+async def webhook(request: web.Request, who: Viewer, endpoint_id: int) -> dict[str, Any]:
+    """One endpoint with its latest deliveries, each with every attempt."""
+    endpoint = await webhook_endpoint(request, who, endpoint_id)
+    history = await management(request).webhooks.deliveries(endpoint.id, DELIVERIES_SHOWN)
+    return {"endpoint": endpoint, "deliveries": history, "shown": DELIVERIES_SHOWN}
+
+
+async def add_webhook(
+    request: web.Request, who: Viewer, spec: WebhookEndpointConfig
+) -> tuple[EndpointRow, str]:
+    await require_webhooks(request, who, spec.namespace or None)
+    return await management(request).webhooks.add(spec)
+
+
+async def redeliver(request: web.Request, who: Viewer, delivery_id: int) -> int:
+    """Queue a delivery again; returns its endpoint's id."""
+    hooks = management(request).webhooks
+    history = await hooks.delivery(delivery_id)
+    await webhook_endpoint(request, who, history.delivery.endpoint_id)
+    await hooks.redeliver(delivery_id)
+    return history.delivery.endpoint_id
 
 
 async def tokens(request: web.Request, who: Viewer) -> dict[str, Any]:

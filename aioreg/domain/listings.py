@@ -168,8 +168,10 @@ class Listings:
         descending: bool = False,
         offset: int = 0,
         limit: int = 50,
+        pulls: PullCounts | None = None,
     ) -> Page[TagDetail]:
-        """A page of a repository's tags with each one's artifact size."""
+        """A page of a repository's tags with each one's artifact size and pull count
+        (``pulls``: the repository's counts, when the caller has read them already)."""
         _check_sort(sort, TAG_SORTS)
         await self._summary(name)
         total, tags = await self.index.listings.tag_page(
@@ -177,6 +179,7 @@ class Listings:
         )
         sizes = await self._sizes(name, sorted({t.digest for t in tags}))
         deprecated = await self.index.repositories.tag_deprecations(name)
+        pulls = pulls or await self.pull_counts(name)
         items = [
             TagDetail(
                 t.name,
@@ -185,21 +188,24 @@ class Listings:
                 t.pushed_at,
                 t.last_pull_at,
                 deprecated.get(t.name),
+                pulls.tags.get(t.name, 0),
             )
             for t in tags
         ]
         return Page(items, total, offset, limit)
 
     async def artifact_page(
-        self, name: str, *, offset: int = 0, limit: int = 20
+        self, name: str, *, offset: int = 0, limit: int = 20, pulls: PullCounts | None = None
     ) -> Page[ArtifactDetail]:
-        """A page of a repository's artifacts, newest first, with a few tags each."""
+        """A page of a repository's artifacts, newest first, with a few tags each and their
+        pull counts."""
         await self._summary(name)
         total, rows = await self.index.listings.artifact_page(name, offset, limit)
         digests = [a.digest for a in rows]
         sizes = await self._sizes(name, digests, rows)
         tags = await self.index.listings.tags_by_digest(name, digests, TAGS_PER_ARTIFACT)
         referrers = await self.index.listings.referrer_digests(name, digests)
+        pulls = pulls or await self.pull_counts(name)
         items = [
             ArtifactDetail(
                 digest=a.digest,
@@ -212,6 +218,7 @@ class Listings:
                 subject=a.subject,
                 pushed_at=a.pushed_at,
                 last_pulled_at=a.last_pull_at,
+                pull_count=pulls.artifacts.get(a.digest, 0),
                 tag_count=tags.get(a.digest, (0, []))[0],
             )
             for a in rows
@@ -304,6 +311,25 @@ class Listings:
             found = json.loads(data).get("config", {}).get("Labels") or {}
             labels = {str(k): str(v) for k, v in found.items()}
         return _pretty(data), labels
+
+    async def pull_counts(self, name: str) -> PullCounts:
+        """Pulls of a repository, of each tag and of each artifact (including every pull
+        answered so far); zeros for a repository not there."""
+        return await self.index.activity.pull_counts(name) or PullCounts(0, {}, {})
+
+    async def pulls_by_day(self, name: str | None, days: int = HISTORY_DAYS) -> list[DayPulls]:
+        """Pulls per UTC day over the last ``days`` days, oldest first: of a repository,
+        or (``name`` None) of the whole registry."""
+        since = day_of(time.time()) - days + 1
+        if name is None:
+            counts = await self.index.activity.registry_pull_days(since)
+        else:
+            counts = await self.index.activity.pull_days(name, None, since)
+        return day_series(counts, days)
+
+    async def proxy_cache_bytes(self, namespaces: list[str]) -> dict[str, int]:
+        """Bytes each proxy namespace's cache holds (what its ``max_bytes`` caps)."""
+        return {ns: await self.index.proxies.cached_bytes(ns) for ns in namespaces}
 
     async def deprecation(self, name: str) -> str | None:
         """A repository's deprecation notice, if an admin set one."""

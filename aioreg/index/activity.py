@@ -15,7 +15,14 @@ import msgspec
 
 from aioreg.index.database import Database
 from aioreg.index.outbox import Announcement
-from aioreg.index.pull_stats import PendingPulls, PullKey, pull_counts, pull_days, write_counts
+from aioreg.index.pull_stats import (
+    PendingPulls,
+    PullKey,
+    pull_counts,
+    pull_days,
+    registry_pull_days,
+    write_counts,
+)
 from aioreg.index.rows import Event, ManifestRow, PullCounts
 
 MAX_PENDING_EVENTS = 100000  # kept across failed flushes; the oldest go beyond it
@@ -133,6 +140,11 @@ class ActivityQueries:
         """Pulls per UTC day since ``since_day``: of the repository, a tag, or by digest."""
         await self.flush()
         return await pull_days(self._db, name, tag, since_day)
+
+    async def registry_pull_days(self, since_day: int) -> dict[int, int]:
+        """Pulls per UTC day since ``since_day`` of all repositories together."""
+        await self.flush()
+        return await registry_pull_days(self._db, since_day)
 
     async def add_events(self, events: list[Event]) -> None:
         if not events:

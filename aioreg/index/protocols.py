@@ -308,6 +308,8 @@ class ActivityIndex(Protocol):
 
     async def pull_days(self, name: str, tag: str | None, since_day: int) -> dict[int, int]: ...
 
+    async def registry_pull_days(self, since_day: int) -> dict[int, int]: ...
+
     async def feed(
         self,
         limit: int,

@@ -120,3 +120,11 @@ async def pull_days(db: Database, name: str, tag: str | None, since_day: int) ->
         params += (tag,)
     rows = await db.all(sql + " GROUP BY pd.day", params)
     return {int(r[0]): int(r[1]) for r in rows}
+
+
+async def registry_pull_days(db: Database, since_day: int) -> dict[int, int]:
+    """Pulls per UTC day from ``since_day`` on, of every repository together."""
+    rows = await db.all(
+        "SELECT day, sum(pulls) FROM pull_days WHERE day >= ? GROUP BY day", (since_day,)
+    )
+    return {int(r[0]): int(r[1]) for r in rows}
