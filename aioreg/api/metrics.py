@@ -204,7 +204,7 @@ def merge(sources: Iterable[tuple[str, Iterable[Metric]]]) -> list[Metric]:
                 if sample.name.endswith("_created"):
                     continue
                 labels = {**sample.labels, "worker": worker} if per_process else sample.labels
-                key = (sample.name, tuple(labels.items()))
+                key = (sample.name, tuple(sorted(labels.items())))
                 into[key] = into.get(key, 0.0) + sample.value
     for name, merged in families.items():
         for (sample_name, pairs), total in sums[name].items():
