@@ -31,7 +31,7 @@ from aioreg.config import ConfigError, load_config
 from tests.conftest import AppFactory, HttpClient, Reg, digest_of, error_codes, image_manifest
 from tests.process import Server, free_port, start
 from tests.test_auth import ADMIN_PASSWORD, basic
-from tests.test_metrics import scrape, value
+from tests.test_metrics import Samples, scrape, value
 from tests.test_proxy import proxy_entry
 
 SECRET = "s3cret-for-the-webhook-tests"
@@ -687,42 +687,47 @@ async def test_metrics_count_attempts_deliveries_failures_and_dead_letters(
     refusing = Receiver(status=400)
     await refusing.start()
     try:
-        reg = await start_registry(max_attempts=10)
+        # A timeout longer than the test: the held request below is answered, never retried.
+        reg = await start_registry(max_attempts=10, timeout=120)
         await add_endpoint(reg, receiver.url)  # hears the 3 events of a first push
         await add_endpoint(reg, refusing.url, events=["push"])  # dead-letters each push
         await reg.push_image("team/app", "v1")
-        await receiver.wait_for(lambda: len(receiver.accepted) == 3)
-        deadline = time.monotonic() + 20
-        while reg.server.webhooks.stats.dead_lettered < 1:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-        samples = await scrape(reg)
         # 3 refused + 3 delivered to the first endpoint, 1 refused for good by the second.
+        samples = await settled(reg, deliveries=3, dead_letters=1)
         assert value(samples, "aioreg_webhook_attempts_total") == 7
-        assert value(samples, "aioreg_webhook_deliveries_total") == 3
         assert value(samples, "aioreg_webhook_failures_total") == 4
-        assert value(samples, "aioreg_webhook_dead_letters_total") == 1
         assert value(samples, "aioreg_webhook_queue_depth") == 0
+        assert receiver.requests == 6 and refusing.requests == 1
 
-        # A hanging first endpoint: both of its deliveries of the next push wait in the queue.
+        # A hanging first endpoint: its deliveries of the next pushes wait in the queue.
         receiver.hold = asyncio.Event()
-        await reg.push_manifest("team/app", "v2", (await reg.push_image("team/x", "v0"))[1])
-        await receiver.wait_for(lambda: receiver.requests == 3 + 3 + 1)
-        deadline = time.monotonic() + 20
-        while True:
-            samples = await scrape(reg)
-            if value(samples, "aioreg_webhook_dead_letters_total") == 3:
-                break
-            assert time.monotonic() < deadline, samples
-            await asyncio.sleep(0.02)
+        await reg.push_image("team/x", "v0")
+        await reg.push_image("team/app", "v2", seed="2")
+        await receiver.wait_for(lambda: receiver.requests == 6 + 1)
+        samples = await settled(reg, deliveries=3, dead_letters=3)
         # team/x: repository_created, push, tag_created; team/app v2: push, tag_created.
         # The first of those five is being sent (pending until answered).
         assert value(samples, "aioreg_webhook_queue_depth") == 5
         receiver.hold.set()
-        await receiver.wait_for(lambda: len(receiver.accepted) == 3 + 5)
-        samples = await scrape(reg)
-        assert value(samples, "aioreg_webhook_deliveries_total") == 8
+        samples = await settled(reg, deliveries=8, dead_letters=3)
         assert value(samples, "aioreg_webhook_attempts_total") == 7 + 5 + 2
+        assert value(samples, "aioreg_webhook_failures_total") == 4 + 2
         assert value(samples, "aioreg_webhook_queue_depth") == 0
+        assert len(receiver.accepted) == 8
     finally:
+        if receiver.hold is not None:
+            receiver.hold.set()  # never leave a request hanging at teardown
         await refusing.stop()
+
+
+async def settled(reg: Reg, **counters: float) -> Samples:
+    """Scrape until the given ``aioreg_webhook_<name>_total`` counters read as given (the
+    worker counts an attempt once it is recorded, a moment after the receiver saw it)."""
+    deadline = time.monotonic() + 20
+    while True:
+        samples = await scrape(reg)
+        got = {name: value(samples, f"aioreg_webhook_{name}_total") for name in counters}
+        if got == counters:
+            return samples
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.02)
