@@ -7,6 +7,8 @@ exactly what the test did, by route template (never the raw path).
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +18,7 @@ from aioreg.auth.accounts import Accounts
 from tests.conftest import AppFactory, Reg, digest_of, error_codes
 from tests.process import Server
 from tests.test_auth import ADMIN_PASSWORD, basic
-from tests.test_workers import WORKER, fresh, start_workers
+from tests.test_workers import WORKER, fresh, pinned, start_workers, worker_pids
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -258,3 +260,25 @@ async def test_any_worker_scraped_reports_every_workers_requests(
             assert value(samples, "aioreg_webhook_queue_depth") == 0
             assert value(samples, "aioreg_repositories") == 0
             scrapes += 1
+
+
+async def test_a_worker_that_does_not_answer_is_left_out_not_waited_for(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    server, base = start_workers(servers, tmp_path / "d")
+    http = await pinned(base, "0")
+    stopped = worker_pids(server)["1"]
+    os.kill(stopped, signal.SIGSTOP)  # alive (its lock held) but answering nothing
+    try:
+        resp = await http.get("/metrics")
+        assert resp.headers[WORKER] == "0"
+        samples = await parse(resp)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+        await http.close()
+    assert value(samples, "aioreg_metrics_workers") == 1
+    cpu = {
+        dict(labels)["worker"] for (name, labels) in samples if name == "process_cpu_seconds_total"
+    }
+    assert cpu == {"0"}
+    assert f"worker w1-{stopped} sent no metrics" in server.output
