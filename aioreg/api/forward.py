@@ -105,7 +105,9 @@ class Forwarder:
         except aiohttp.ClientConnectorError:
             await self._drop(owner)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("asking worker %s for %s failed: %s", owner, path, exc or type(exc))
+            log.warning(
+                "asking worker %s for %s failed: %s", owner, path, str(exc) or type(exc).__name__
+            )
         return None
 
     def _session(self, owner: str) -> aiohttp.ClientSession:
