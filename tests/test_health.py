@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AppFactory, Reg
+from tests.process import Server
 from tests.test_auth import ADMIN_PASSWORD
+from tests.test_workers import WORKER, fresh, start_workers
 
 
 @contextlib.contextmanager
@@ -84,3 +86,21 @@ async def test_free_space_check_can_be_turned_off(make_registry: AppFactory) -> 
         200,
         {"status": "ready", "checks": {"index": "ok", "storage": "ok"}},
     )
+
+
+async def test_every_worker_answers_healthz_and_readyz(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    _, base = start_workers(servers, tmp_path / "d")
+    answered: dict[str, set[str]] = {"/healthz": set(), "/readyz": set()}
+    async with fresh(base) as http:
+        for _ in range(200):
+            for path, workers in answered.items():
+                resp = await http.get(path)
+                assert resp.status == 200, await resp.text()
+                body = await resp.json()
+                assert body["status"] == ("ok" if path == "/healthz" else "ready"), body
+                workers.add(resp.headers[WORKER])
+            if all(w == {"0", "1"} for w in answered.values()):
+                break
+    assert answered == {"/healthz": {"0", "1"}, "/readyz": {"0", "1"}}

@@ -7,12 +7,18 @@ exactly what the test did, by route template (never the raw path).
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from aioreg.auth.accounts import Accounts
 from tests.conftest import AppFactory, Reg, digest_of, error_codes
+from tests.process import Server
 from tests.test_auth import ADMIN_PASSWORD, basic
+from tests.test_workers import WORKER, fresh, pinned, start_workers, worker_pids
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -23,13 +29,18 @@ BLOB = "/v2/{name}/blobs/{digest}"
 
 
 async def scrape(reg: Reg, **kwargs: object) -> Samples:
-    resp = await reg.client.get("/metrics", **kwargs)
+    return await parse(await reg.client.get("/metrics", **kwargs))
+
+
+async def parse(resp: aiohttp.ClientResponse) -> Samples:
     assert resp.status == 200, await resp.text()
     assert resp.headers["Content-Type"].startswith("text/plain")
     samples: Samples = {}
     for family in text_string_to_metric_families(await resp.text()):
         for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"{key} twice"
+            samples[key] = sample.value
     return samples
 
 
@@ -204,3 +215,70 @@ async def test_two_servers_in_one_process_keep_their_own_figures(
     samples = await scrape(second)
     assert requests(samples, MANIFEST, "GET", 404) == 0
     assert requests(await scrape(first), MANIFEST, "GET", 404) == 1
+
+
+async def test_any_worker_scraped_reports_every_workers_requests(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    _, base = start_workers(servers, tmp_path / "d")
+    answered = {"0": 0, "1": 0}
+    sent = 0
+    async with fresh(base) as http:
+        # Each request on a new connection: the kernel picks the worker each time.
+        while min(answered.values()) < 3:
+            assert sent < 400, answered
+            path = "/v2/" if sent % 2 else "/v2/team/app/manifests/nope"
+            resp = await http.get(path)
+            assert resp.status == (200 if sent % 2 else 404)
+            answered[resp.headers[WORKER]] += 1
+            sent += 1
+        scraped_by = {"0": 0, "1": 0}
+        scrapes = 0
+        while min(scraped_by.values()) < 2:
+            assert scrapes < 200, scraped_by
+            resp = await http.get("/metrics")
+            scraped_by[resp.headers[WORKER]] += 1
+            samples = await parse(resp)
+            # Every request so far, whichever worker answered it; the scrapes before
+            # this one too (a scrape is counted once answered).
+            assert requests(samples, MANIFEST, "GET", 404) == (sent + 1) // 2
+            assert requests(samples, "/v2/", "GET", 200) == sent // 2
+            assert requests(samples, "/metrics", "GET", 200) == scrapes
+            total = sum(v for (n, _), v in samples.items() if n == "aioreg_http_requests_total")
+            assert total == sent + scrapes
+            latency = "aioreg_http_request_duration_seconds_count"
+            assert value(samples, latency, route="/v2/", method="GET") == sent // 2
+            assert value(samples, "aioreg_metrics_workers") == 2
+            # Per-process figures stay per process, labelled by worker.
+            cpu = {
+                dict(labels).get("worker")
+                for (name, labels) in samples
+                if name == "process_cpu_seconds_total"
+            }
+            assert cpu == {"0", "1"}
+            assert value(samples, "aioreg_webhook_attempts_total") == 0
+            assert value(samples, "aioreg_webhook_queue_depth") == 0
+            assert value(samples, "aioreg_repositories") == 0
+            scrapes += 1
+
+
+async def test_a_worker_that_does_not_answer_is_left_out_not_waited_for(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    server, base = start_workers(servers, tmp_path / "d")
+    http = await pinned(base, "0")
+    stopped = worker_pids(server)["1"]
+    os.kill(stopped, signal.SIGSTOP)  # alive (its lock held) but answering nothing
+    try:
+        resp = await http.get("/metrics")
+        assert resp.headers[WORKER] == "0"
+        samples = await parse(resp)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+        await http.close()
+    assert value(samples, "aioreg_metrics_workers") == 1
+    cpu = {
+        dict(labels)["worker"] for (name, labels) in samples if name == "process_cpu_seconds_total"
+    }
+    assert cpu == {"0"}
+    assert f"worker w1-{stopped} sent no metrics" in server.output

@@ -31,6 +31,7 @@ from aioreg.config import ConfigError, load_config
 from tests.conftest import AppFactory, HttpClient, Reg, digest_of, error_codes, image_manifest
 from tests.process import Server, free_port, start
 from tests.test_auth import ADMIN_PASSWORD, basic
+from tests.test_metrics import Samples, scrape, value
 from tests.test_proxy import proxy_entry
 
 SECRET = "s3cret-for-the-webhook-tests"
@@ -676,3 +677,57 @@ async def test_config_file_endpoints_are_stored_at_start_and_changed_only_there(
     # Removed from the file: gone.
     reg = await start_registry()
     assert (await api(reg, "GET", "/webhooks"))["webhooks"] == []
+
+
+async def test_metrics_count_attempts_deliveries_failures_and_dead_letters(
+    start_registry: Start, receiver: Receiver
+) -> None:
+    receiver.refuse = 3
+    await receiver.start()
+    refusing = Receiver(status=400)
+    await refusing.start()
+    try:
+        # A timeout longer than the test: the held request below is answered, never retried.
+        reg = await start_registry(max_attempts=10, timeout=120)
+        await add_endpoint(reg, receiver.url)  # hears the 3 events of a first push
+        await add_endpoint(reg, refusing.url, events=["push"])  # dead-letters each push
+        await reg.push_image("team/app", "v1")
+        # 3 refused + 3 delivered to the first endpoint, 1 refused for good by the second.
+        samples = await settled(reg, deliveries=3, dead_letters=1)
+        assert value(samples, "aioreg_webhook_attempts_total") == 7
+        assert value(samples, "aioreg_webhook_failures_total") == 4
+        assert value(samples, "aioreg_webhook_queue_depth") == 0
+        assert receiver.requests == 6 and refusing.requests == 1
+
+        # A hanging first endpoint: its deliveries of the next pushes wait in the queue.
+        receiver.hold = asyncio.Event()
+        await reg.push_image("team/x", "v0")
+        await reg.push_image("team/app", "v2", seed="2")
+        await receiver.wait_for(lambda: receiver.requests == 6 + 1)
+        samples = await settled(reg, deliveries=3, dead_letters=3)
+        # team/x: repository_created, push, tag_created; team/app v2: push, tag_created.
+        # The first of those five is being sent (pending until answered).
+        assert value(samples, "aioreg_webhook_queue_depth") == 5
+        receiver.hold.set()
+        samples = await settled(reg, deliveries=8, dead_letters=3)
+        assert value(samples, "aioreg_webhook_attempts_total") == 7 + 5 + 2
+        assert value(samples, "aioreg_webhook_failures_total") == 4 + 2
+        assert value(samples, "aioreg_webhook_queue_depth") == 0
+        assert len(receiver.accepted) == 8
+    finally:
+        if receiver.hold is not None:
+            receiver.hold.set()  # never leave a request hanging at teardown
+        await refusing.stop()
+
+
+async def settled(reg: Reg, **counters: float) -> Samples:
+    """Scrape until the given ``aioreg_webhook_<name>_total`` counters read as given (the
+    worker counts an attempt once it is recorded, a moment after the receiver saw it)."""
+    deadline = time.monotonic() + 20
+    while True:
+        samples = await scrape(reg)
+        got = {name: value(samples, f"aioreg_webhook_{name}_total") for name in counters}
+        if got == counters:
+            return samples
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.02)

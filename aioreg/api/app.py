@@ -17,6 +17,7 @@ from aioreg.api.management.handlers import MANAGEMENT_KEY
 from aioreg.api.management.routes import add_routes as add_management_routes
 from aioreg.api.metrics import Metrics
 from aioreg.api.metrics import install as install_metrics
+from aioreg.api.metrics import install_peer as install_peer_metrics
 from aioreg.api.request_id import add_request_id_header, request_id_middleware
 from aioreg.api.v2.manifests import MANIFEST_BUDGET_KEY, ManifestBudget
 from aioreg.api.v2.proxied import PROXIES_KEY, add_namespace_header, refuse_proxy_writes
@@ -171,7 +172,8 @@ def create_app(config: Config, worker: WorkerIdentity | None = None) -> web.Appl
 
 def create_peer_app(app: web.Application, config: Config) -> web.Application:
     """What a worker serves its peers on its Unix socket: the upload-session verbs of
-    sessions it holds, forwarded by the worker the client reached (``api.forward``).
+    sessions it holds, forwarded by the worker the client reached (``api.forward``),
+    and its own metrics, for the worker a scrape reached (``api.metrics``).
 
     No auth or rate limit: the forwarding worker applied them, and only this
     user can reach the socket. Same registry, and the same in-flight count, so
@@ -190,6 +192,7 @@ def create_peer_app(app: web.Application, config: Config) -> web.Application:
     peer[REGISTRY_KEY] = app[REGISTRY_KEY]
     peer[IN_FLIGHT_KEY] = in_flight
     add_upload_session_routes(peer.router)
+    install_peer_metrics(peer, app)
     peer.on_response_prepare.append(add_request_id_header)
     peer.on_response_prepare.append(add_warning_headers)
     return peer

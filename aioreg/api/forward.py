@@ -93,6 +93,23 @@ class Forwarder:
                 "the worker holding this upload went away mid-request; retry the chunk"
             ) from exc
 
+    async def fetch(self, owner: str, path: str, timeout: float) -> bytes | None:
+        """A peer's answer body to ``GET path``; None unless it answered 200 in time
+        (gone, starting, draining, refusing)."""
+        try:
+            async with self._session(owner).get(
+                URL("http://worker").join(URL(path)),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as answer:
+                return await answer.read() if answer.status == 200 else None
+        except aiohttp.ClientConnectorError:
+            await self._drop(owner)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "asking worker %s for %s failed: %s", owner, path, str(exc) or type(exc).__name__
+            )
+        return None
+
     def _session(self, owner: str) -> aiohttp.ClientSession:
         session = self._sessions.get(owner)
         if session is None:

@@ -5,21 +5,48 @@ one), so several servers in one process (the test suite) keep separate figures.
 Requests are counted by route template (the aiohttp resource's canonical form,
 never the raw path: repository names and digests would make the series
 unbounded), method and status. Figures about what is stored are read from the
-index at scrape time, reused for ``metrics.storage_refresh_seconds``. The domain
-knows nothing of Prometheus: garbage collection and the index report to
-observers registered here.
+index at scrape time, reused for ``metrics.storage_refresh_seconds``; the
+webhook queue's depth is read at every scrape. The domain knows nothing of
+Prometheus: garbage collection, the index and the webhook delivery worker
+report to observers and collectors registered here.
 
 Other components add their own metrics on ``app[METRICS_KEY].registry``
-(``Metrics.register`` for a custom collector).
-TODO(webhooks): queue depth, deliveries, failures and dead letters go here.
+(``Metrics.register`` for a custom collector): what one process counts, which a
+scrape of several workers sums.
+
+Several workers (``server.workers`` > 1): a scrape reaches one worker, which
+reports the whole server. It asks each live peer, over the peer's Unix socket
+(``create_peer_app``), for that process's figures in the text format
+(``PEER_PATH``), and sums counters, histograms and per-process gauges (uploads
+in progress) over all of them; the ``process_*``/``python_*`` figures (memory,
+CPU, fds) are not summed but kept per process with a ``worker`` label; what is
+index-wide (stored content, the webhook queue) is read once, by the worker
+answering. Webhook delivery, scheduled GC and retention run in worker 0 only,
+so their counters are worker 0's (the others add zeros). A peer that does not
+answer within ``PEER_TIMEOUT`` (starting, restarting) is left out of that
+scrape; ``aioreg_metrics_workers`` says how many were summed. ``_created``
+samples are left out of such a scrape (a sum of creation times means nothing).
+
+Why not prometheus-client's multiprocess mode: it is switched on for the
+whole process at import time (the test suite runs several servers in one
+process, each with its own figures), it cannot serve custom collectors (stored
+content, webhooks) or the process collectors, and it leaves one set of files
+per process that ever ran, growing with every worker restart. Asking peers is
+bounded: at most ``server.workers`` - 1 local requests per scrape, each under a
+timeout, each answer bounded by the same label limits as this worker's own.
+The price: a worker that restarts loses its figures, so the sum drops, which
+Prometheus reads as a counter reset (as it would for a restarted single
+process).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -32,17 +59,21 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from aioreg.api.auth import AUTH_KEY, IDENTITY, identify
 from aioreg.api.errors import Handler, error_response
+from aioreg.api.forward import FORWARDER_KEY, Forwarder
 from aioreg.api.http import registry
 from aioreg.auth.service import AuthError
 from aioreg.config import MetricsConfig
 from aioreg.domain.gc import GcReport
+from aioreg.domain.workers import WorkerIdentity
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.events.delivery import DeliveryWorker
 from aioreg.index.protocols import IndexProtocol
 from aioreg.index.rows import StoreTotals
 
@@ -64,6 +95,12 @@ UPLOAD_ROUTES = frozenset(
 UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
 MANIFEST_ROUTE = "/v2/{name}/manifests/{reference}"
 CLIENT_GONE = "499"  # the client went away before an answer (nginx's figure)
+# What a worker serves its peers on its Unix socket: its own figures, text format.
+PEER_PATH = "/metrics/process"
+PEER_TIMEOUT = 5.0  # seconds a scrape waits for a peer's figures
+PER_PROCESS = ("process_", "python_")  # kept per worker (a label), never summed
+
+log = logging.getLogger("aioreg.metrics")
 
 
 def route_of(request: web.Request) -> str:
@@ -111,8 +148,76 @@ class StoredCollector(Collector):
         yield per_namespace
 
 
+class WebhookCollector(Collector):
+    """What this process's webhook delivery worker did since it started."""
+
+    def __init__(self, worker: DeliveryWorker) -> None:
+        self._worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._worker.stats
+        for name, doc, count in (
+            ("attempts", "Webhook requests sent (each attempt of each delivery)", stats.attempts),
+            ("deliveries", "Webhook deliveries a receiver accepted (2xx)", stats.delivered),
+            (
+                "failures",
+                "Webhook attempts that did not deliver (no answer, or not a 2xx)",
+                stats.failed,
+            ),
+            (
+                "dead_letters",
+                "Webhook deliveries given up on (max attempts reached, or a 4xx other than "
+                "408 and 429); redeliverable by id",
+                stats.dead_lettered,
+            ),
+        ):
+            yield CounterMetricFamily(f"{PREFIX}_webhook_{name}", doc, value=count)
+
+
+class _Families:
+    """Metric families ready for ``generate_latest``."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def merge(sources: Iterable[tuple[str, Iterable[Metric]]]) -> list[Metric]:
+    """One server's families from each worker's (worker number, families): samples of the
+    same name and labels summed, ``process_*``/``python_*`` ones labelled by worker."""
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for worker, metrics in sources:
+        for family in metrics:
+            if family.type == "gauge" and family.name.endswith("_created"):
+                continue  # a counter's creation times, as the text format splits them off
+            merged = families.get(family.name)
+            if merged is None:
+                merged = Metric(family.name, family.documentation, family.type, family.unit)
+                families[family.name] = merged
+                sums[family.name] = {}
+            into = sums[family.name]
+            per_process = family.name.startswith(PER_PROCESS)
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = {**sample.labels, "worker": worker} if per_process else sample.labels
+                key = (sample.name, tuple(sorted(labels.items())))
+                into[key] = into.get(key, 0.0) + sample.value
+    for name, merged in families.items():
+        for (sample_name, pairs), total in sums[name].items():
+            merged.add_sample(sample_name, dict(pairs), total)
+    return list(families.values())
+
+
 class Metrics:
-    """The metrics of one app, and the middleware and observers that feed them."""
+    """The metrics of one app, and the middleware and observers that feed them.
+
+    ``registry``: what this process counts (summed over workers); ``shared``: what
+    the index says for the whole server (read once per scrape, by the worker asked).
+    """
 
     def __init__(self, config: MetricsConfig) -> None:
         self.config = config
@@ -192,15 +297,31 @@ class Metrics:
             buckets=WAIT_BUCKETS,
             registry=reg,
         )
+        self.shared = CollectorRegistry(auto_describe=True)
         self.stored = StoredCollector(config.namespace_series_max)
-        reg.register(self.stored)
+        self.shared.register(self.stored)
+        self.webhook_queue = Gauge(
+            f"{PREFIX}_webhook_queue_depth",
+            "Webhook events not yet fanned out to endpoints plus deliveries still to make",
+            registry=self.shared,
+        )
+        self.workers = Gauge(
+            f"{PREFIX}_metrics_workers",
+            "Worker processes whose figures this scrape sums (fewer than server.workers "
+            "while one starts or restarts)",
+            registry=self.shared,
+        )
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
         GCCollector(registry=reg)
 
     def register(self, collector: Collector) -> None:
-        """Add another component's collector (webhook queues, say) to this app's metrics."""
+        """Add another component's per-process collector (the webhook worker's) to this
+        app's metrics."""
         self.registry.register(collector)
+
+    def observe_webhooks(self, worker: DeliveryWorker) -> None:
+        self.register(WebhookCollector(worker))
 
     def observe_gc(self, report: GcReport | None, seconds: float) -> None:
         if report is None:
@@ -223,8 +344,37 @@ class Metrics:
         stored.totals = await index.usage.totals()
         stored.taken = now
 
-    def render(self) -> bytes:
+    async def refresh_shared(self, index: IndexProtocol) -> None:
+        """The index-wide figures, for a scrape."""
+        await self.refresh_stored(index)
+        self.webhook_queue.set(await index.webhooks.pending_count())
+
+    def render_process(self) -> bytes:
+        """This process's own figures: what a peer asks for."""
         return generate_latest(self.registry)
+
+    async def render(self, forwarder: Forwarder | None) -> bytes:
+        """The whole server's figures; ``forwarder``: this worker's way to its peers."""
+        if forwarder is None:
+            self.workers.set(1)
+            return generate_latest(_Families([*self.registry.collect(), *self.shared.collect()]))
+        worker = forwarder.worker
+        peers = worker.peers()
+        path = f"{PEER_PATH}?supervisor={worker.supervisor}"
+        answers = await asyncio.gather(
+            *(forwarder.fetch(token, path, PEER_TIMEOUT) for token in peers)
+        )
+        sources: list[tuple[str, Iterable[Metric]]] = [
+            (str(worker.number), self.registry.collect())
+        ]
+        for token, answer in zip(peers, answers, strict=True):
+            if answer is None:
+                log.warning("worker %s sent no metrics; this scrape leaves it out", token)
+                continue
+            number = token[1:].partition("-")[0]
+            sources.append((number, text_string_to_metric_families(answer.decode())))
+        self.workers.set(len(sources))
+        return generate_latest(_Families([*merge(sources), *self.shared.collect()]))
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -280,6 +430,8 @@ def sent_bytes(request: BaseRequest, response: web.StreamResponse) -> int:
 
 
 METRICS_KEY = web.AppKey("metrics", Metrics)
+# On a peer app only (never FORWARDER_KEY there: a forwarded request is not forwarded on).
+PEER_WORKER_KEY = web.AppKey("peer_worker", WorkerIdentity)
 
 
 def _loopback(remote: str | None) -> bool:
@@ -333,8 +485,18 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
         response = error_response(ErrorCode.UNAUTHORIZED, exc.message)
         response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    await metrics.refresh_stored(registry(request).index)
-    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    await metrics.refresh_shared(registry(request).index)
+    body = await metrics.render(request.app.get(FORWARDER_KEY))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def process_metrics_handler(request: web.Request) -> web.StreamResponse:
+    """A peer's question: this process's figures (409 to a worker of another server
+    on the same data directory)."""
+    if request.query.get("supervisor") != str(request.app[PEER_WORKER_KEY].supervisor):
+        return error_response(ErrorCode.DENIED, "not a worker of this server", status=409)
+    body = request.app[METRICS_KEY].render_process()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def install(app: web.Application, metrics: Metrics) -> None:
@@ -342,3 +504,12 @@ def install(app: web.Application, metrics: Metrics) -> None:
     app[METRICS_KEY] = metrics
     if metrics.config.enabled:
         app.router.add_get("/metrics", metrics_handler)
+
+
+def install_peer(peer: web.Application, app: web.Application) -> None:
+    """On a worker's peer app: its own figures, for the peer a scrape reached."""
+    metrics = app[METRICS_KEY]
+    peer[METRICS_KEY] = metrics
+    peer[PEER_WORKER_KEY] = app[FORWARDER_KEY].worker
+    if metrics.config.enabled:
+        peer.router.add_get(PEER_PATH, process_metrics_handler)

@@ -29,6 +29,7 @@ from aioreg.api.app import IN_FLIGHT_KEY, create_app, create_peer_app
 from aioreg.api.errors import ErrorBody, ErrorDetail, error_response
 from aioreg.api.http import REGISTRY_KEY
 from aioreg.api.management.handlers import MANAGEMENT_KEY
+from aioreg.api.metrics import METRICS_KEY
 from aioreg.config import Config
 from aioreg.domain.workers import MAX_SOCKET_PATH, WorkerIdentity
 from aioreg.errors import ErrorCode
@@ -216,6 +217,7 @@ class RegistryServer:
         self._site: web.TCPSite | None = None
         self._peer_runner: web.AppRunner | None = None
         self.webhooks = DeliveryWorker(self.app[REGISTRY_KEY].index, config)
+        self.app[METRICS_KEY].observe_webhooks(self.webhooks)
         self.host = config.server.host
         self.port = config.server.port
 

@@ -57,6 +57,20 @@ class WorkerIdentity:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
 
+    def peers(self) -> list[str]:
+        """The live incarnations of the other workers (a scrape asks each for its figures)."""
+        tokens = []
+        for lock in sorted(self.run_dir.glob("w*-*.lock")):
+            number = lock.stem[1:].partition("-")[0]
+            if (
+                number.isdigit()
+                and int(number) != self.number
+                and int(number) < self.count
+                and self.alive(lock.stem)
+            ):
+                tokens.append(lock.stem)
+        return tokens
+
     def alive(self, token: str) -> bool:
         """Whether incarnation ``token`` (of this server) still runs: its life lock is held."""
         if token == self.token:

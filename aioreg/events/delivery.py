@@ -221,6 +221,8 @@ class DeliveryWorker:
         attempts = delivery.attempts + 1
         state = outcome(attempt.status, attempts, self.config.max_attempts)
         next_at = attempt.at + backoff(self.config, attempts) if state == PENDING else 0.0
+        await self.index.webhooks.record_attempt(delivery_id, attempt, state, next_at)
+        # Counted once recorded: the metrics never run ahead of the delivery history.
         self.stats.attempts += 1
         if state == DELIVERED:
             self.stats.delivered += 1
@@ -228,7 +230,6 @@ class DeliveryWorker:
             self.stats.failed += 1
         if state == DEAD:
             self.stats.dead_lettered += 1
-        await self.index.webhooks.record_attempt(delivery_id, attempt, state, next_at)
         if state == DEAD:
             # The endpoint by id and host: a URL's path may carry a token.
             log.warning(
