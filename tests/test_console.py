@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from aioreg.auth.accounts import Accounts
+from aioreg.auth.accounts import Accounts, TokenScope
 from tests.conftest import (
     EMPTY_JSON,
     OCI_CONFIG,
@@ -851,3 +851,280 @@ async def test_proxies_show_their_cache_use_against_the_cap(
         assert f"{100 * used / 1_000_000:.1f}%" in admin
     finally:
         await visitor.session.close()
+
+
+# -- users, namespace members and settings, one's own password ------------------------
+
+IMG_XSS = "<img src=x onerror=alert(1)>"
+
+
+async def push_as(reg: Reg, user: str, password: str, tag: str) -> int:
+    """Tag team/app's v2 manifest as ``tag`` with the user's credentials; the status."""
+    resp = await reg.client.get(
+        "/v2/team/app/manifests/v2", headers={**ADMIN, "Accept": OCI_MANIFEST}
+    )
+    assert resp.status == 200
+    resp = await reg.client.put(
+        f"/v2/team/app/manifests/{tag}",
+        data=await resp.read(),
+        headers={**basic(user, password), "Content-Type": OCI_MANIFEST},
+    )
+    return resp.status
+
+
+@needs_chromium
+async def test_admin_adds_a_user_gives_roles_resets_and_deletes_them_in_the_browser(
+    creg: Reg, browser: Any
+) -> None:
+    tab = await open_tab(browser, creg, "admin")
+    page = tab.page
+    await tab.sign_in("admin", ADMIN_PASSWORD)
+    await page.get_by_role("link", name="Administration").click()
+    await page.get_by_role("link", name="Users", exact=True).click()
+    await page.wait_for_url(tab.base + "/admin/users")
+
+    # A name with markup is refused by validation and shown as text, never run.
+    await page.get_by_label("User name").fill(IMG_XSS)
+    await page.get_by_label("Password", exact=True).fill("pw")
+    await page.get_by_label("Password again", exact=True).fill("pw")
+    await page.get_by_role("button", name="Add user").click()
+    await page.get_by_text(f"user name '{IMG_XSS}' must be lower-case").wait_for()
+    assert tab.dialogs == [] and await page.locator("main img").count() == 0
+
+    await tab.goto("/admin/users")
+    await page.get_by_label("User name").fill("dave")
+    await page.get_by_label("Password", exact=True).fill("dave-pw")
+    await page.get_by_label("Password again", exact=True).fill("dave-pw")
+    await page.get_by_role("button", name="Add user").click()
+    await page.wait_for_url(tab.base + "/admin/users")
+    row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="dave"))
+    assert "user" in await row.inner_text()
+    alice = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="alice"))
+    assert "team: admin" in await alice.inner_text()
+    await tab.shot("users")
+
+    # dave signs in and sees only what his (no) role allows: pub, not team.
+    dave = await open_tab(browser, creg, "dave")
+    await dave.sign_in("dave", "dave-pw")
+    assert (await dave.goto("/r/team/app")).status == 404
+    assert (await dave.goto("/admin/users")).status == 403
+    assert (await dave.goto("/r/pub/web")).status == 200
+    assert await push_as(creg, "dave", "dave-pw", "by-dave") in (401, 403)
+
+    # The admin makes him a writer of team: he may push, still not delete.
+    await tab.goto("/namespaces/team")
+    await page.get_by_label("User name").fill("dave")
+    await page.get_by_label("Role", exact=True).select_option("write")
+    await page.get_by_role("button", name="Add member").click()
+    await page.wait_for_url(tab.base + "/namespaces/team")
+    await page.get_by_role("rowheader", name="dave").wait_for()
+    await tab.shot("members")
+    assert (await dave.goto("/r/team/app")).status == 200
+    assert await dave.page.get_by_role("link", name="Delete tag v1").count() == 0
+    assert await push_as(creg, "dave", "dave-pw", "by-dave") == 201
+    assert (await dave.goto("/r/team/app/-/tags/v1/delete")).status == 403
+
+    # Read only, then out.
+    await page.get_by_label("Role of dave").select_option("read")
+    await page.get_by_role("button", name="Change role of dave").click()
+    await page.wait_for_url(tab.base + "/namespaces/team")
+    assert await creg.registry.index.accounts.members("team") == [
+        ("alice", "admin"),
+        ("carol", "read"),
+        ("dave", "read"),
+    ]
+    assert await push_as(creg, "dave", "dave-pw", "by-dave-2") in (401, 403)
+    await page.get_by_role("button", name="Remove dave").click()  # confirmed in a dialog
+    await page.wait_for_url(tab.base + "/namespaces/team")
+    assert tab.dialogs == ["Remove dave from team?"]
+    assert (await dave.goto("/r/team/app")).status == 404
+
+    # A reset password ends dave's session.
+    await tab.goto("/admin/users")
+    row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="dave"))
+    await row.get_by_text("Reset password").click()
+    await row.get_by_label("New password for dave", exact=True).fill("dave-new")
+    await row.get_by_label("New password for dave again").fill("dave-new")
+    await row.get_by_role("button", name="Set password of dave").click()
+    await page.wait_for_url(tab.base + "/admin/users")
+    await dave.goto("/")
+    assert await dave.page.get_by_text("Signed in as").count() == 0
+    await dave.sign_in("dave", "dave-new")
+
+    # Deleting him goes through a confirmation naming what goes with him.
+    await Accounts(creg.registry.index).create_token(
+        "dave", "ci", [TokenScope("*", ["pull"])], None
+    )
+    await tab.goto("/admin/users")
+    await page.get_by_role("link", name="Delete dave").click()
+    await page.get_by_text("their access tokens (1 active)").wait_for()
+    assert await page.get_by_text("Their personal namespace dave is not deleted").count() == 1
+    await tab.shot("user-remove")
+    await page.get_by_role("button", name="Delete user dave").click()
+    await page.wait_for_url(tab.base + "/admin/users")
+    assert await page.get_by_role("rowheader", name="dave").count() == 0
+    assert await creg.registry.index.accounts.user("dave") is None
+    await dave.goto("/")
+    assert await dave.page.get_by_text("Signed in as").count() == 0
+
+
+async def test_user_and_member_administration_follows_the_rules_and_needs_csrf(
+    creg: Reg, visitor: Visitor
+) -> None:
+    accounts = creg.registry.index.accounts
+    await visitor.page("/admin/users", 403)  # anonymous: the admin pages' refusal
+    for path in ("/admin/users", "/admin/users/bob/password", "/admin/users/bob/remove"):
+        resp = await visitor.post(path, {"csrf": csrf_of(await visitor.page("/sign-in"))})
+        assert resp.status == 403, path
+    resp = await visitor.post("/namespaces/team/members", {"user": "bob", "role": "read"})
+    assert resp.status == 403
+
+    await visitor.sign_in("alice", "alice-pw")  # owns team; not a registry admin
+    token = csrf_of(await visitor.page("/account"))
+    await visitor.page("/admin/users", 403)
+    await visitor.page("/admin/users/bob/remove", 403)
+    for path, form in (
+        ("/admin/users", {"name": "eve", "password": "x", "password_again": "x"}),
+        ("/admin/users/bob/password", {"password": "x", "password_again": "x"}),
+        ("/admin/users/bob/remove", {}),
+        ("/namespaces/team/quota", {"quota": "1 GiB"}),  # as the API: registry admins only
+    ):
+        resp = await visitor.post(path, {**form, "csrf": token})
+        assert resp.status == 403, path
+    assert await accounts.user("eve") is None and await accounts.user("bob") is not None
+    assert await creg.registry.index.usage.quota("team") is None
+
+    # alice administers team: members and settings, each POST with its token only.
+    page = await visitor.page("/namespaces/team")
+    assert "Members of team" in page and "Storage quota" not in page
+    posts = (
+        ("/namespaces/team/members", {"user": "bob", "role": "write"}),
+        ("/namespaces/team/settings", {"visibility": "public", "immutable_tags": "v*, rel-*"}),
+    )
+    for path, form in posts:
+        for forged in ({}, {"csrf": "forged"}):
+            resp = await visitor.post(path, {**form, **forged})
+            assert resp.status == 403, path
+    assert await accounts.role("team", (await accounts.user("bob")).id) is None  # type: ignore[union-attr]
+    for path, form in posts:
+        resp = await visitor.post(path, {**form, "csrf": token})
+        assert resp.status == 303, (path, await resp.text())
+    assert ("bob", "write") in await accounts.members("team")
+    team = await accounts.namespace("team")
+    assert team is not None and team.visibility == "public"
+    assert team.rules["immutable_tags"] == ["v*", "rel-*"]
+    resp = await visitor.post(
+        "/namespaces/team/members", {"user": IMG_XSS, "role": "read", "csrf": token}
+    )
+    assert resp.status == 403
+    text = await resp.text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "<img src=x" not in text
+
+    # carol reads team: refused (403); bob may pull the public pub: refused (403); bob
+    # has no role in the private priv: it is not known to him (404).
+    await Accounts(creg.registry.index).create_namespace("priv", "alice")
+    await push(creg, "priv/x", "v1", "p1")
+    for user, namespace, status in (
+        ("carol", "team", 403),
+        ("bob", "pub", 403),
+        ("bob", "priv", 404),
+    ):
+        other = Visitor(creg)
+        try:
+            await other.sign_in(user, f"{user}-pw")
+            page = await other.page(f"/namespaces/{namespace}", 200 if status == 403 else 404)
+            assert "Members of" not in page
+            token = csrf_of(await other.page("/account"))
+            for path, form in posts:
+                resp = await other.post(
+                    path.replace("team", namespace), {**form, "user": user, "csrf": token}
+                )
+                assert resp.status == status, (user, path)
+        finally:
+            await other.session.close()
+    assert ("carol", "read") in await accounts.members("team")
+
+    # The admin: every POST refused without the token, done with it.
+    admin = Visitor(creg)
+    bob = Visitor(creg)
+    try:
+        await admin.sign_in("admin", ADMIN_PASSWORD)
+        await bob.sign_in("bob", "bob-pw")
+        await bob.page("/tokens")
+        listing = await admin.page("/admin/users")
+        assert "Users of this registry" in listing
+        admin_token = csrf_of(listing)
+        posts = (
+            ("/admin/users", {"name": "eve", "password": "e", "password_again": "e"}),
+            ("/admin/users/bob/password", {"password": "b2", "password_again": "b2"}),
+            ("/namespaces/team/quota", {"quota": "2 MiB"}),
+            ("/admin/users/eve/remove", {}),
+        )
+        for path, form in posts:
+            for forged in ({}, {"csrf": "forged"}):
+                resp = await admin.post(path, {**form, **forged})
+                assert resp.status == 403, path
+        assert await accounts.user("eve") is None
+        resp = await admin.post(
+            "/admin/users",
+            {"name": "eve", "password": "e", "password_again": "x", "csrf": admin_token},
+        )
+        assert resp.status == 400 and await accounts.user("eve") is None
+        resp = await admin.post(
+            "/admin/users",
+            {"name": IMG_XSS, "password": "e", "password_again": "e", "csrf": admin_token},
+        )
+        assert resp.status == 403
+        text = await resp.text()
+        assert "&lt;img src=x onerror=alert(1)&gt;" in text and "<img src=x" not in text
+        for path, form in posts:
+            resp = await admin.post(path, {**form, "csrf": admin_token})
+            assert resp.status == 303, (path, await resp.text())
+        assert await accounts.user("eve") is None  # added, then removed
+        assert await creg.registry.index.usage.quota("team") == 2 << 20
+        assert "Storage quota" in await admin.page("/namespaces/team")
+        await bob.page("/tokens", 401)  # the reset password ended bob's session
+        assert (await bob.sign_in("bob", "b2")).status == 303
+        resp = await admin.post("/admin/users/admin/remove", {"csrf": admin_token})
+        assert resp.status == 403  # not the account one is signed in with
+        await admin.page("/admin/users/nobody/remove", 404)
+    finally:
+        await admin.session.close()
+        await bob.session.close()
+
+
+async def test_changing_ones_own_password_ends_the_other_sessions(
+    creg: Reg, visitor: Visitor
+) -> None:
+    await visitor.page("/account", 401)
+    other = Visitor(creg)
+    try:
+        await visitor.sign_in("alice", "alice-pw")
+        await other.sign_in("alice", "alice-pw")
+        token = csrf_of(await visitor.page("/account"))
+        pat = await Accounts(creg.registry.index).create_token(
+            "alice", "t", [TokenScope("*", ["pull", "push", "delete"])], None
+        )
+        change = {"password": "alice-2", "password_again": "alice-2", "csrf": token}
+        for current, status in (("wrong", 403), (pat.value, 403)):
+            resp = await visitor.post("/account/password", {**change, "current": current})
+            assert resp.status == status, await resp.text()
+        resp = await visitor.post(
+            "/account/password", {**change, "current": "alice-pw", "password_again": "other"}
+        )
+        assert resp.status == 400
+        unsigned = {"password": "alice-2", "password_again": "alice-2", "current": "alice-pw"}
+        resp = await visitor.post("/account/password", unsigned)
+        assert resp.status == 403  # without its token
+        resp = await visitor.post(
+            "/account/password", {**change, "current": "alice-pw", "csrf": token}
+        )
+        assert resp.status == 303 and resp.headers["Location"] == "/account?changed=1"
+        page = await visitor.page("/account?changed=1")
+        assert "Signed in as <strong>alice</strong>" in page and "other console sessions" in page
+        await visitor.page("/r/team/app")  # this session goes on
+        await other.page("/r/team/app", 404)  # the other one ended
+        assert (await other.sign_in("alice", "alice-pw")).status == 401
+        assert (await other.sign_in("alice", "alice-2")).status == 303
+    finally:
+        await other.session.close()

@@ -49,6 +49,7 @@ MAX_OFFSET = 1 << 31
 MAX_CURSOR = 1 << 62  # an event id
 NAME = "{name:(?:(?!/-/).)+}"
 ID = "{id:[0-9]{1,18}}"
+USER = "{user:[^/]{1,200}}"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -466,6 +467,117 @@ async def revoke_token(request: web.Request, who: views.Viewer) -> web.StreamRes
     return _redirect("/tokens")
 
 
+# -- users, namespace members and settings, one's own password -------------------------
+
+
+def _text(form: MultiDict[str], key: str) -> str:
+    return str(form.get(key, ""))
+
+
+@_handler
+async def users(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    views.require_admin(who)
+    return render(request, who, "users.html", users=await views.users(request))
+
+
+@_handler
+async def add_user(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    views.require_admin(who)
+    form = await _form(request)
+    password = views.new_password(_text(form, "password"), _text(form, "password_again"))
+    await views.add_user(request, _text(form, "name").strip(), password, form.get("admin") == "on")
+    return _redirect("/admin/users")
+
+
+@_handler
+async def reset_password(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    views.require_admin(who)
+    form = await _form(request)
+    password = views.new_password(_text(form, "password"), _text(form, "password_again"))
+    await views.reset_password(request, request.match_info["user"], password)
+    return _redirect("/admin/users")
+
+
+@_handler
+async def confirm_remove_user(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    views.require_admin(who)
+    doomed = await views.user(request, request.match_info["user"])
+    personal = await views.listings(request).repository_names(doomed.name)
+    return render(request, who, "user_remove.html", user=doomed, personal=personal)
+
+
+@_handler
+async def remove_user(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    views.require_admin(who)
+    await _form(request)
+    await views.remove_user(request, who, request.match_info["user"])
+    return _redirect("/admin/users")
+
+
+@_handler
+async def set_member(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    form = await _form(request)
+    namespace = request.match_info["namespace"]
+    role = _text(form, "role")
+    await views.set_member(
+        request, who, namespace, _text(form, "user").strip(), None if role == "remove" else role
+    )
+    return _redirect(f"/namespaces/{namespace}")
+
+
+@_handler
+async def namespace_settings(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    form = await _form(request)
+    namespace = request.match_info["namespace"]
+    patterns = [p.strip() for p in _text(form, "immutable_tags").split(",") if p.strip()]
+    await views.configure_namespace(request, who, namespace, _text(form, "visibility"), patterns)
+    return _redirect(f"/namespaces/{namespace}")
+
+
+QUOTA_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_quota(text: str) -> int | None:
+    """``10 GiB``, ``500MiB`` or a number of bytes; empty: no quota."""
+    text = text.strip().lower().replace(" ", "")
+    if not text:
+        return None
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :] or "b"
+    if unit not in QUOTA_UNITS or not number.replace(".", "", 1).isdigit() or len(number) > 20:
+        raise RegistryError(
+            ErrorCode.BAD_REQUEST, "a quota is a size like 500 MiB or 10 GiB (empty: none)"
+        )
+    return int(float(number) * QUOTA_UNITS[unit])
+
+
+@_handler
+async def namespace_quota(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    views.require_admin(who)  # as PUT /api/v1/namespaces/{namespace}/quota
+    form = await _form(request)
+    namespace = request.match_info["namespace"]
+    await views.management(request).repositories.set_quota(
+        namespace, parse_quota(_text(form, "quota"))
+    )
+    return _redirect(f"/namespaces/{namespace}")
+
+
+@_handler
+async def account(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    if who.auth_on and not who.signed_in:
+        raise AuthError("sign in to manage your account")
+    return render(request, who, "account.html", changed="changed" in request.query)
+
+
+@_handler
+async def change_password(request: web.Request, who: views.Viewer) -> web.StreamResponse:
+    form = await _form(request)
+    password = views.new_password(_text(form, "password"), _text(form, "password_again"))
+    identity = await views.change_own_password(request, who, _text(form, "current"), password)
+    sign_in(request, identity)  # this session goes on under a new id; the others end
+    return _redirect("/account?changed=1")
+
+
 # -- webhooks: endpoints, their deliveries, redelivery ----------------------------------
 
 
@@ -579,6 +691,16 @@ def add_routes(app: web.Application) -> None:
     get(f"/admin/webhooks/{ID}/remove", confirm_remove_webhook)
     post(f"/admin/webhooks/{ID}/remove", remove_webhook)
     post("/admin/webhooks/deliveries/{delivery:[0-9]{1,18}}/redeliver", redeliver)
+    get("/admin/users", users)
+    post("/admin/users", add_user)
+    post(f"/admin/users/{USER}/password", reset_password)
+    get(f"/admin/users/{USER}/remove", confirm_remove_user)
+    post(f"/admin/users/{USER}/remove", remove_user)
+    post("/namespaces/{namespace}/members", set_member)
+    post("/namespaces/{namespace}/settings", namespace_settings)
+    post("/namespaces/{namespace}/quota", namespace_quota)
+    get("/account", account)
+    post("/account/password", change_password)
     get("/tokens", tokens)
     post("/tokens", create_token)
     post("/tokens/{token}/revoke", revoke_token)

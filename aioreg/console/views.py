@@ -10,6 +10,8 @@ not leak. With access control off everyone may do everything, as on /api/v1.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ from aiohttp import web
 
 from aioreg.api.auth import AUTH_KEY
 from aioreg.api.management.handlers import MANAGEMENT_KEY
-from aioreg.auth.accounts import TokenScope
+from aioreg.auth.accounts import ROLES, TokenScope
 from aioreg.auth.scopes import ACTIONS
 from aioreg.auth.service import AuthError, AuthService, Identity
 from aioreg.config import PROXY_NAMESPACE_RE, WEBHOOK_EVENTS, WEBHOOK_FORMATS, WebhookEndpointConfig
@@ -28,6 +30,7 @@ from aioreg.domain.management import Management
 from aioreg.domain.proxies import ProxyDefinition
 from aioreg.domain.reference import Digest, validate_name
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.index.rows import UserRow
 from aioreg.index.webhooks import EndpointRow
 
 REPOSITORIES_PER_PAGE = 50
@@ -40,6 +43,9 @@ EVENT_KINDS = ("push", "pull", "untag", "delete", "retention", "gc", "quota_exce
 RECENT_EVENTS = 10
 CHART_ROWS = 10
 DELIVERIES_SHOWN = 50  # an endpoint's latest deliveries on its page
+MAX_PASSWORD = 1024
+MAX_USER_NAME = 200
+MAX_PATTERNS = 100  # immutable tag patterns of a namespace
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,10 @@ async def repositories(
 ) -> dict[str, Any]:
     names = await listings(request).repository_names(namespace)
     only = None if who.admin else await visible(request, who, names)
-    if only == [] or (not names and not await _namespace_exists(request, namespace)):
+    administration = await namespace_administration(request, who, namespace)
+    if (only == [] and administration is None) or (
+        not names and not await _namespace_exists(request, namespace)
+    ):
         raise RegistryError(ErrorCode.NAME_UNKNOWN, f"namespace {namespace} is not known")
     page = await listings(request).repository_page(
         namespace,
@@ -202,7 +211,8 @@ async def repositories(
         "namespace": namespace,
         "page": page,
         "pages": pages(page.total, offset, page.limit),
-        "manages_webhooks": await may_manage_webhooks(request, who, namespace),
+        "manages_webhooks": administration is not None,
+        "administration": administration,
     }
 
 
@@ -361,26 +371,28 @@ async def administration_proxies(request: web.Request) -> list[tuple[ProxyDefini
 
 
 async def require_webhooks(request: web.Request, who: Viewer, namespace: str | None) -> None:
-    """Registry-wide endpoints are for admins; a namespace's also for whoever may delete
-    in it (its admins). A namespace the viewer cannot even pull in is "not known"."""
+    """Registry-wide endpoints are for admins; a namespace's also for its admins."""
     if namespace is None:
         require_admin(who)
         return
+    await require_namespace_admin(request, who, namespace, "the webhooks")
+
+
+async def require_namespace_admin(
+    request: web.Request, who: Viewer, namespace: str, what: str
+) -> None:
+    """A namespace's administration (its webhooks, members, settings) is for registry
+    admins and whoever may delete in it (its admins, its owner). A namespace the viewer
+    cannot even pull in is "not known"."""
     if not PROXY_NAMESPACE_RE.fullmatch(namespace):
         raise RegistryError(ErrorCode.BAD_REQUEST, "a namespace is one lowercase path component")
     actions = await allowed(request, who, namespace)
     if "pull" not in actions and not who.signed_in and who.auth_on:
-        raise AuthError("sign in to manage webhooks")
+        raise AuthError(f"sign in to manage {what} of {namespace}")
     if "pull" not in actions:
         raise RegistryError(ErrorCode.NAME_UNKNOWN, f"namespace {namespace} is not known")
     if "delete" not in actions:
-        raise RegistryError(
-            ErrorCode.DENIED, f"the webhooks of {namespace} are for its administrators"
-        )
-
-
-async def may_manage_webhooks(request: web.Request, who: Viewer, namespace: str) -> bool:
-    return "delete" in await allowed(request, who, namespace)
+        raise RegistryError(ErrorCode.DENIED, f"{what} of {namespace} are for its administrators")
 
 
 async def webhooks(request: web.Request, who: Viewer, namespace: str | None) -> dict[str, Any]:
@@ -428,17 +440,12 @@ async def redeliver(request: web.Request, who: Viewer, delivery_id: int) -> int:
 
 
 async def tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
-    """The viewer's own tokens; every user for an admin."""
+    """The viewer's own tokens (users are on their own page, for admins)."""
     service = _auth(request)
     if not who.auth_on or who.identity.user_id is None:
-        return {"tokens": [], "users": [], "may_create": False}
+        return {"tokens": [], "may_create": False}
     rows = await service.index.accounts.tokens(who.identity.user_id)
-    users = await service.index.accounts.users() if who.admin else []
-    return {
-        "tokens": rows,
-        "users": users,
-        "may_create": who.identity.method == "password",
-    }
+    return {"tokens": rows, "may_create": who.identity.method == "password"}
 
 
 async def create_token(
@@ -467,6 +474,155 @@ async def revoke_token(request: web.Request, who: Viewer, token_id: str) -> None
     if row is None or (row.user_id != who.identity.user_id and not who.admin):
         raise RegistryError(ErrorCode.NAME_UNKNOWN, "no such token")
     await service.accounts.revoke_token(token_id)
+
+
+# -- users and namespaces: the operations of `aioreg user|namespace` (auth.accounts) --------
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    name: str
+    kind: str  # "admin", "robot" or "user"
+    memberships: list[tuple[str, str]]  # (namespace, role)
+    owned: list[str]  # namespaces created with this user as owner
+    tokens: int  # active (neither revoked nor expired)
+    created: float | None
+
+
+def _kind(row: UserRow) -> str:
+    return "admin" if row.is_admin else "robot" if row.is_robot else "user"
+
+
+async def users(request: web.Request) -> list[UserSummary]:
+    """Every user with their roles and active tokens (a page for registry admins)."""
+    accounts = _auth(request).index.accounts
+    created = await accounts.created()
+    roles: dict[str, list[tuple[str, str]]] = {}
+    owned: dict[str, list[str]] = {}
+    for namespace in await accounts.namespaces():
+        if namespace.owner is not None:
+            owned.setdefault(namespace.owner, []).append(namespace.name)
+        for user, role in await accounts.members(namespace.name):
+            roles.setdefault(user, []).append((namespace.name, role))
+    now = time.time()
+    active = Counter(
+        t.user_id
+        for t in await accounts.tokens()
+        if t.revoked_at is None and (t.expires_at is None or t.expires_at > now)
+    )
+    return [
+        UserSummary(
+            u.name,
+            _kind(u),
+            roles.get(u.name, []),
+            owned.get(u.name, []),
+            active[u.id],
+            created.get(u.name),
+        )
+        for u in await accounts.users()
+    ]
+
+
+async def user(request: web.Request, name: str) -> UserSummary:
+    for found in await users(request):
+        if found.name == name:
+            return found
+    raise RegistryError(ErrorCode.NAME_UNKNOWN, f"user {name} is not known")
+
+
+def new_password(password: str, again: str) -> str:
+    """A password typed twice, as ``aioreg user passwd`` asks for it."""
+    if not password:
+        raise RegistryError(ErrorCode.BAD_REQUEST, "an empty password is not allowed")
+    if len(password) > MAX_PASSWORD:
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"a password has at most {MAX_PASSWORD} chars")
+    if password != again:
+        raise RegistryError(ErrorCode.BAD_REQUEST, "the two passwords do not match")
+    return password
+
+
+async def add_user(request: web.Request, name: str, password: str, admin: bool) -> None:
+    if len(name) > MAX_USER_NAME:
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"a user name has at most {MAX_USER_NAME} chars")
+    await _auth(request).accounts.add_user(name, password, admin=admin)
+
+
+async def reset_password(request: web.Request, name: str, password: str) -> None:
+    """A user's new password; their sessions and token logins end with the old one."""
+    await _auth(request).accounts.set_password((await user(request, name)).name, password)
+
+
+async def remove_user(request: web.Request, who: Viewer, name: str) -> None:
+    """Delete a user: their tokens and memberships go with them (the index cascades)."""
+    if name == who.name:
+        raise RegistryError(
+            ErrorCode.DENIED, "you cannot delete the account you are signed in with"
+        )
+    await user(request, name)
+    await _auth(request).accounts.remove_user(name)
+
+
+async def change_own_password(
+    request: web.Request, who: Viewer, current: str, password: str
+) -> Identity:
+    """Set the viewer's password after checking the current one (throttled like any
+    sign-in); returns the identity the viewer's own session continues with. The
+    credential generation changes, which ends every other session and token login."""
+    if not who.auth_on or who.name is None or who.identity.user_id is None:
+        raise AuthError("sign in to change your password")
+    service = _auth(request)
+    client = request.remote or "unknown"
+    wrong = RegistryError(ErrorCode.DENIED, "the current password is not right")
+    try:
+        checked = await service.login(who.name, current, client)
+    except AuthError:
+        raise wrong from None
+    if checked.method != "password" or checked.user_id != who.identity.user_id:
+        raise wrong  # an access token is not the password
+    await service.accounts.set_password(who.name, password)
+    return await service.login(who.name, password, client)
+
+
+async def namespace_administration(
+    request: web.Request, who: Viewer, namespace: str
+) -> dict[str, Any] | None:
+    """The members panel and settings of a namespace, for those who administer it."""
+    if "delete" not in await allowed(request, who, namespace):
+        return None
+    accounts = _auth(request).index.accounts
+    record = await accounts.namespace(namespace)
+    members = await accounts.members(namespace) if record is not None else []
+    quota = await listings(request).quotas([namespace])
+    immutable = record.rules.get("immutable_tags", []) if record is not None else []
+    return {
+        "record": record,
+        "members": members,
+        "roles": tuple(ROLES),
+        "immutable": ", ".join(str(p) for p in immutable) if isinstance(immutable, list) else "",
+        "quota": quota.get(namespace),
+        "may_set_quota": who.admin and record is not None,
+    }
+
+
+async def set_member(
+    request: web.Request, who: Viewer, namespace: str, name: str, role: str | None
+) -> None:
+    await require_namespace_admin(request, who, namespace, "the members")
+    await _auth(request).accounts.set_member(namespace, name, role)
+
+
+async def configure_namespace(
+    request: web.Request, who: Viewer, namespace: str, visibility: str, immutable: list[str]
+) -> None:
+    """Visibility and immutable tag patterns, as ``aioreg namespace set`` sets them."""
+    await require_namespace_admin(request, who, namespace, "the settings")
+    if len(immutable) > MAX_PATTERNS or any(len(p) > 200 for p in immutable):
+        raise RegistryError(
+            ErrorCode.BAD_REQUEST, f"at most {MAX_PATTERNS} patterns of at most 200 chars"
+        )
+    await _auth(request).accounts.configure(
+        namespace, None, visibility, {"immutable_tags": immutable}
+    )
 
 
 def parse_digest(text: str) -> str:

@@ -48,6 +48,11 @@ class AccountQueries:
         rows = await self._db.all(f"{self._USER} ORDER BY name")
         return [u for u in map(self._user, rows) if u is not None]
 
+    async def created(self) -> dict[str, float]:
+        """When each user was created, by name (the console's user list)."""
+        rows = await self._db.all("SELECT name, created_at FROM users")
+        return {r[0]: float(r[1]) for r in rows}
+
     async def user_count(self) -> int:
         row = await self._db.one("SELECT count(*) FROM users WHERE is_robot = 0")
         return 0 if row is None else int(row[0])
