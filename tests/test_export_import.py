@@ -296,6 +296,54 @@ async def test_a_damaged_archive_names_the_blob_and_stores_nothing(
     await assert_nothing_visible(target)
 
 
+async def one_layer_image(reg: Reg, name: str, seed: int, size: int = 1 << 20) -> bytes:
+    """An incompressible layer (its bytes stand in a plain tar as they are) in an image
+    tagged 1.0; returns the layer."""
+    layer = random.Random(seed).randbytes(size)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await reg.push_blob(name, config)
+    await reg.push_blob(name, layer)
+    await reg.push_manifest(name, "1.0", image_manifest(config, [layer]))
+    return layer
+
+
+async def blob_bytes(reg: Reg, name: str, digest: str) -> bytes:
+    resp = await reg.client.get(f"/v2/{name}/blobs/{digest}")
+    assert resp.status == 200, await resp.text()
+    return bytes(await resp.read())
+
+
+async def test_a_blob_already_stored_is_skipped_not_hashed_unless_verify(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    layer = await one_layer_image(source, "team/app", 11)
+    archive = await export(source, tmp_path / "a.tar", compress=False)
+    data = bytearray(archive.read_bytes())
+    data[data.find(layer) + 1000] ^= 0xFF  # the archive's copy of a blob the target has
+    archive.write_bytes(bytes(data))
+    target = await make_registry(tmp_path / "b")
+    await target.push_blob("other/repo", layer)
+    verified = await aioreg(target.data_dir, "import", str(archive), "--verify")
+    assert verified.returncode == 1
+    assert digest_of(layer) in verified.stderr.decode() and b"corrupt" in verified.stderr
+    resp = await target.client.get("/v2/team/app/tags/list")
+    assert resp.status == 404
+    # Without --verify the archive's copy is skipped: the registry's own is linked.
+    result = await aioreg(target.data_dir, "import", str(archive))
+    assert result.returncode == 0, result.stderr
+    assert b"blobs: 1 new" in result.stdout and b"1 already stored" in result.stdout
+    assert await blob_bytes(target, "team/app", digest_of(layer)) == layer
+    # Cut inside that skipped blob (skipped by seeking): still a truncated archive.
+    archive.write_bytes(bytes(data[: data.find(layer) + len(layer) // 2]))
+    third = await make_registry(tmp_path / "c")
+    await third.push_blob("other/repo", layer)
+    cut = await aioreg(third.data_dir, "import", str(archive))
+    assert cut.returncode == 1 and b"truncated" in cut.stderr, cut.stderr
+    resp = await third.client.get("/v2/team/app/tags/list")
+    assert resp.status == 404
+
+
 async def test_an_immutable_tag_is_not_overwritten_and_is_reported(
     make_registry: AppFactory, tmp_path: Path
 ) -> None:

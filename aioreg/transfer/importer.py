@@ -5,7 +5,8 @@ Three steps, so nothing of a bad archive is ever visible:
 
 1. read: every blob entry streams into an upload temp file (``BlobWriter``: hashed
    while written, verified against the digest its name claims, fsynced). Blobs
-   the registry already stores are hashed and not written again. The writers
+   the registry already stores (indexed, their file of the right size) are skipped,
+   neither hashed (unless ``verify``) nor written again. The writers
    keep their files locked, so the upload janitor and GC leave them alone.
 2. plan: ``index.json`` names the top-level manifests, with their repository and
    tag; every manifest they need is parsed and checked (the same validation as a
@@ -26,7 +27,7 @@ import os
 import resource
 import tarfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
@@ -40,7 +41,7 @@ from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.storage import UploadWriter, WrittenBlob
 from aioreg.storage.errors import BlobInvalidDigest, BlobInvalidLength
-from aioreg.transfer.archive import COPY_BYTES, decompressed, open_tar
+from aioreg.transfer.archive import TarReader, decompressed
 from aioreg.transfer.layout import (
     INDEX_FILE,
     INDEX_MAX_BYTES,
@@ -61,12 +62,19 @@ STAGED_SHARE_OF_FD_LIMIT = 0.5
 # What reading an archive raises when it is cut short or its compression is damaged.
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zstandard.ZstdError, OSError)
 
+# A blob's bytes come in blocks this large: one worker-thread hop and one write each.
+READ_CHUNK = 4 << 20
+
 Chunks = AsyncIterator[bytes]
 T = TypeVar("T")
 
 
 class ArchiveDamaged(Exception):
     """Reading the archive failed (cut short, bad compression, unreadable): not our disk."""
+
+
+async def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,8 @@ class Entry:
     name: str
     size: int
     chunks: Chunks
+    # Leaves the bytes unread (a tar reader skips them when it moves on; a file closes).
+    skip: Callable[[], Awaitable[None]] = _nothing
 
 
 @dataclass(slots=True)
@@ -134,6 +144,7 @@ class Importer:
         *,
         repository: str | None = None,
         dry_run: bool = False,
+        verify: bool = False,
         on_blob: Callable[[int], None] | None = None,
         actor: str | None = None,
     ) -> None:
@@ -141,6 +152,7 @@ class Importer:
         self.actor = actor or ACTOR
         self.repository = None if repository is None else validate_name(repository)
         self.dry_run = dry_run
+        self.verify = verify  # hash blobs the registry already stores too
         self.on_blob = on_blob
         self._staged: dict[str, _Staged] = {}
         self._writers_created = 0  # each holds a file descriptor until stored or dropped
@@ -179,8 +191,7 @@ class Importer:
                         check_marker(body)
                     last = entry.name
                 else:
-                    async for _ in entry.chunks:  # not part of a layout: skipped
-                        pass
+                    await entry.skip()  # not part of a layout
         except ArchiveDamaged as exc:
             raise _fail(
                 ErrorCode.BAD_REQUEST,
@@ -191,16 +202,23 @@ class Importer:
 
     async def _take_blob(self, digest: Digest, entry: Entry) -> None:
         if str(digest) in self._staged:  # the same file twice: the first copy counts
-            async for _ in entry.chunks:
-                pass
+            await entry.skip()
             return
         row = await self.registry.index.blobs.get(str(digest))
         store = self.registry.store
-        stored = row is not None and await asyncio.to_thread(store.exists, digest)
+        stored = (
+            row is not None
+            and row.size == entry.size
+            and await asyncio.to_thread(_has_size, store.path(digest), row.size)
+        )
         staged = _Staged(digest, entry.size, stored)
         limit = self.registry.config.limits.manifest_max_bytes
         try:
-            if stored or (self.dry_run and entry.size > limit):
+            if stored and not self.verify:
+                # Its bytes here would only be hashed to be thrown away: the registry's copy
+                # is what gets linked (and what scrub verifies).
+                await entry.skip()
+            elif stored or (self.dry_run and entry.size > limit):
                 # Verified, not written: a dry run keeps only what could be a manifest.
                 await _verify(digest, entry)
             else:
@@ -384,6 +402,13 @@ class Importer:
                 await writer.cancel()
 
 
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
+
+
 def _digest(text: str) -> Digest:
     try:
         return Digest.parse(text)
@@ -429,13 +454,15 @@ async def _verify(digest: Digest, entry: Entry) -> None:
 
 async def tar_entries(source: IO[bytes]) -> AsyncIterator[Entry]:
     """The files of a tar stream (plain, zstd or gzip), read on worker threads, in order."""
-    tar = await _reading(lambda: open_tar(decompressed(source)))
+    tar = await _reading(lambda: TarReader(decompressed(source)))
     while (member := await _reading(tar.next)) is not None:
-        if not member.isfile():
-            continue
-        f = tar.extractfile(member)
-        assert f is not None
-        yield Entry(normalize(member.name), member.size, _file_chunks(f))
+        if member.isfile():
+            yield Entry(normalize(member.name), member.size, _member_chunks(tar))
+
+
+async def _member_chunks(tar: TarReader) -> Chunks:
+    while chunk := await _reading(tar.read_member, READ_CHUNK):
+        yield chunk
 
 
 async def directory_entries(root: Path) -> AsyncIterator[Entry]:
@@ -453,7 +480,11 @@ async def directory_entries(root: Path) -> AsyncIterator[Entry]:
 async def _file_entry(path: Path, name: str) -> Entry:
     f = await asyncio.to_thread(open, path, "rb")
     size = os.fstat(f.fileno()).st_size
-    return Entry(name, size, _closing_chunks(f))
+
+    async def close() -> None:
+        f.close()
+
+    return Entry(name, size, _closing_chunks(f), close)
 
 
 async def _closing_chunks(f: IO[bytes]) -> Chunks:
@@ -465,7 +496,7 @@ async def _closing_chunks(f: IO[bytes]) -> Chunks:
 
 
 async def _file_chunks(f: IO[bytes]) -> Chunks:
-    while chunk := await _reading(f.read, COPY_BYTES):
+    while chunk := await _reading(f.read, READ_CHUNK):
         yield chunk
 
 

@@ -85,12 +85,14 @@ class _Body:
 async def import_archive(request: web.Request) -> web.StreamResponse:
     actor = await _require(request, None, "push")
     dry_run = _choice(request, "dry_run", "false", ("true", "false")) == "true"
+    verify = _choice(request, "verify", "false", ("true", "false")) == "true"
     body = _Body(body_stream(request))
     source = io.BufferedReader(SyncReader(body.read, asyncio.get_running_loop()), COPY_BYTES)
     importer = Importer(
         registry(request),
         repository=request.query.get("repository") or None,
         dry_run=dry_run,
+        verify=verify,
         actor=actor,
     )
     report = await importer.run(tar_entries(source))
