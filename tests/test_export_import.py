@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import random
 import resource
 import shutil
@@ -28,7 +29,7 @@ from tests.conftest import (
     digest_of,
     image_manifest,
 )
-from tests.images import OCI_INDEX, Image, Layout, multi_platform
+from tests.images import OCI_INDEX, OCI_MANIFEST, Image, Layout, multi_platform
 from tests.test_auth import ADMIN_PASSWORD, basic
 
 SIGNATURE_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
@@ -342,6 +343,56 @@ async def test_a_blob_already_stored_is_skipped_not_hashed_unless_verify(
     assert cut.returncode == 1 and b"truncated" in cut.stderr, cut.stderr
     resp = await third.client.get("/v2/team/app/tags/list")
     assert resp.status == 404
+
+
+async def test_gc_running_during_an_import_loses_nothing_it_makes_visible(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    """Server GC over HTTP and ``aioreg gc`` (grace 0, untagged too) sweep back to back
+    while an import stores 40 images, each untagged until the import's last step."""
+    layout = Layout(tmp_path / "src")
+    images = [layout.image(f"gc{i}", layer_count=1) for i in range(40)]
+    for i, image in enumerate(images):
+        layout.tag(f"v{i}", OCI_MANIFEST, image.manifest_digest, len(image.manifest))
+    target = await make_registry(tmp_path / "b", gc={"grace_period": 0, "delete_untagged": True})
+    # Garbage the import will need: stored, referenced by nothing, so sweepable at once.
+    await target.push_blob("other/repo", images[0].layers[0])
+    done = asyncio.Event()
+    sweeps = {"http": 0, "cli": 0}
+
+    async def http_gc() -> None:
+        while not done.is_set():
+            resp = await target.client.post("/api/v1/gc?untagged=true")
+            assert resp.status == 200, await resp.text()
+            sweeps["http"] += 1
+
+    async def cli_gc() -> None:
+        env = {**os.environ, "AIOREG_GC_GRACE_PERIOD": "0"}
+        command = [sys.executable, "-m", "aioreg", "gc", "--untagged"]
+        while not done.is_set():
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [*command, "--data", str(target.data_dir)],
+                env=env,
+                capture_output=True,
+                timeout=TIMEOUT,
+            )
+            assert result.returncode == 0, result.stderr
+            sweeps["cli"] += 1
+
+    async def importing() -> subprocess.CompletedProcess[bytes]:
+        try:
+            return await aioreg(target.data_dir, "import", str(layout.root), "--repository", "a/b")
+        finally:
+            done.set()
+
+    result, *_ = await asyncio.gather(importing(), http_gc(), cli_gc())
+    assert result.returncode == 0, result.stderr
+    assert sweeps["http"] > 1 and sweeps["cli"] >= 1
+    for i, image in enumerate(images):
+        assert await manifest_bytes(target, "a/b", f"v{i}") == image.manifest
+        for blob in (image.config, *image.layers):
+            assert await blob_bytes(target, "a/b", digest_of(blob)) == blob
 
 
 async def test_an_immutable_tag_is_not_overwritten_and_is_reported(

@@ -12,9 +12,12 @@ Three steps, so nothing of a bad archive is ever visible:
    tag; every manifest they need is parsed and checked (the same validation as a
    push), every blob it references must be in the archive or in the registry.
 3. store: manifests are stored children first, each right after its blobs are
-   linked into the repository (so none waits long, unreferenced, under GC's
-   grace period), then every tag moves in one index transaction. A tag the
-   repository's rules protect is reported, not moved.
+   linked into the repository, then every tag moves in one index transaction. A
+   tag the repository's rules protect is reported, not moved.
+
+GC sweeps (of any process) are held off from the first step to the last, as a backup
+holds them (``BlobStorage.hold_sweeps``): whatever the import found stored or stored
+itself stays until its tags reference it.
 
 A failure in 1 or 2 stores nothing; ``dry_run`` stops after 2 and reports.
 """
@@ -22,6 +25,7 @@ A failure in 1 or 2 stores nothing; ``dry_run`` stops after 2 and reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import resource
@@ -165,10 +169,17 @@ class Importer:
 
     async def run(self, entries: AsyncIterator[Entry]) -> ImportReport:
         try:
-            await self._read(entries)
-            await self._plan()
-            if not self.dry_run:
-                await self._store()
+            async with contextlib.AsyncExitStack() as hold:
+                if not self.dry_run:
+                    # GC (any process) removes nothing until the import is stored, as during
+                    # a backup: a blob found stored while reading (whose bytes were then
+                    # skipped) stays, and so does each manifest, untagged until the end.
+                    store = self.registry.store
+                    await asyncio.to_thread(hold.enter_context, store.hold_sweeps())
+                await self._read(entries)
+                await self._plan()
+                if not self.dry_run:
+                    await self._store()
         finally:
             await self._drop_temp_files()
         return self.report
@@ -362,8 +373,8 @@ class Importer:
     # -- 3. store ------------------------------------------------------------
 
     async def _store(self) -> None:
-        """Each manifest right after linking its blobs, so no blob waits unreferenced
-        (GC's grace period) for long; then the tags, together."""
+        """Each manifest right after linking its blobs (children first), then the tags,
+        together."""
         registry = self.registry
         for repository, plan in self._plans.items():
             linked: set[str] = set()
