@@ -496,6 +496,53 @@ async def test_api_import_of_a_corrupt_archive_is_an_error_naming_the_blob(
     await assert_nothing_visible(target)
 
 
+@pytest.mark.parametrize("bound", ["import_max_bytes", "free_space"])
+async def test_api_import_is_bounded_by_its_limit_and_the_free_space(
+    make_registry: AppFactory, tmp_path: Path, bound: str
+) -> None:
+    """A compression bomb: 3 KiB of zstd declaring 64 MiB of zeros (the blob's digest
+    right, so only the bound stops it)."""
+    layer = bytes(64 << 20)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    layout = Layout(tmp_path / "src")
+    layout.put(config), layout.put(layer)
+    body = image_manifest(config, [layer])
+    layout.tag("1.0", OCI_MANIFEST, layout.put(body), len(body))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(layout.root, ".")
+    bomb = zstandard.ZstdCompressor(level=19).compress(buf.getvalue())
+    assert len(bomb) < 64 << 10
+    if bound == "import_max_bytes":
+        limits: dict[str, object] = {"sections": {"transfer": {"import_max_bytes": 32 << 20}}}
+        code, status = "SIZE_INVALID", 413
+    else:  # free space, as if the disk held no more than the reserve /readyz keeps
+        limits = {"sections": {"health": {"min_free_bytes": 1 << 62}}}
+        code, status = "UNKNOWN", 507
+    target = await make_registry(tmp_path / "b", **limits)
+    resp = await target.client.post("/api/v1/import?repository=team/app", data=bomb)
+    assert resp.status == status, await resp.text()
+    error = (await resp.json())["errors"][0]
+    assert error["code"] == code and digest_of(layer) in error["message"], error
+    await assert_nothing_visible(target)
+    resp = await target.client.get("/v2/")
+    assert resp.status == 200
+
+
+async def test_openapi_describes_export_and_import_bodies_as_archives(reg: Reg) -> None:
+    resp = await reg.client.get("/api/v1/openapi.json")
+    paths = (await resp.json())["paths"]
+    export = paths["/api/v1/export"]["get"]["responses"]["200"]["content"]
+    assert sorted(export) == ["application/x-tar", "application/zstd"]
+    assert all(c["schema"] == {"type": "string", "format": "binary"} for c in export.values())
+    importing = paths["/api/v1/import"]["post"]
+    assert {"application/x-tar", "application/zstd", "application/gzip"} <= set(
+        importing["requestBody"]["content"]
+    )
+    assert list(importing["responses"]["200"]["content"]) == ["application/json"]
+    assert "verify" in [p["name"] for p in importing["parameters"]]
+
+
 async def test_api_export_and_import_are_for_admins(make_registry: AppFactory) -> None:
     reg = await make_registry(auth={"enabled": True, "admin_password": ADMIN_PASSWORD})
     await Accounts(reg.registry.index).add_user("alice", "alice-pw")

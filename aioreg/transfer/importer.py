@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import os
 import resource
+import shutil
 import tarfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +43,7 @@ import zstandard
 from aioreg.domain.manifest import INDEX_TYPES, ImageIndex, parse_manifest
 from aioreg.domain.reference import TAG_RE, Digest, validate_name
 from aioreg.domain.registry import Registry
-from aioreg.errors import ErrorCode, RegistryError
+from aioreg.errors import ErrorCode, RegistryError, StorageFullError, TooLargeError
 from aioreg.storage import UploadWriter, WrittenBlob
 from aioreg.storage.errors import BlobInvalidDigest, BlobInvalidLength
 from aioreg.transfer.archive import TarReader, decompressed
@@ -149,6 +150,7 @@ class Importer:
         repository: str | None = None,
         dry_run: bool = False,
         verify: bool = False,
+        max_bytes: int | None = None,
         on_blob: Callable[[int], None] | None = None,
         actor: str | None = None,
     ) -> None:
@@ -157,6 +159,8 @@ class Importer:
         self.repository = None if repository is None else validate_name(repository)
         self.dry_run = dry_run
         self.verify = verify  # hash blobs the registry already stores too
+        self.max_bytes = max_bytes  # of new blobs written (an API import's bound)
+        self._new_bytes = 0
         self.on_blob = on_blob
         self._staged: dict[str, _Staged] = {}
         self._writers_created = 0  # each holds a file descriptor until stored or dropped
@@ -233,6 +237,7 @@ class Importer:
                 # Verified, not written: a dry run keeps only what could be a manifest.
                 await _verify(digest, entry)
             else:
+                await self._check_room(digest, entry.size)
                 self._check_open_files()
                 self._writers_created += 1
                 staged.upload_id = uuid.uuid4().hex
@@ -266,6 +271,25 @@ class Importer:
             self.report.blobs_existing += 1
         if self.on_blob is not None:
             self.on_blob(entry.size)
+
+    async def _check_room(self, digest: Digest, size: int) -> None:
+        """Before a byte of a new blob is written: within ``max_bytes`` and the free space
+        above the reserve ``/readyz`` keeps (a small zstd bomb declares huge members)."""
+        if self.max_bytes is not None and self._new_bytes + size > self.max_bytes:
+            raise TooLargeError(
+                f"import failed, nothing was stored: blob {digest} ({size} bytes) takes the "
+                f"archive's new blobs past transfer.import_max_bytes ({self.max_bytes})",
+                self.max_bytes,
+            )
+        config = self.registry.config
+        free = (await asyncio.to_thread(shutil.disk_usage, config.data_path)).free
+        room = free - config.health.min_free_bytes
+        if size > room:
+            raise StorageFullError(
+                f"blob {digest} of an import needs {size} bytes, {max(room, 0)} are free "
+                "above health.min_free_bytes"
+            )
+        self._new_bytes += size
 
     def _check_open_files(self) -> None:
         held = self._writers_created
