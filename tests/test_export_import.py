@@ -345,6 +345,28 @@ async def test_a_blob_already_stored_is_skipped_not_hashed_unless_verify(
     assert resp.status == 404
 
 
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+async def test_tars_other_tools_write_import(
+    make_registry: AppFactory, tmp_path: Path, tar_format: int
+) -> None:
+    """GNU long names, PAX headers, links, directories and files no layout has, around
+    the layout's own (gzip layers: their bytes, read in blocks, must come out whole)."""
+    layout = Layout(tmp_path / "src")
+    image = layout.image("tools", layer_count=2)
+    layout.tag("1.0", OCI_MANIFEST, image.manifest_digest, len(image.manifest))
+    (tmp_path / "src" / ("notes-" + "n" * 150 + ".txt")).write_bytes(b"x" * 700)
+    (tmp_path / "src" / "link").symlink_to("index.json")
+    archive = tmp_path / "other.tar"
+    with tarfile.open(archive, "w", format=tar_format) as tar:
+        tar.add(layout.root, ".")
+    target = await make_registry(tmp_path / "b")
+    result = await aioreg(target.data_dir, "import", str(archive), "--repository", "x/y")
+    assert result.returncode == 0, result.stderr
+    assert await manifest_bytes(target, "x/y", "1.0") == image.manifest
+    for blob in (image.config, *image.layers):
+        assert await blob_bytes(target, "x/y", digest_of(blob)) == blob
+
+
 async def test_gc_running_during_an_import_loses_nothing_it_makes_visible(
     make_registry: AppFactory, tmp_path: Path
 ) -> None:
