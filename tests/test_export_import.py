@@ -463,6 +463,13 @@ async def test_import_from_stdin(make_registry: AppFactory, tmp_path: Path) -> N
     result = await aioreg(target.data_dir, "import", "-", stdin=exported.stdout)
     assert result.returncode == 0, result.stderr
     assert await manifest_bytes(target, "team/app", "1.0") == body
+    # A plain tar into a pipe (the kernel copies blob files into it) is the same file.
+    piped = await aioreg(source.data_dir, "export", "team/app", "--no-compress", "-o", "-")
+    assert piped.returncode == 0, piped.stderr
+    written = await export(source, tmp_path / "a.tar", "team/app", compress=False)
+    assert piped.stdout == written.read_bytes()
+    result = await aioreg(tmp_path / "c", "import", "-", stdin=piped.stdout)
+    assert result.returncode == 0, result.stderr
 
 
 # -- /api/v1 --------------------------------------------------------------------------
