@@ -46,6 +46,8 @@ class TarWriter:
     def __init__(self, out: Sink, fd: int | None = None) -> None:
         self._out = out
         self._fd = fd
+        # The kernel calls to try, best first; one that cannot serve ``fd`` is dropped.
+        self._copies: list[Callable[[int, int, int], int]] = [os.copy_file_range, _sendfile]
         self._written = 0
         self._buffer: bytearray | None = None
 
@@ -82,7 +84,7 @@ class TarWriter:
                 flush: Callable[[], object] | None = getattr(self._out, "flush", None)
                 if flush is not None:
                     flush()  # the header, before bytes written around the buffer
-                copied = _kernel_copy(f.fileno(), self._fd, remaining)
+                copied = _kernel_copy(f.fileno(), self._fd, remaining, self._copies)
                 if copied is None:
                     self._fd = None  # this descriptor cannot: copy through memory
                 else:
@@ -110,12 +112,16 @@ class TarWriter:
             self._write(bytes(RECORD - self._written % RECORD))
 
 
-def _kernel_copy(source: int, target: int, size: int) -> int | None:
+def _kernel_copy(
+    source: int, target: int, size: int, calls: list[Callable[[int, int, int], int]]
+) -> int | None:
     """Up to ``size`` bytes from ``source``'s position to ``target``'s, both moved on, by
-    the kernel; fewer only when ``source`` ends early. None when neither call can do it
-    (nothing was copied then)."""
+    the kernel (``copy_file_range`` cannot write to a pipe, ``sendfile`` can); fewer only
+    when ``source`` ends early. None when none of ``calls`` can (nothing was copied);
+    those that could not are removed from ``calls``."""
     copied = 0
-    for call in (os.copy_file_range, _sendfile):
+    while calls:
+        call = calls[0]
         try:
             while copied < size:
                 n = call(source, target, min(size - copied, 1 << 30))
@@ -126,6 +132,7 @@ def _kernel_copy(source: int, target: int, size: int) -> int | None:
         except OSError as exc:
             if copied or exc.errno not in _CANNOT_COPY:
                 raise
+            calls.pop(0)
     return None
 
 
