@@ -102,10 +102,12 @@ class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TransferConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """zstd compression of ``aioreg export`` and ``GET /api/v1/export`` (flags override it)."""
+    """zstd compression of ``aioreg export`` and ``GET /api/v1/export`` (flags override it);
+    the most new blob bytes one ``POST /api/v1/import`` may write (0: the free space)."""
 
     zstd_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
     zstd_threads: NonNegativeInt = 0
+    import_max_bytes: NonNegativeInt = 0
 
 
 class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

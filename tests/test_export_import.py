@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import random
 import resource
 import shutil
@@ -28,7 +29,7 @@ from tests.conftest import (
     digest_of,
     image_manifest,
 )
-from tests.images import OCI_INDEX, Image, Layout, multi_platform
+from tests.images import OCI_INDEX, OCI_MANIFEST, Image, Layout, multi_platform
 from tests.test_auth import ADMIN_PASSWORD, basic
 
 SIGNATURE_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
@@ -296,6 +297,126 @@ async def test_a_damaged_archive_names_the_blob_and_stores_nothing(
     await assert_nothing_visible(target)
 
 
+async def one_layer_image(reg: Reg, name: str, seed: int, size: int = 1 << 20) -> bytes:
+    """An incompressible layer (its bytes stand in a plain tar as they are) in an image
+    tagged 1.0; returns the layer."""
+    layer = random.Random(seed).randbytes(size)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await reg.push_blob(name, config)
+    await reg.push_blob(name, layer)
+    await reg.push_manifest(name, "1.0", image_manifest(config, [layer]))
+    return layer
+
+
+async def blob_bytes(reg: Reg, name: str, digest: str) -> bytes:
+    resp = await reg.client.get(f"/v2/{name}/blobs/{digest}")
+    assert resp.status == 200, await resp.text()
+    return bytes(await resp.read())
+
+
+async def test_a_blob_already_stored_is_skipped_not_hashed_unless_verify(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    source = await make_registry(tmp_path / "a")
+    layer = await one_layer_image(source, "team/app", 11)
+    archive = await export(source, tmp_path / "a.tar", compress=False)
+    data = bytearray(archive.read_bytes())
+    data[data.find(layer) + 1000] ^= 0xFF  # the archive's copy of a blob the target has
+    archive.write_bytes(bytes(data))
+    target = await make_registry(tmp_path / "b")
+    await target.push_blob("other/repo", layer)
+    verified = await aioreg(target.data_dir, "import", str(archive), "--verify")
+    assert verified.returncode == 1
+    assert digest_of(layer) in verified.stderr.decode() and b"corrupt" in verified.stderr
+    resp = await target.client.get("/v2/team/app/tags/list")
+    assert resp.status == 404
+    # Without --verify the archive's copy is skipped: the registry's own is linked.
+    result = await aioreg(target.data_dir, "import", str(archive))
+    assert result.returncode == 0, result.stderr
+    assert b"blobs: 1 new" in result.stdout and b"1 already stored" in result.stdout
+    assert await blob_bytes(target, "team/app", digest_of(layer)) == layer
+    # Cut inside that skipped blob (skipped by seeking): still a truncated archive.
+    archive.write_bytes(bytes(data[: data.find(layer) + len(layer) // 2]))
+    third = await make_registry(tmp_path / "c")
+    await third.push_blob("other/repo", layer)
+    cut = await aioreg(third.data_dir, "import", str(archive))
+    assert cut.returncode == 1 and b"truncated" in cut.stderr, cut.stderr
+    resp = await third.client.get("/v2/team/app/tags/list")
+    assert resp.status == 404
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+async def test_tars_other_tools_write_import(
+    make_registry: AppFactory, tmp_path: Path, tar_format: int
+) -> None:
+    """GNU long names, PAX headers, links, directories and files no layout has, around
+    the layout's own (gzip layers: their bytes, read in blocks, must come out whole)."""
+    layout = Layout(tmp_path / "src")
+    image = layout.image("tools", layer_count=2)
+    layout.tag("1.0", OCI_MANIFEST, image.manifest_digest, len(image.manifest))
+    (tmp_path / "src" / ("notes-" + "n" * 150 + ".txt")).write_bytes(b"x" * 700)
+    (tmp_path / "src" / "link").symlink_to("index.json")
+    archive = tmp_path / "other.tar"
+    with tarfile.open(archive, "w", format=tar_format) as tar:
+        tar.add(layout.root, ".")
+    target = await make_registry(tmp_path / "b")
+    result = await aioreg(target.data_dir, "import", str(archive), "--repository", "x/y")
+    assert result.returncode == 0, result.stderr
+    assert await manifest_bytes(target, "x/y", "1.0") == image.manifest
+    for blob in (image.config, *image.layers):
+        assert await blob_bytes(target, "x/y", digest_of(blob)) == blob
+
+
+async def test_gc_running_during_an_import_loses_nothing_it_makes_visible(
+    make_registry: AppFactory, tmp_path: Path
+) -> None:
+    """Server GC over HTTP and ``aioreg gc`` (grace 0, untagged too) sweep back to back
+    while an import stores 40 images, each untagged until the import's last step."""
+    layout = Layout(tmp_path / "src")
+    images = [layout.image(f"gc{i}", layer_count=1) for i in range(40)]
+    for i, image in enumerate(images):
+        layout.tag(f"v{i}", OCI_MANIFEST, image.manifest_digest, len(image.manifest))
+    target = await make_registry(tmp_path / "b", gc={"grace_period": 0, "delete_untagged": True})
+    # Garbage the import will need: stored, referenced by nothing, so sweepable at once.
+    await target.push_blob("other/repo", images[0].layers[0])
+    done = asyncio.Event()
+    sweeps = {"http": 0, "cli": 0}
+
+    async def http_gc() -> None:
+        while not done.is_set():
+            resp = await target.client.post("/api/v1/gc?untagged=true")
+            assert resp.status == 200, await resp.text()
+            sweeps["http"] += 1
+
+    async def cli_gc() -> None:
+        env = {**os.environ, "AIOREG_GC_GRACE_PERIOD": "0"}
+        command = [sys.executable, "-m", "aioreg", "gc", "--untagged"]
+        while not done.is_set():
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [*command, "--data", str(target.data_dir)],
+                env=env,
+                capture_output=True,
+                timeout=TIMEOUT,
+            )
+            assert result.returncode == 0, result.stderr
+            sweeps["cli"] += 1
+
+    async def importing() -> subprocess.CompletedProcess[bytes]:
+        try:
+            return await aioreg(target.data_dir, "import", str(layout.root), "--repository", "a/b")
+        finally:
+            done.set()
+
+    result, *_ = await asyncio.gather(importing(), http_gc(), cli_gc())
+    assert result.returncode == 0, result.stderr
+    assert sweeps["http"] > 1 and sweeps["cli"] >= 1
+    for i, image in enumerate(images):
+        assert await manifest_bytes(target, "a/b", f"v{i}") == image.manifest
+        for blob in (image.config, *image.layers):
+            assert await blob_bytes(target, "a/b", digest_of(blob)) == blob
+
+
 async def test_an_immutable_tag_is_not_overwritten_and_is_reported(
     make_registry: AppFactory, tmp_path: Path
 ) -> None:
@@ -342,6 +463,13 @@ async def test_import_from_stdin(make_registry: AppFactory, tmp_path: Path) -> N
     result = await aioreg(target.data_dir, "import", "-", stdin=exported.stdout)
     assert result.returncode == 0, result.stderr
     assert await manifest_bytes(target, "team/app", "1.0") == body
+    # A plain tar into a pipe (the kernel copies blob files into it) is the same file.
+    piped = await aioreg(source.data_dir, "export", "team/app", "--no-compress", "-o", "-")
+    assert piped.returncode == 0, piped.stderr
+    written = await export(source, tmp_path / "a.tar", "team/app", compress=False)
+    assert piped.stdout == written.read_bytes()
+    result = await aioreg(tmp_path / "c", "import", "-", stdin=piped.stdout)
+    assert result.returncode == 0, result.stderr
 
 
 # -- /api/v1 --------------------------------------------------------------------------
@@ -395,6 +523,53 @@ async def test_api_import_of_a_corrupt_archive_is_an_error_naming_the_blob(
     error = (await resp.json())["errors"][0]
     assert error["code"] == "DIGEST_INVALID" and digest_of(layer) in error["message"]
     await assert_nothing_visible(target)
+
+
+@pytest.mark.parametrize("bound", ["import_max_bytes", "free_space"])
+async def test_api_import_is_bounded_by_its_limit_and_the_free_space(
+    make_registry: AppFactory, tmp_path: Path, bound: str
+) -> None:
+    """A compression bomb: 3 KiB of zstd declaring 64 MiB of zeros (the blob's digest
+    right, so only the bound stops it)."""
+    layer = bytes(64 << 20)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    layout = Layout(tmp_path / "src")
+    layout.put(config), layout.put(layer)
+    body = image_manifest(config, [layer])
+    layout.tag("1.0", OCI_MANIFEST, layout.put(body), len(body))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(layout.root, ".")
+    bomb = zstandard.ZstdCompressor(level=19).compress(buf.getvalue())
+    assert len(bomb) < 64 << 10
+    if bound == "import_max_bytes":
+        limits: dict[str, object] = {"sections": {"transfer": {"import_max_bytes": 32 << 20}}}
+        code, status = "SIZE_INVALID", 413
+    else:  # free space, as if the disk held no more than the reserve /readyz keeps
+        limits = {"sections": {"health": {"min_free_bytes": 1 << 62}}}
+        code, status = "UNKNOWN", 507
+    target = await make_registry(tmp_path / "b", **limits)
+    resp = await target.client.post("/api/v1/import?repository=team/app", data=bomb)
+    assert resp.status == status, await resp.text()
+    error = (await resp.json())["errors"][0]
+    assert error["code"] == code and digest_of(layer) in error["message"], error
+    await assert_nothing_visible(target)
+    resp = await target.client.get("/v2/")
+    assert resp.status == 200
+
+
+async def test_openapi_describes_export_and_import_bodies_as_archives(reg: Reg) -> None:
+    resp = await reg.client.get("/api/v1/openapi.json")
+    paths = (await resp.json())["paths"]
+    export = paths["/api/v1/export"]["get"]["responses"]["200"]["content"]
+    assert sorted(export) == ["application/x-tar", "application/zstd"]
+    assert all(c["schema"] == {"type": "string", "format": "binary"} for c in export.values())
+    importing = paths["/api/v1/import"]["post"]
+    assert {"application/x-tar", "application/zstd", "application/gzip"} <= set(
+        importing["requestBody"]["content"]
+    )
+    assert list(importing["responses"]["200"]["content"]) == ["application/json"]
+    assert "verify" in [p["name"] for p in importing["parameters"]]
 
 
 async def test_api_export_and_import_are_for_admins(make_registry: AppFactory) -> None:

@@ -244,9 +244,10 @@ async def test_openapi_document_matches_the_routes(reg: Reg) -> None:
     for ops in document["paths"].values():
         for op in ops.values():
             for response in op["responses"].values():
-                ref = response["content"]["application/json"]["schema"].get("$ref")
-                if ref:
-                    assert ref.rsplit("/", 1)[1] in schemas
+                for body in response["content"].values():  # JSON, or an archive's bytes
+                    ref = body["schema"].get("$ref")
+                    if ref:
+                        assert ref.rsplit("/", 1)[1] in schemas
     assert set(schemas["RepositoryDetail"]["properties"]) >= {
         "tags",
         "artifacts",

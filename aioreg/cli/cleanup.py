@@ -46,7 +46,9 @@ async def _gc(m: Management, args: argparse.Namespace) -> None:
     print("collecting garbage" + (" (dry run)" if args.dry_run else "") + " ...", file=sys.stderr)
     report = await m.gc.run(dry_run=args.dry_run, untagged=args.untagged or None)
     if report.held:
-        print("a backup is running and holds GC off: nothing removed; run gc after it ends")
+        print(
+            "a backup or an import is running and holds GC off: nothing removed; run gc after it ends"
+        )
         return
     verb = "would remove" if args.dry_run else "removed"
     for repository, digest in report.manifests:

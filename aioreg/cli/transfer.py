@@ -68,6 +68,11 @@ def add_parsers(commands: Subparsers) -> None:
         help="repository for images the layout does not name one for (skopeo's layouts)",
     )
     importing.add_argument(
+        "--verify",
+        action="store_true",
+        help="also hash the archive's copies of blobs this registry already stores",
+    )
+    importing.add_argument(
         "--dry-run", action="store_true", help="verify and list what would be stored; store nothing"
     )
 
@@ -174,6 +179,7 @@ async def _import_async(config: Config, args: argparse.Namespace) -> ImportRepor
         registry,
         repository=args.repository,
         dry_run=args.dry_run,
+        verify=args.verify,
         on_blob=None if progress is None else progress.advance,
     )
     try:

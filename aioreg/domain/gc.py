@@ -66,7 +66,7 @@ class GarbageCollector:
             with store.sweep_guard() as free:
                 if not free and not dry_run:
                     # A backup is copying the blobs its snapshot names: remove nothing now.
-                    log.info("gc: a backup holds sweeps off; nothing removed this run")
+                    log.info("gc: a backup or an import holds sweeps off; nothing removed this run")
                     return GcReport(dry_run, held=True, seconds=time.monotonic() - started)
                 result, expired = await self._sweep(config.grace_period, untagged, dry_run)
         report = GcReport(

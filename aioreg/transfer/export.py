@@ -20,7 +20,7 @@ from aioreg.domain.reference import Digest, validate_name, validate_tag
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
 from aioreg.index import ManifestRow
-from aioreg.transfer.archive import Sink, TarWriter, compressed
+from aioreg.transfer.archive import Sink, TarWriter, compressed, output_fd
 from aioreg.transfer.layout import (
     BLOBS_DIR,
     INDEX_FILE,
@@ -239,7 +239,8 @@ def write_export(
     writes a plain tar.
     """
     with compressed(out, level, threads) as stream:
-        tar = TarWriter(stream)
+        # Never the compressor's descriptor: that is the compressed file's.
+        tar = TarWriter(stream, output_fd(out) if level is None else None)
         tar.add_bytes(LAYOUT_FILE, layout_marker())
         tar.add_bytes(INDEX_FILE, msgspec.json.encode(plan.index))
         tar.directory(BLOBS_DIR)

@@ -5,15 +5,19 @@ Three steps, so nothing of a bad archive is ever visible:
 
 1. read: every blob entry streams into an upload temp file (``BlobWriter``: hashed
    while written, verified against the digest its name claims, fsynced). Blobs
-   the registry already stores are hashed and not written again. The writers
+   the registry already stores (indexed, their file of the right size) are skipped,
+   neither hashed (unless ``verify``) nor written again. The writers
    keep their files locked, so the upload janitor and GC leave them alone.
 2. plan: ``index.json`` names the top-level manifests, with their repository and
    tag; every manifest they need is parsed and checked (the same validation as a
    push), every blob it references must be in the archive or in the registry.
 3. store: manifests are stored children first, each right after its blobs are
-   linked into the repository (so none waits long, unreferenced, under GC's
-   grace period), then every tag moves in one index transaction. A tag the
-   repository's rules protect is reported, not moved.
+   linked into the repository, then every tag moves in one index transaction. A
+   tag the repository's rules protect is reported, not moved.
+
+GC sweeps (of any process) are held off from the first step to the last, as a backup
+holds them (``BlobStorage.hold_sweeps``): whatever the import found stored or stored
+itself stays until its tags reference it.
 
 A failure in 1 or 2 stores nothing; ``dry_run`` stops after 2 and reports.
 """
@@ -21,12 +25,14 @@ A failure in 1 or 2 stores nothing; ``dry_run`` stops after 2 and reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import resource
+import shutil
 import tarfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
@@ -37,10 +43,10 @@ import zstandard
 from aioreg.domain.manifest import INDEX_TYPES, ImageIndex, parse_manifest
 from aioreg.domain.reference import TAG_RE, Digest, validate_name
 from aioreg.domain.registry import Registry
-from aioreg.errors import ErrorCode, RegistryError
+from aioreg.errors import ErrorCode, RegistryError, StorageFullError, TooLargeError
 from aioreg.storage import UploadWriter, WrittenBlob
 from aioreg.storage.errors import BlobInvalidDigest, BlobInvalidLength
-from aioreg.transfer.archive import COPY_BYTES, decompressed, open_tar
+from aioreg.transfer.archive import TarReader, decompressed
 from aioreg.transfer.layout import (
     INDEX_FILE,
     INDEX_MAX_BYTES,
@@ -61,12 +67,19 @@ STAGED_SHARE_OF_FD_LIMIT = 0.5
 # What reading an archive raises when it is cut short or its compression is damaged.
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zstandard.ZstdError, OSError)
 
+# A blob's bytes come in blocks this large: one worker-thread hop and one write each.
+READ_CHUNK = 4 << 20
+
 Chunks = AsyncIterator[bytes]
 T = TypeVar("T")
 
 
 class ArchiveDamaged(Exception):
     """Reading the archive failed (cut short, bad compression, unreadable): not our disk."""
+
+
+async def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +89,8 @@ class Entry:
     name: str
     size: int
     chunks: Chunks
+    # Leaves the bytes unread (a tar reader skips them when it moves on; a file closes).
+    skip: Callable[[], Awaitable[None]] = _nothing
 
 
 @dataclass(slots=True)
@@ -134,6 +149,8 @@ class Importer:
         *,
         repository: str | None = None,
         dry_run: bool = False,
+        verify: bool = False,
+        max_bytes: int | None = None,
         on_blob: Callable[[int], None] | None = None,
         actor: str | None = None,
     ) -> None:
@@ -141,6 +158,9 @@ class Importer:
         self.actor = actor or ACTOR
         self.repository = None if repository is None else validate_name(repository)
         self.dry_run = dry_run
+        self.verify = verify  # hash blobs the registry already stores too
+        self.max_bytes = max_bytes  # of new blobs written (an API import's bound)
+        self._new_bytes = 0
         self.on_blob = on_blob
         self._staged: dict[str, _Staged] = {}
         self._writers_created = 0  # each holds a file descriptor until stored or dropped
@@ -153,10 +173,17 @@ class Importer:
 
     async def run(self, entries: AsyncIterator[Entry]) -> ImportReport:
         try:
-            await self._read(entries)
-            await self._plan()
-            if not self.dry_run:
-                await self._store()
+            async with contextlib.AsyncExitStack() as hold:
+                if not self.dry_run:
+                    # GC (any process) removes nothing until the import is stored, as during
+                    # a backup: a blob found stored while reading (whose bytes were then
+                    # skipped) stays, and so does each manifest, untagged until the end.
+                    store = self.registry.store
+                    await asyncio.to_thread(hold.enter_context, store.hold_sweeps())
+                await self._read(entries)
+                await self._plan()
+                if not self.dry_run:
+                    await self._store()
         finally:
             await self._drop_temp_files()
         return self.report
@@ -179,8 +206,7 @@ class Importer:
                         check_marker(body)
                     last = entry.name
                 else:
-                    async for _ in entry.chunks:  # not part of a layout: skipped
-                        pass
+                    await entry.skip()  # not part of a layout
         except ArchiveDamaged as exc:
             raise _fail(
                 ErrorCode.BAD_REQUEST,
@@ -191,19 +217,27 @@ class Importer:
 
     async def _take_blob(self, digest: Digest, entry: Entry) -> None:
         if str(digest) in self._staged:  # the same file twice: the first copy counts
-            async for _ in entry.chunks:
-                pass
+            await entry.skip()
             return
         row = await self.registry.index.blobs.get(str(digest))
         store = self.registry.store
-        stored = row is not None and await asyncio.to_thread(store.exists, digest)
+        stored = (
+            row is not None
+            and row.size == entry.size
+            and await asyncio.to_thread(_has_size, store.path(digest), row.size)
+        )
         staged = _Staged(digest, entry.size, stored)
         limit = self.registry.config.limits.manifest_max_bytes
         try:
-            if stored or (self.dry_run and entry.size > limit):
+            if stored and not self.verify:
+                # Its bytes here would only be hashed to be thrown away: the registry's copy
+                # is what gets linked (and what scrub verifies).
+                await entry.skip()
+            elif stored or (self.dry_run and entry.size > limit):
                 # Verified, not written: a dry run keeps only what could be a manifest.
                 await _verify(digest, entry)
             else:
+                await self._check_room(digest, entry.size)
                 self._check_open_files()
                 self._writers_created += 1
                 staged.upload_id = uuid.uuid4().hex
@@ -237,6 +271,25 @@ class Importer:
             self.report.blobs_existing += 1
         if self.on_blob is not None:
             self.on_blob(entry.size)
+
+    async def _check_room(self, digest: Digest, size: int) -> None:
+        """Before a byte of a new blob is written: within ``max_bytes`` and the free space
+        above the reserve ``/readyz`` keeps (a small zstd bomb declares huge members)."""
+        if self.max_bytes is not None and self._new_bytes + size > self.max_bytes:
+            raise TooLargeError(
+                f"import failed, nothing was stored: blob {digest} ({size} bytes) takes the "
+                f"archive's new blobs past transfer.import_max_bytes ({self.max_bytes})",
+                self.max_bytes,
+            )
+        config = self.registry.config
+        free = (await asyncio.to_thread(shutil.disk_usage, config.data_path)).free
+        room = free - config.health.min_free_bytes
+        if size > room:
+            raise StorageFullError(
+                f"blob {digest} of an import needs {size} bytes, {max(room, 0)} are free "
+                "above health.min_free_bytes"
+            )
+        self._new_bytes += size
 
     def _check_open_files(self) -> None:
         held = self._writers_created
@@ -344,8 +397,8 @@ class Importer:
     # -- 3. store ------------------------------------------------------------
 
     async def _store(self) -> None:
-        """Each manifest right after linking its blobs, so no blob waits unreferenced
-        (GC's grace period) for long; then the tags, together."""
+        """Each manifest right after linking its blobs (children first), then the tags,
+        together."""
         registry = self.registry
         for repository, plan in self._plans.items():
             linked: set[str] = set()
@@ -382,6 +435,13 @@ class Importer:
             if staged.writer is not None:
                 writer, staged.writer = staged.writer, None
                 await writer.cancel()
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
 
 
 def _digest(text: str) -> Digest:
@@ -429,13 +489,15 @@ async def _verify(digest: Digest, entry: Entry) -> None:
 
 async def tar_entries(source: IO[bytes]) -> AsyncIterator[Entry]:
     """The files of a tar stream (plain, zstd or gzip), read on worker threads, in order."""
-    tar = await _reading(lambda: open_tar(decompressed(source)))
+    tar = await _reading(lambda: TarReader(decompressed(source)))
     while (member := await _reading(tar.next)) is not None:
-        if not member.isfile():
-            continue
-        f = tar.extractfile(member)
-        assert f is not None
-        yield Entry(normalize(member.name), member.size, _file_chunks(f))
+        if member.isfile():
+            yield Entry(normalize(member.name), member.size, _member_chunks(tar))
+
+
+async def _member_chunks(tar: TarReader) -> Chunks:
+    while chunk := await _reading(tar.read_member, READ_CHUNK):
+        yield chunk
 
 
 async def directory_entries(root: Path) -> AsyncIterator[Entry]:
@@ -453,7 +515,11 @@ async def directory_entries(root: Path) -> AsyncIterator[Entry]:
 async def _file_entry(path: Path, name: str) -> Entry:
     f = await asyncio.to_thread(open, path, "rb")
     size = os.fstat(f.fileno()).st_size
-    return Entry(name, size, _closing_chunks(f))
+
+    async def close() -> None:
+        f.close()
+
+    return Entry(name, size, _closing_chunks(f), close)
 
 
 async def _closing_chunks(f: IO[bytes]) -> Chunks:
@@ -465,7 +531,7 @@ async def _closing_chunks(f: IO[bytes]) -> Chunks:
 
 
 async def _file_chunks(f: IO[bytes]) -> Chunks:
-    while chunk := await _reading(f.read, COPY_BYTES):
+    while chunk := await _reading(f.read, READ_CHUNK):
         yield chunk
 
 

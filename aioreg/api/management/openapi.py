@@ -76,6 +76,9 @@ def _operation(endpoint: Endpoint, refs: dict[type[Any], Any]) -> dict[str, Any]
         for q in endpoint.query
     ]
     response_schema = refs[endpoint.response] if endpoint.response else {"type": "object"}
+    content = {"application/json": {"schema": response_schema}}
+    if endpoint.response_media:
+        content = _binary(endpoint.response_media)
     operation: dict[str, Any] = {
         "summary": endpoint.summary,
         "operationId": endpoint.operation_id or endpoint.handler.__name__,
@@ -83,7 +86,7 @@ def _operation(endpoint: Endpoint, refs: dict[type[Any], Any]) -> dict[str, Any]
         "responses": {
             str(endpoint.status): {
                 "description": "OK",
-                "content": {"application/json": {"schema": response_schema}},
+                "content": content,
             },
             "default": {
                 "description": "OCI error body",
@@ -98,7 +101,14 @@ def _operation(endpoint: Endpoint, refs: dict[type[Any], Any]) -> dict[str, Any]
             "required": True,
             "content": {"application/json": {"schema": refs[endpoint.request]}},
         }
+    elif endpoint.request_media:
+        operation["requestBody"] = {"required": True, "content": _binary(endpoint.request_media)}
     return operation
+
+
+def _binary(media_types: Sequence[str]) -> dict[str, Any]:
+    """A body of bytes (an archive streamed), in any of ``media_types``."""
+    return {t: {"schema": {"type": "string", "format": "binary"}} for t in media_types}
 
 
 def build_openapi(endpoints: Sequence[Endpoint], prefix: str) -> dict[str, Any]:

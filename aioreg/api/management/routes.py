@@ -84,7 +84,13 @@ from aioreg.api.management.schemas import (
     WebhookRequest,
     WebhookUpdate,
 )
-from aioreg.api.management.transfer import export_archive, import_archive
+from aioreg.api.management.transfer import (
+    ARCHIVE_GZIP,
+    ARCHIVE_TAR,
+    ARCHIVE_ZSTD,
+    export_archive,
+    import_archive,
+)
 
 PREFIX = "/api/v1"
 
@@ -102,6 +108,9 @@ class Endpoint:
     status: int = 200
     query: tuple[str, ...] = ()
     operation_id: str | None = None  # default: the handler's name
+    # Media types of a binary body (an archive), instead of JSON.
+    response_media: tuple[str, ...] = ()
+    request_media: tuple[str, ...] = ()
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:
@@ -328,6 +337,7 @@ ENDPOINTS: list[Endpoint] = [
         "Stream an OCI image layout tar (zstd unless compress=none) of the refs (admin)",
         None,
         query=("ref", "compress", "level"),
+        response_media=(ARCHIVE_ZSTD, ARCHIVE_TAR),
     ),
     Endpoint(
         "POST",
@@ -335,7 +345,8 @@ ENDPOINTS: list[Endpoint] = [
         import_archive,
         "Import an OCI image layout tar (plain, zstd or gzip) sent as the body (admin)",
         ImportResult,
-        query=("repository", "dry_run"),
+        query=("repository", "dry_run", "verify"),
+        request_media=(ARCHIVE_ZSTD, ARCHIVE_TAR, ARCHIVE_GZIP),
     ),
     Endpoint(
         "GET",

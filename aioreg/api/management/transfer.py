@@ -24,6 +24,11 @@ from aioreg.transfer.importer import Importer, tar_entries
 
 log = logging.getLogger("aioreg.transfer")
 
+# What an export is sent as, and what an import may be sent as (told apart by content).
+ARCHIVE_ZSTD = "application/zstd"
+ARCHIVE_TAR = "application/x-tar"
+ARCHIVE_GZIP = "application/gzip"
+
 
 async def export_archive(request: web.Request) -> web.StreamResponse:
     await _require(request, None, "pull")
@@ -39,7 +44,7 @@ async def export_archive(request: web.Request) -> web.StreamResponse:
     plan = await plan_export(reg, request.query.getall("ref", []))
     response = web.StreamResponse(
         headers={
-            "Content-Type": "application/zstd" if compress else "application/x-tar",
+            "Content-Type": ARCHIVE_ZSTD if compress else ARCHIVE_TAR,
             "Content-Disposition": 'attachment; filename="export.tar'
             + ('.zst"' if compress else '"'),
         }
@@ -85,12 +90,16 @@ class _Body:
 async def import_archive(request: web.Request) -> web.StreamResponse:
     actor = await _require(request, None, "push")
     dry_run = _choice(request, "dry_run", "false", ("true", "false")) == "true"
+    verify = _choice(request, "verify", "false", ("true", "false")) == "true"
+    reg = registry(request)
     body = _Body(body_stream(request))
     source = io.BufferedReader(SyncReader(body.read, asyncio.get_running_loop()), COPY_BYTES)
     importer = Importer(
-        registry(request),
+        reg,
         repository=request.query.get("repository") or None,
         dry_run=dry_run,
+        verify=verify,
+        max_bytes=reg.config.transfer.import_max_bytes or None,
         actor=actor,
     )
     report = await importer.run(tar_entries(source))
