@@ -2,7 +2,7 @@
 headless Chromium (Debian's ``chromium`` through Playwright, never a downloaded browser)
 and, for what a browser would hide (cookies' flags, a forged POST), by plain HTTP.
 
-Every page the browser visits is saved as a screenshot under ``$AIOREG_SCREENSHOTS``
+Every page the browser visits is saved as a screenshot under ``$TEST_SCREENSHOTS``
 (default ``artifacts/screenshots`` at the repository's root), kept by CI as artifacts.
 """
 
@@ -41,7 +41,7 @@ from tests.test_webhooks import FAST, Receiver, verify
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(
-    os.environ.get("AIOREG_SCREENSHOTS")
+    os.environ.get("TEST_SCREENSHOTS")
     or Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 )
 ADMIN = basic("admin", ADMIN_PASSWORD)
