@@ -29,6 +29,10 @@ from aioreg.storage import BlobStorage, UploadWriter, WrittenBlob
 
 log = logging.getLogger("aioreg.proxy")
 
+# Readers send the bytes in whole, aligned spans of this many (but the last). Measured on
+# Linux 6.18/ext4: a reader splicing page-cache folios a few MiB behind the fill's writes
+# made those writes' copies ~10x slower (half the proxy's CPU); 8 MiB behind they are not.
+SPAN_BYTES = 8 << 20
 # Index a verified blob; False when it could not be cached after all (a quota).
 Publish = Callable[[WrittenBlob, UploadWriter], Awaitable[bool]]
 # Whether a blob of this size is cached (True) or only streamed (False).
@@ -185,10 +189,12 @@ class FillReader:
         fill = self.fill
         offset = start
         while offset < end:
-            await fill.beyond(offset)
+            await fill.beyond(min(end, offset + SPAN_BYTES) - 1)
             if fill.finished.is_set() and not fill.succeeded:
                 raise fill.failure()
             limit = min(end, fill.available())
+            if limit < end and limit - limit % SPAN_BYTES > offset:
+                limit -= limit % SPAN_BYTES
             if limit <= offset:
                 raise fill.failure()
             yield offset, limit - offset
