@@ -39,7 +39,8 @@ READ_BLOCK = 1 << 20
 # Batches of one body in flight at once: one being written, one hashed, one read off the socket.
 PIPELINE_DEPTH = 3
 # With more bodies than this arriving at once the threads are busy anyway: each keeps one
-# batch in flight, so memory stays at two batches per upload (peak RSS with 32 pushers).
+# batch of a quarter the size in flight, so memory stays at half a buffer per upload
+# (peak RSS with 32 pushers).
 DEEP_PIPELINES = 4
 _writing = 0  # bodies being written now, in this process
 # A write waits until what it wrote this far back is on disk: dirty pages never pile up,
@@ -166,13 +167,14 @@ class BlobWriter:
         position = self.offset
         global _writing
         _writing += 1
+        shallow = max(buffer_bytes // 4, 1 << 16)
         try:
             batch: list[bytes] = []
             batched = 0
             async for chunk in chunks:
                 batch.append(chunk)
                 batched += len(chunk)
-                if batched >= buffer_bytes:
+                if batched >= (buffer_bytes if _writing <= DEEP_PIPELINES else shallow):
                     inflight.append(self._absorb(fd, batch, position, inflight))
                     position += batched
                     batch, batched = [], 0
