@@ -179,6 +179,38 @@ async def test_interrupted_patch_rolls_back_to_last_acknowledged_byte(reg: Reg) 
     assert await _blob(reg, "app", digest_of(data)) == data
 
 
+async def test_a_patch_cut_after_several_pipelined_batches_rolls_back_file_and_hashes(
+    reg: Reg,
+) -> None:
+    """The writer has batches in flight (written and hashed on separate threads) when the
+    body breaks: the file and both running hashes go back to the acknowledged byte."""
+    location = await _start(reg, "app")
+    first = os.urandom(3 << 20)
+    resp = await reg.client.patch(
+        location, data=first, headers={"Content-Range": f"0-{len(first) - 1}"}
+    )
+    assert resp.status == 202, await resp.text()
+
+    async def dying_body():
+        for _ in range(24):  # 6 MiB: several 1 MiB batches written and hashed before the cut
+            yield os.urandom(256 << 10)
+        raise ConnectionError("client vanished")
+
+    with contextlib.suppress(Exception):
+        await reg.client.patch(location, data=dying_body())
+    resp = await reg.client.get(location)
+    assert resp.headers["Range"] == f"0-{len(first) - 1}"
+    last = os.urandom(1 << 20)
+    data = first + last
+    resp = await reg.client.put(
+        f"{location}?digest={digest_of(data)}",
+        data=last,
+        headers={"Content-Range": f"{len(first)}-{len(data) - 1}"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert await _blob(reg, "app", digest_of(data)) == data
+
+
 async def test_delete_cancels_the_session(reg: Reg) -> None:
     location = await _start(reg, "app")
     await reg.client.patch(location, data=b"doomed", headers={"Content-Range": "0-5"})

@@ -33,19 +33,24 @@ def has_body(request: web.Request) -> bool:
 
 
 async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a body that stalls past the timeout is abandoned."""
+    """The request body as it arrives; a body that stalls past the timeout is abandoned.
+
+    One received buffer at a time (``readchunk``), as the parser handed it over:
+    ``readany`` would join everything buffered into a new copy first.
+    """
     timeout = request.app[REGISTRY_KEY].config.server.body_read_timeout
     while True:
         try:
             async with asyncio.timeout(timeout):
-                chunk = await request.content.readany()
+                chunk, end_of_http_chunk = await request.content.readchunk()
         except TimeoutError:
             raise RequestTimeoutError(
                 f"request body stalled for more than {timeout:g}s", timeout
             ) from None
-        if not chunk:
+        if chunk:
+            yield chunk
+        elif not end_of_http_chunk:
             return
-        yield chunk
 
 
 async def read_form(request: web.Request, limit: int) -> MultiDict[str]:

@@ -276,6 +276,10 @@ class UploadSessions:
         digest = Digest.parse(blob.digest)
         row = BlobRow(blob.digest, blob.size, blob.xxh3)
         limit = await self.quotas.limit(name)
+        if limit is None:
+            # No quota can refuse it: the file takes its final name (and its directory
+            # is fsynced) before the index's write lock, not while every upload waits.
+            await writer.place_early(digest)
         with self.quotas.refusal(name):
             await self.index.blobs.link(
                 name,

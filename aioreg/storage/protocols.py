@@ -34,6 +34,11 @@ class UploadWriter(Protocol):
         """Verify (BlobInvalidDigest, BlobInvalidLength) and make the bytes durable."""
         ...
 
+    async def place_early(self, digest: Digest) -> None:
+        """Give the committed bytes their final name ahead of indexing them (when no
+        refusal can follow); ``place`` then only checks they are still there."""
+        ...
+
     def place(self, digest: Digest) -> None:
         """Give the committed bytes the blob's final name (blocking)."""
         ...

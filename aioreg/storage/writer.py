@@ -15,8 +15,9 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
+from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,24 @@ if TYPE_CHECKING:
     from aioreg.storage.blobstore import BlobStore
 
 READ_BLOCK = 1 << 20
+# Batches of one body in flight at once: one being written, one hashed, one read off the socket.
+PIPELINE_DEPTH = 3
+# With more bodies than this arriving at once the threads are busy anyway: each keeps one
+# batch of a quarter the size in flight, so memory stays at half a buffer per upload
+# (peak RSS with 32 pushers).
+DEEP_PIPELINES = 4
+_writing = 0  # bodies being written now, in this process
+# A write waits until what it wrote this far back is on disk: dirty pages never pile up,
+# and the fsync at the end finds little left to flush.
+WRITEBACK_LAG = 32 << 20
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+# Bulk bytes have their own threads, apart from the default executor's metadata work (index,
+# renames, directory fsyncs): file writes, which may wait on the disk, and hashing (CPU bound,
+# hashlib and xxhash release the GIL), so neither queues behind the other.
+_WRITE_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="aioreg-write")
+_HASH_POOL = ThreadPoolExecutor(
+    max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="aioreg-hash"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +80,11 @@ class BlobWriter:
         self.path = store.upload_path(upload_id)
         self.offset = 0
         self.algorithm = algorithm
-        self._executor = executor
+        self._io: Executor = executor or _WRITE_POOL
+        self._hasher: Executor = executor or _HASH_POOL
         self._hash: Any = hashlib.new(algorithm)
         self._xxh3: Any = xxhash.xxh3_128()
+        self._placed: Digest | None = None
         # Held from create/resume to release/cancel: removers skip a file whose lock is taken.
         self._owner_fd: int | None = None
 
@@ -95,9 +116,9 @@ class BlobWriter:
         with the session's algorithm."""
         writer = cls(store, upload_id, executor, algorithm)
         loop = asyncio.get_running_loop()
-        writer._owner_fd = await loop.run_in_executor(executor, store.own_upload, writer.path)
+        writer._owner_fd = await loop.run_in_executor(writer._io, store.own_upload, writer.path)
         try:
-            await loop.run_in_executor(executor, writer._rehash, committed_bytes)
+            await loop.run_in_executor(writer._hasher, writer._rehash, committed_bytes)
         except BaseException:
             writer._disown()
             raise
@@ -131,52 +152,76 @@ class BlobWriter:
         """Append a request body; on any failure roll the file and hashes back to before it.
 
         ``start`` is the first byte's offset the client claims (from
-        Content-Range); it must be where the upload stands.
+        Content-Range); it must be where the upload stands. The body goes in
+        batches of ``buffer_bytes``, up to ``PIPELINE_DEPTH`` of them in flight:
+        each is written (``pwritev``) on one thread while the previous ones are
+        hashed on another, and the loop reads on. ``offset`` moves once a batch
+        is both in the file and hashed, in order.
         """
         if start is not None and start != self.offset:
             raise UploadOffsetMismatch(start, self.offset)
         loop = asyncio.get_running_loop()
         before = (self.offset, self._hash.copy(), self._xxh3.copy())
-        f = await loop.run_in_executor(self._executor, open, self.path, "r+b")
+        fd = await loop.run_in_executor(self._io, os.open, self.path, os.O_WRONLY)
+        inflight: deque[asyncio.Task[int]] = deque()
+        position = self.offset
+        global _writing
+        _writing += 1
+        shallow = max(buffer_bytes // 4, 1 << 16)
         try:
-            f.seek(self.offset)
-            pending: asyncio.Future[int] | None = None
             batch: list[bytes] = []
             batched = 0
             async for chunk in chunks:
                 batch.append(chunk)
                 batched += len(chunk)
-                if batched >= buffer_bytes:
-                    if pending is not None:
-                        self.offset += await pending
-                    pending = loop.run_in_executor(self._executor, self._absorb, f, batch)
+                if batched >= (buffer_bytes if _writing <= DEEP_PIPELINES else shallow):
+                    inflight.append(self._absorb(fd, batch, position, inflight))
+                    position += batched
                     batch, batched = [], 0
-            if pending is not None:
-                self.offset += await pending
+                    if len(inflight) >= (PIPELINE_DEPTH if _writing <= DEEP_PIPELINES else 1):
+                        self.offset += await asyncio.shield(inflight[0])
+                        inflight.popleft()
             if batch:
-                self.offset += await loop.run_in_executor(self._executor, self._absorb, f, batch)
-            await loop.run_in_executor(self._executor, f.flush)
+                inflight.append(self._absorb(fd, batch, position, inflight))
+            while inflight:
+                self.offset += await asyncio.shield(inflight[0])
+                inflight.popleft()
         except BaseException:
-            if pending is not None and not pending.done():
-                # Let the worker finish with the file before it is truncated.
-                await asyncio.gather(pending, return_exceptions=True)
+            # Let the workers finish with the file and the hashes before both are rolled back.
+            await asyncio.gather(*inflight, return_exceptions=True)
             self.offset, self._hash, self._xxh3 = before
-            await loop.run_in_executor(self._executor, _truncate_close, f, self.offset)
+            await loop.run_in_executor(self._io, _truncate_close, fd, self.offset)
             raise
-        await loop.run_in_executor(self._executor, f.close)
+        finally:
+            _writing -= 1
+        await loop.run_in_executor(self._io, os.close, fd)
         return self.offset
 
-    def _absorb(self, f: Any, batch: list[bytes]) -> int:
-        start = f.tell()
-        written = 0
+    def _absorb(
+        self, fd: int, batch: list[bytes], at: int, inflight: deque[asyncio.Task[int]]
+    ) -> asyncio.Task[int]:
+        """Write one batch at ``at`` and hash it after the batches before it (a task)."""
+        previous = inflight[-1] if inflight else None
+        return asyncio.ensure_future(self._absorb_batch(fd, batch, at, previous))
+
+    async def _absorb_batch(
+        self, fd: int, batch: list[bytes], at: int, previous: asyncio.Task[int] | None
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        written = loop.run_in_executor(self._io, _write_batch, fd, batch, at)
+        try:
+            if previous is not None:
+                await previous  # hashes take the batches in order
+            await loop.run_in_executor(self._hasher, self._hash_batch, batch)
+        finally:
+            size = await written
+        return size
+
+    def _hash_batch(self, batch: list[bytes]) -> None:
         for block in batch:
-            f.write(block)
             self._hash.update(block)
+        for block in batch:
             self._xxh3.update(block)
-            written += len(block)
-        f.flush()
-        start_writeback(f.fileno(), start, written)
-        return written
 
     # -- finish ----------------------------------------------------------
 
@@ -190,10 +235,10 @@ class BlobWriter:
         loop = asyncio.get_running_loop()
         if expected_size is not None and expected_size != self.offset:
             raise BlobInvalidLength(expected_size, self.offset)
-        actual = await loop.run_in_executor(self._executor, self._digest, expected.algorithm)
+        actual = await loop.run_in_executor(self._hasher, self._digest, expected.algorithm)
         if actual != expected:
             raise BlobInvalidDigest(str(expected), str(actual))
-        await loop.run_in_executor(self._executor, _fsync_file, self.path)
+        await loop.run_in_executor(self._io, _fsync_file, self.path)
         return WrittenBlob(str(expected), self.offset, self._xxh3.hexdigest())
 
     def _digest(self, algorithm: str) -> Digest:
@@ -208,8 +253,20 @@ class BlobWriter:
                 hasher.update(block)
         return Digest(algorithm, hasher.hexdigest())
 
+    async def place_early(self, digest: Digest) -> None:
+        """Link the verified bytes under the blob's final name and fsync the directory
+        now, before the index's write lock is taken, so concurrent uploads' directory
+        fsyncs overlap instead of queueing behind that lock. ``place`` then only checks
+        the file is still there (a GC sweep may have moved an older copy away meanwhile).
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, self.store.place, self.path, digest)
+        self._placed = digest
+
     def place(self, digest: Digest) -> None:
         """Hard-link the verified bytes under the blob's final name (blocking)."""
+        if self._placed == digest and _same_file(self.path, self.store.path(digest)):
+            return  # linked by ``place_early`` and its directory fsynced since
         self.store.place(self.path, digest)
 
     async def cancel(self) -> None:
@@ -223,7 +280,7 @@ class BlobWriter:
     async def _remove_temp(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, _unlink, self.path)
+            await loop.run_in_executor(self._io, _unlink, self.path)
         finally:
             self._disown()
 
@@ -251,6 +308,10 @@ _SYNC_FILE_RANGE = _load_sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
 
 
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+
+
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a range out now (Linux), not wait for it.
 
@@ -259,6 +320,33 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _SYNC_FILE_RANGE is not None and length:
         _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def wait_writeback(fd: int, offset: int, length: int) -> None:
+    """Wait until a range started with ``start_writeback`` is on disk (Linux)."""
+    if _SYNC_FILE_RANGE is not None and length > 0:
+        flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+        _SYNC_FILE_RANGE(fd, offset, length, flags)
+
+
+def _write_batch(fd: int, batch: list[bytes], at: int) -> int:
+    """``pwritev`` the whole batch at ``at``, start its writeback, and wait for the
+    writeback of the range ``WRITEBACK_LAG`` bytes behind it."""
+    size = 0
+    for first in range(0, len(batch), IOV_MAX):
+        group = batch[first : first + IOV_MAX]
+        length = sum(len(block) for block in group)
+        done = os.pwritev(fd, group, at + size)
+        if done < length:  # a short write: the rest, one buffer at a time
+            rest = memoryview(b"".join(group))
+            while done < length:
+                done += os.pwrite(fd, rest[done:], at + size + done)
+        size += length
+    start_writeback(fd, at, size)
+    behind = at - WRITEBACK_LAG
+    if behind >= 0:
+        wait_writeback(fd, behind, size)
+    return size
 
 
 def _replace_with_prefix(f: Any, path: Path, size: int) -> None:
@@ -273,11 +361,11 @@ def _replace_with_prefix(f: Any, path: Path, size: int) -> None:
     os.replace(fresh, path)
 
 
-def _truncate_close(f: Any, size: int) -> None:
+def _truncate_close(fd: int, size: int) -> None:
     try:
-        f.truncate(size)
+        os.ftruncate(fd, size)
     finally:
-        f.close()
+        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -286,6 +374,13 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except FileNotFoundError:
+        return False
 
 
 def _unlink(path: Path) -> None:

@@ -8,7 +8,6 @@ from the shared transfer filling the cache.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from aioreg.api.errors import Handler
 from aioreg.api.http import registry
+from aioreg.api.v2.sendfile import send_file
 from aioreg.proxy.fill import BlobFill
 from aioreg.proxy.service import Proxies
 
@@ -111,10 +111,12 @@ async def stream_fill(
         await response.prepare(request)
         timeout = registry(request).config.server.send_timeout
         try:
-            async with contextlib.aclosing(reader.follow(start, end)) as chunks:
-                async for chunk in chunks:
-                    async with asyncio.timeout(timeout):
-                        await response.write(chunk)
+            with reader.file() as file:
+                async with contextlib.aclosing(reader.spans(start, end)) as spans:
+                    async for offset, count in spans:
+                        # Straight from the page cache to the socket, as a cached blob is.
+                        if not await send_file(request, response, file, offset, count, timeout):
+                            return response  # the client went away; the fill goes on
         except Exception as exc:  # the headers are sent: only a short body can say it
             log.warning("proxied blob %s to a client ended early: %r", fill.digest, exc)
             response.force_close()
