@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import json
 import math
 import os
 import random
@@ -557,16 +558,52 @@ async def tags(ctx: Context, server: Running, client: Client) -> Outcome:
     paged = await _time_listing(
         client, server, f"{base}?n={page}", names, page, "tags paginated", outcome
     )
+    # O(page): the last page costs what the first does, however many tags come before it.
+    first = await _time_tag_page(client, server, f"{base}?n={page}", names[:page], outcome)
+    last = await _time_tag_page(
+        client, server, f"{base}?n={page}&last={names[-page - 1]}", names[-page:], outcome
+    )
     await client.get_manifest(repo, names[-1], manifest, digest)
-    outcome.metrics = {"put_per_s": count / fill_s, "whole_ms": whole, "paged_ms": paged}
+    outcome.metrics = {
+        "put_per_s": count / fill_s,
+        "whole_ms": whole,
+        "paged_ms": paged,
+        "first_page_ms": first,
+        "last_page_ms": last,
+    }
     outcome.details["page_size"] = page
     return outcome
+
+
+async def _time_tag_page(
+    client: Client, server: Running, path: str, expected: list[str], outcome: Outcome
+) -> float:
+    """Median milliseconds of one ``tags/list`` page, verified: exactly ``expected``, or,
+    from a registry that ignores ``n`` and ``last`` (a known deviation), all of them."""
+    times = []
+    for _ in range(LIST_ROUNDS):
+        t0 = clock()
+        async with client.session.get(client.url(path)) as r:
+            body = await r.read()
+        times.append(clock() - t0)
+        if r.status != 200:
+            raise VerifyError(f"GET {path}: {r.status}: {body[:200]!r}")
+        got = json.loads(body).get("tags")
+        if got != expected:
+            if "tags_unpaginated" not in server.deviations or not set(expected) <= set(got or []):
+                raise VerifyError(f"GET {path}: not exactly the {len(expected)} tags expected")
+            note = f"{server.kind}: {path}: the whole list, not one page (known deviation)"
+            if note not in outcome.notes:
+                outcome.notes.append(note)
+    return median(times) * 1e3
 
 
 TAGS_METRICS = (
     Metric("put_per_s", "tag PUTs/s (32 concurrent)", "req/s", True),
     Metric("whole_ms", "list all (n=10000)", "ms", False),
     Metric("paged_ms", "list paginated (n=100)", "ms", False),
+    Metric("first_page_ms", "first page (n=100)", "ms", False),
+    Metric("last_page_ms", "last page (n=100, last= the one before it)", "ms", False),
 )
 
 
