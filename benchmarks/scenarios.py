@@ -400,46 +400,77 @@ CONCURRENT_METRICS = (
 MANIFEST_CONNECTIONS = 64
 
 
+async def _manifest_load(
+    ctx: Context, url: str, digest: str, length: int, conns: int, duration: float
+) -> list[tuple[str, loadgen.LoadResult]]:
+    """GET with wrk (when installed) and HEAD with our generator, every answer verified."""
+    accept = {"Accept": OCI_MANIFEST}
+    runs: list[tuple[str, loadgen.LoadResult]] = []
+    if ctx.wrk is not None:
+        result = await asyncio.to_thread(loadgen.run_wrk, ctx.wrk, url, conns, duration, accept)
+        runs.append(("get", result))
+    result = await asyncio.to_thread(
+        loadgen.run_aiohttp,
+        url,
+        "HEAD",
+        conns,
+        duration,
+        accept,
+        {"Docker-Content-Digest": digest, "Content-Length": str(length)},
+        ctx.loadgen_procs,
+    )
+    runs.append(("head", result))
+    for method, result in runs:
+        if result.errors or result.requests == 0:
+            raise VerifyError(
+                f"manifest {method.upper()} x{conns}: {result.errors} errors of "
+                f"{result.requests + result.errors} ({result.first_error or 'no requests'})"
+            )
+    return runs
+
+
+MANIFEST_WORKERS = 2  # aioreg's `server.workers` for the extra rows: one per core here
+
+
 async def manifest_rate(ctx: Context, server: Running, client: Client) -> Outcome:
     repo = "bench/manifest"
     manifest, digest = await push_small_image(client, repo, "manifest-rate")
     await client.put_manifest(repo, "latest", manifest, digest)
     await client.get_manifest(repo, "latest", manifest, digest)
     await client.head_manifest(repo, "latest", len(manifest), digest)
-    url = f"{server.url}/v2/{repo}/manifests/latest"
-    accept = {"Accept": OCI_MANIFEST}
-    outcome = Outcome(details={"url_path": f"/v2/{repo}/manifests/latest", "bytes": len(manifest)})
+    path = f"/v2/{repo}/manifests/latest"
+    outcome = Outcome(details={"url_path": path, "bytes": len(manifest)})
     if ctx.wrk is None:
         outcome.notes.append("wrk not installed: manifest GET rows skipped")
     for conns in sorted({1, 8, MANIFEST_CONNECTIONS}):
         duration = ctx.seconds(10, 1) if conns == MANIFEST_CONNECTIONS else ctx.seconds(3, 0.5)
-        runs: list[tuple[str, loadgen.LoadResult]] = []
-        if ctx.wrk is not None:
-            result = await asyncio.to_thread(loadgen.run_wrk, ctx.wrk, url, conns, duration, accept)
-            runs.append(("get", result))
-        result = await asyncio.to_thread(
-            loadgen.run_aiohttp,
-            url,
-            "HEAD",
-            conns,
-            duration,
-            accept,
-            {"Docker-Content-Digest": digest, "Content-Length": str(len(manifest))},
-            ctx.loadgen_procs,
-        )
-        runs.append(("head", result))
+        runs = await _manifest_load(ctx, server.url + path, digest, len(manifest), conns, duration)
         for method, result in runs:
-            if result.errors or result.requests == 0:
-                raise VerifyError(
-                    f"manifest {method.upper()} x{conns}: {result.errors} errors of "
-                    f"{result.requests + result.errors} ({result.first_error or 'no requests'})"
-                )
             outcome.details[f"{method} c={conns}"] = result.as_dict()
             outcome.series.setdefault(f"{method}_rps", {})[conns] = result.rps
             if conns == MANIFEST_CONNECTIONS:
                 outcome.metrics[f"{method}_rps"] = result.rps
                 outcome.metrics[f"{method}_p99_ms"] = result.p99_ms
     await client.get_manifest(repo, "latest", manifest, digest)  # still intact after the load
+    if server.kind == "aioreg" and ctx.aioreg is not None:
+        # The same load on a fresh aioreg with several worker processes on the port.
+        several = ctx.aioreg.configured(f"[server]\nworkers = {MANIFEST_WORKERS}\n")
+        extra = await asyncio.to_thread(several.start, ctx.workdir)
+        try:
+            other = Client(extra.url, client.session)
+            await push_small_image(other, repo, "manifest-rate")
+            await other.put_manifest(repo, "latest", manifest, digest)
+            duration = ctx.seconds(10, 1)
+            conns = MANIFEST_CONNECTIONS
+            for method, result in await _manifest_load(
+                ctx, extra.url + path, digest, len(manifest), conns, duration
+            ):
+                outcome.details[f"{method} c={conns} workers={MANIFEST_WORKERS}"] = result.as_dict()
+                outcome.metrics[f"{method}_rps_workers"] = result.rps
+            await other.get_manifest(repo, "latest", manifest, digest)
+            extra.check_alive()
+        finally:
+            await asyncio.to_thread(extra.stop)
     return outcome
 
 
@@ -448,6 +479,8 @@ MANIFEST_METRICS = (
     Metric("get_p99_ms", "GET p99", "ms", False),
     Metric("head_rps", "HEAD req/s (aiohttp, 64 conns)", "req/s", True),
     Metric("head_p99_ms", "HEAD p99", "ms", False),
+    Metric("get_rps_workers", f"GET req/s, server.workers = {MANIFEST_WORKERS}", "req/s", True),
+    Metric("head_rps_workers", f"HEAD req/s, server.workers = {MANIFEST_WORKERS}", "req/s", True),
 )
 
 
