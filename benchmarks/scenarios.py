@@ -16,6 +16,7 @@ import string
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -455,7 +456,14 @@ async def manifest_rate(ctx: Context, server: Running, client: Client) -> Outcom
     if server.kind == "aioreg" and ctx.aioreg is not None:
         # The same load on a fresh aioreg with several worker processes on the port.
         several = ctx.aioreg.configured(f"[server]\nworkers = {MANIFEST_WORKERS}\n")
-        extra = await asyncio.to_thread(several.start, ctx.workdir)
+        # Workers talk over Unix sockets in the data directory, whose paths have a
+        # 107-byte limit: a short directory of its own, whatever --workdir is.
+        short = Path(tempfile.mkdtemp(prefix="aw-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        try:
+            extra = await asyncio.to_thread(several.start, short)
+        except BaseException:
+            shutil.rmtree(short, ignore_errors=True)
+            raise
         try:
             other = Client(extra.url, client.session)
             await push_small_image(other, repo, "manifest-rate")
@@ -471,6 +479,7 @@ async def manifest_rate(ctx: Context, server: Running, client: Client) -> Outcom
             extra.check_alive()
         finally:
             await asyncio.to_thread(extra.stop)
+            shutil.rmtree(short, ignore_errors=True)
     return outcome
 
 
