@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import json
 import math
 import os
 import random
@@ -15,6 +16,7 @@ import string
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -399,46 +401,85 @@ CONCURRENT_METRICS = (
 MANIFEST_CONNECTIONS = 64
 
 
+async def _manifest_load(
+    ctx: Context, url: str, digest: str, length: int, conns: int, duration: float
+) -> list[tuple[str, loadgen.LoadResult]]:
+    """GET with wrk (when installed) and HEAD with our generator, every answer verified."""
+    accept = {"Accept": OCI_MANIFEST}
+    runs: list[tuple[str, loadgen.LoadResult]] = []
+    if ctx.wrk is not None:
+        result = await asyncio.to_thread(loadgen.run_wrk, ctx.wrk, url, conns, duration, accept)
+        runs.append(("get", result))
+    result = await asyncio.to_thread(
+        loadgen.run_aiohttp,
+        url,
+        "HEAD",
+        conns,
+        duration,
+        accept,
+        {"Docker-Content-Digest": digest, "Content-Length": str(length)},
+        ctx.loadgen_procs,
+    )
+    runs.append(("head", result))
+    for method, result in runs:
+        if result.errors or result.requests == 0:
+            raise VerifyError(
+                f"manifest {method.upper()} x{conns}: {result.errors} errors of "
+                f"{result.requests + result.errors} ({result.first_error or 'no requests'})"
+            )
+    return runs
+
+
+MANIFEST_WORKERS = 2  # aioreg's `server.workers` for the extra rows: one per core here
+
+
 async def manifest_rate(ctx: Context, server: Running, client: Client) -> Outcome:
     repo = "bench/manifest"
     manifest, digest = await push_small_image(client, repo, "manifest-rate")
     await client.put_manifest(repo, "latest", manifest, digest)
     await client.get_manifest(repo, "latest", manifest, digest)
     await client.head_manifest(repo, "latest", len(manifest), digest)
-    url = f"{server.url}/v2/{repo}/manifests/latest"
-    accept = {"Accept": OCI_MANIFEST}
-    outcome = Outcome(details={"url_path": f"/v2/{repo}/manifests/latest", "bytes": len(manifest)})
+    path = f"/v2/{repo}/manifests/latest"
+    outcome = Outcome(details={"url_path": path, "bytes": len(manifest)})
     if ctx.wrk is None:
         outcome.notes.append("wrk not installed: manifest GET rows skipped")
     for conns in sorted({1, 8, MANIFEST_CONNECTIONS}):
         duration = ctx.seconds(10, 1) if conns == MANIFEST_CONNECTIONS else ctx.seconds(3, 0.5)
-        runs: list[tuple[str, loadgen.LoadResult]] = []
-        if ctx.wrk is not None:
-            result = await asyncio.to_thread(loadgen.run_wrk, ctx.wrk, url, conns, duration, accept)
-            runs.append(("get", result))
-        result = await asyncio.to_thread(
-            loadgen.run_aiohttp,
-            url,
-            "HEAD",
-            conns,
-            duration,
-            accept,
-            {"Docker-Content-Digest": digest, "Content-Length": str(len(manifest))},
-            ctx.loadgen_procs,
-        )
-        runs.append(("head", result))
+        runs = await _manifest_load(ctx, server.url + path, digest, len(manifest), conns, duration)
         for method, result in runs:
-            if result.errors or result.requests == 0:
-                raise VerifyError(
-                    f"manifest {method.upper()} x{conns}: {result.errors} errors of "
-                    f"{result.requests + result.errors} ({result.first_error or 'no requests'})"
-                )
             outcome.details[f"{method} c={conns}"] = result.as_dict()
             outcome.series.setdefault(f"{method}_rps", {})[conns] = result.rps
             if conns == MANIFEST_CONNECTIONS:
                 outcome.metrics[f"{method}_rps"] = result.rps
                 outcome.metrics[f"{method}_p99_ms"] = result.p99_ms
     await client.get_manifest(repo, "latest", manifest, digest)  # still intact after the load
+    if server.kind == "aioreg" and ctx.aioreg is not None:
+        # The same load on a fresh aioreg with several worker processes on the port.
+        several = ctx.aioreg.configured(f"[server]\nworkers = {MANIFEST_WORKERS}\n")
+        # Workers talk over Unix sockets in the data directory, whose paths have a
+        # 107-byte limit: a short directory of its own, whatever --workdir is.
+        short = Path(tempfile.mkdtemp(prefix="aw-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        try:
+            extra = await asyncio.to_thread(several.start, short)
+        except BaseException:
+            shutil.rmtree(short, ignore_errors=True)
+            raise
+        try:
+            other = Client(extra.url, client.session)
+            await push_small_image(other, repo, "manifest-rate")
+            await other.put_manifest(repo, "latest", manifest, digest)
+            duration = ctx.seconds(10, 1)
+            conns = MANIFEST_CONNECTIONS
+            for method, result in await _manifest_load(
+                ctx, extra.url + path, digest, len(manifest), conns, duration
+            ):
+                outcome.details[f"{method} c={conns} workers={MANIFEST_WORKERS}"] = result.as_dict()
+                outcome.metrics[f"{method}_rps_workers"] = result.rps
+            await other.get_manifest(repo, "latest", manifest, digest)
+            extra.check_alive()
+        finally:
+            await asyncio.to_thread(extra.stop)
+            shutil.rmtree(short, ignore_errors=True)
     return outcome
 
 
@@ -447,6 +488,8 @@ MANIFEST_METRICS = (
     Metric("get_p99_ms", "GET p99", "ms", False),
     Metric("head_rps", "HEAD req/s (aiohttp, 64 conns)", "req/s", True),
     Metric("head_p99_ms", "HEAD p99", "ms", False),
+    Metric("get_rps_workers", f"GET req/s, server.workers = {MANIFEST_WORKERS}", "req/s", True),
+    Metric("head_rps_workers", f"HEAD req/s, server.workers = {MANIFEST_WORKERS}", "req/s", True),
 )
 
 
@@ -557,16 +600,52 @@ async def tags(ctx: Context, server: Running, client: Client) -> Outcome:
     paged = await _time_listing(
         client, server, f"{base}?n={page}", names, page, "tags paginated", outcome
     )
+    # O(page): the last page costs what the first does, however many tags come before it.
+    first = await _time_tag_page(client, server, f"{base}?n={page}", names[:page], outcome)
+    last = await _time_tag_page(
+        client, server, f"{base}?n={page}&last={names[-page - 1]}", names[-page:], outcome
+    )
     await client.get_manifest(repo, names[-1], manifest, digest)
-    outcome.metrics = {"put_per_s": count / fill_s, "whole_ms": whole, "paged_ms": paged}
+    outcome.metrics = {
+        "put_per_s": count / fill_s,
+        "whole_ms": whole,
+        "paged_ms": paged,
+        "first_page_ms": first,
+        "last_page_ms": last,
+    }
     outcome.details["page_size"] = page
     return outcome
+
+
+async def _time_tag_page(
+    client: Client, server: Running, path: str, expected: list[str], outcome: Outcome
+) -> float:
+    """Median milliseconds of one ``tags/list`` page, verified: exactly ``expected``, or,
+    from a registry that ignores ``n`` and ``last`` (a known deviation), all of them."""
+    times = []
+    for _ in range(LIST_ROUNDS):
+        t0 = clock()
+        async with client.session.get(client.url(path)) as r:
+            body = await r.read()
+        times.append(clock() - t0)
+        if r.status != 200:
+            raise VerifyError(f"GET {path}: {r.status}: {body[:200]!r}")
+        got = json.loads(body).get("tags")
+        if got != expected:
+            if "tags_unpaginated" not in server.deviations or not set(expected) <= set(got or []):
+                raise VerifyError(f"GET {path}: not exactly the {len(expected)} tags expected")
+            note = f"{server.kind}: {path}: the whole list, not one page (known deviation)"
+            if note not in outcome.notes:
+                outcome.notes.append(note)
+    return median(times) * 1e3
 
 
 TAGS_METRICS = (
     Metric("put_per_s", "tag PUTs/s (32 concurrent)", "req/s", True),
     Metric("whole_ms", "list all (n=10000)", "ms", False),
     Metric("paged_ms", "list paginated (n=100)", "ms", False),
+    Metric("first_page_ms", "first page (n=100)", "ms", False),
+    Metric("last_page_ms", "last page (n=100, last= the one before it)", "ms", False),
 )
 
 

@@ -272,7 +272,7 @@ class Aioreg(ServerKind):
             if time.monotonic() > deadline:
                 raise ServerError(f"aioreg never logged 'listening on':\n{log}")
             time.sleep(0.05)
-        if "(uvloop)" not in log:
+        if "(uvloop)" not in log and ", uvloop) serving" not in log:  # one process, or workers
             raise ServerError(f"aioreg is not running on uvloop (production setting):\n{log}")
 
     def _python(self, code: str) -> str:

@@ -6,12 +6,15 @@ import asyncio
 import logging
 import os
 import socket
+from pathlib import Path
 from unittest.mock import ANY
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import EMPTY_JSON, OCI_MANIFEST, AppFactory, Reg, image_manifest
+from tests.conftest import EMPTY_JSON, OCI_MANIFEST, AppFactory, Reg, digest_of, image_manifest
+from tests.process import Server, free_port, start
 
 HEADERS_END = b"\r\n\r\n"
 
@@ -223,3 +226,65 @@ async def test_range_with_huge_or_odd_numbers_is_answered(
         assert resp.headers["Content-Range"] == "bytes */10"
     else:
         assert await resp.read() == data[span[0] : span[1]]
+
+
+def thread_count(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+async def test_concurrent_pulls_of_cached_blobs_take_no_sender_thread(tmp_path: Path) -> None:
+    """32 pullers of blobs in the page cache are all served in turns on the loop:
+    no thread per send step, so nobody queues behind another client's step."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except OSError:
+        pytest.skip("this file system cannot say whether a page is cached (RWF_NOWAIT)")
+    finally:
+        os.close(fd)
+    servers: list[Server] = []
+    port = free_port()
+    server = start(
+        servers,
+        ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")],
+        {"AIOREG_SERVER_ACCESS_LOG": "false"},
+    )
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            blobs = [os.urandom((2 << 20) + i) for i in range(4)]
+            for blob in blobs:
+                resp = await http.post(
+                    f"/v2/app/blobs/uploads/?digest={digest_of(blob)}", data=blob
+                )
+                assert resp.status == 201, await resp.text()
+
+            async def pull(i: int) -> None:
+                blob = blobs[i % len(blobs)]
+                async with http.get(f"/v2/app/blobs/{digest_of(blob)}") as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == blob
+
+            await pull(0)  # every lookup path warmed up: whatever threads it starts, it has
+            threads = thread_count(server.proc.pid)
+            await asyncio.gather(*(pull(i) for i in range(32)))
+            assert thread_count(server.proc.pid) == threads
+    finally:
+        for s in servers:
+            s.stop()
+
+
+async def test_blob_not_in_the_page_cache_is_sent_whole_from_disk(reg: Reg) -> None:
+    data = os.urandom(6 << 20)
+    digest = await reg.push_blob("app", data)
+    path = (await reg.registry.blob("app", digest)).path
+    for headers, expected in [({}, data), ({"Range": "bytes=1000-4000000"}, data[1000:4000001])]:
+        fd = os.open(path, os.O_RDONLY)
+        try:  # clean pages (the push synced them) leave the cache at once
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        resp = await reg.client.get(f"/v2/app/blobs/{digest}", headers=headers)
+        assert resp.status in (200, 206)
+        assert await resp.read() == expected

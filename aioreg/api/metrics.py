@@ -298,6 +298,9 @@ class Metrics:
             registry=reg,
         )
         self.shared = CollectorRegistry(auto_describe=True)
+        # Each route and method's series, looked up once: ``labels()`` validates and locks.
+        self._series: dict[tuple[str, str], _RouteSeries] = {}
+        self._counts: dict[tuple[str, str, str], Counter] = {}
         self.stored = StoredCollector(config.namespace_series_max)
         self.shared.register(self.stored)
         self.webhook_queue = Gauge(
@@ -399,15 +402,41 @@ class Metrics:
             if upload:
                 self.uploads_in_progress.dec()
                 self.upload_duration.labels(method).observe(elapsed)
-            self.requests.labels(route, method, status).inc()
-            self.latency.labels(route, method).observe(elapsed)
-            self.received.labels(route, method).inc(request.content.total_bytes)
+            count = self._counts.get((route, method, status))
+            if count is None:  # routes, methods and statuses are finite: so is this dict
+                count = self._counts[route, method, status] = self.requests.labels(
+                    route, method, status
+                )
+            count.inc()
+            series = self._series.get((route, method))
+            if series is None:
+                series = self._series[route, method] = _RouteSeries(self, route, method)
+            series.latency.observe(elapsed)
+            series.received.inc(request.content.total_bytes)
             if sent:
-                self.sent.labels(route, method).inc(sent)
+                series.sent_to_client(sent)
             if status.startswith("2"):
                 kind = _commit_kind(request, route, method)
                 if kind is not None:
                     self.commit_duration.labels(kind).observe(elapsed)
+
+
+class _RouteSeries:
+    """The per-route series the middleware feeds on every request."""
+
+    __slots__ = ("_metrics", "_sent", "key", "latency", "received")
+
+    def __init__(self, metrics: Metrics, route: str, method: str) -> None:
+        self._metrics = metrics
+        self.key = (route, method)
+        self.latency = metrics.latency.labels(route, method)
+        self.received = metrics.received.labels(route, method)
+        self._sent: Counter | None = None  # a series only once a body was sent
+
+    def sent_to_client(self, size: int) -> None:
+        if self._sent is None:
+            self._sent = self._metrics.sent.labels(*self.key)
+        self._sent.inc(size)
 
 
 def _commit_kind(request: web.Request, route: str, method: str) -> str | None:

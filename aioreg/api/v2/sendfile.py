@@ -1,7 +1,7 @@
 """A byte range of a file as a response body: zero-copy where the socket allows it.
 
 uvloop has no ``loop.sendfile``, so the send is done here, like aiohttp's own
-file response: file work off the loop, waiting on the socket instead of polling.
+file response, waiting on the socket instead of polling.
 
 - The send owns its file descriptors: it ``dup()``s the socket's and the
   file's and closes the copies when it ends (after any worker step still using
@@ -11,11 +11,17 @@ file response: file work off the loop, waiting on the socket instead of polling.
 - Anything the transport still buffers (the response head) is flushed first,
   through its own flow control, so raw bytes never overtake it; after the send
   the transport is the only writer again, so pipelined requests stay in order.
-- ``sendfile(2)`` runs on the non-blocking socket in short worker steps (the
-  file may have to come from disk) that return once the socket buffer is full.
-  While a client reads slowly the send waits on one epoll set the loop watches:
-  a reader that stops costs no thread, only a registration, until the socket
-  has room again or ``send_timeout`` passes without progress.
+- ``sendfile(2)`` runs on the non-blocking socket in turns of at most
+  ``LOOP_STEP_BYTES``. A turn whose bytes are in the page cache (a one-byte
+  ``RWF_NOWAIT`` read at each end says so without waiting) runs on the loop
+  itself: it only hands cached pages to the socket, costs no thread and no
+  hop, and after it the send goes to the back of the loop's queue, so every
+  client with room in its socket gets a turn in round robin. A turn whose bytes
+  must come from disk runs on a worker (``WORKER_STEP_BYTES`` at most, so a
+  cold file holds a thread only briefly).
+- While a client reads slowly the send waits on one epoll set the loop
+  watches: a reader that stops costs no thread, only a registration, until
+  the socket has room again or ``send_timeout`` passes without progress.
 - Where sendfile is not possible (TLS, no epoll), plain reads and
   ``response.write``, which waits on the transport's flow control.
 """
@@ -42,8 +48,10 @@ log = logging.getLogger("aioreg.api")
 T = TypeVar("T")
 
 FALLBACK_BLOCK = 1 << 20
-# Most one worker step sends before the loop looks at the connection again.
-STEP_BYTES = 16 << 20
+# Most one turn on the loop hands to a socket before the next client's turn.
+LOOP_STEP_BYTES = 512 << 10
+# Most one worker step (bytes read from disk) sends before the loop looks again.
+WORKER_STEP_BYTES = 1 << 20
 # How often a send waiting for a client that reads nothing checks whether the
 # connection has been closed under it (a half-closed client, say).
 CLOSED_CHECK_SECONDS = 1.0
@@ -176,12 +184,19 @@ async def _sendfile(
     while count > 0:
         if transport.is_closing():
             raise ConnectionResetError("client went away")
-        sent = await owned.run(_send_step, sock_fd, file_fd, offset, count)
+        turn = min(count, LOOP_STEP_BYTES)
+        if _cached(file_fd, offset, turn):
+            sent = _send_turn(sock_fd, file_fd, offset, turn)
+        else:
+            turn = min(count, WORKER_STEP_BYTES)
+            sent = await owned.run(_send_step, sock_fd, file_fd, offset, turn)
         if sent:
             offset += sent
             count -= sent
             deadline = loop.time() + stall_timeout
-            continue
+            if sent == turn:  # the socket may take more: after the others' turns
+                await asyncio.sleep(0)
+                continue
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise TimeoutError(f"client took no bytes for {stall_timeout:g}s")
@@ -190,17 +205,45 @@ async def _sendfile(
                 await readiness.writable(sock_fd)
 
 
+def _cached(file_fd: int, offset: int, count: int) -> bool:
+    """Whether both ends of the span are in the page cache (asked without waiting for disk).
+
+    Readahead and a recent write bring in whole spans, so both ends stand for
+    the middle; a page evicted in between costs the loop one short disk read.
+    """
+    if _NOWAIT is None:
+        return False
+    probe = bytearray(1)
+    try:
+        return bool(
+            os.preadv(file_fd, [probe], offset, _NOWAIT)
+            and os.preadv(file_fd, [probe], offset + count - 1, _NOWAIT)
+        )
+    except OSError:  # EAGAIN: not cached; EOPNOTSUPP: the file system cannot say
+        return False
+
+
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _send_turn(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
+    """One ``sendfile(2)`` of cached pages on the loop; bytes sent, 0 when the socket is full."""
+    try:
+        n = os.sendfile(sock_fd, file_fd, offset, count)
+    except BlockingIOError:
+        return 0
+    if n == 0:
+        raise OSError(errno.EIO, "file ended before its recorded size")
+    return n
+
+
 def _send_step(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
-    """``sendfile(2)`` until the socket buffer is full (or a step's worth); bytes sent."""
-    limit = min(count, STEP_BYTES)
+    """On a worker: ``sendfile(2)`` of ``count`` bytes, or until the socket buffer is full."""
     sent = 0
-    while sent < limit:
-        try:
-            n = os.sendfile(sock_fd, file_fd, offset + sent, limit - sent)
-        except BlockingIOError:
-            break
+    while sent < count:
+        n = _send_turn(sock_fd, file_fd, offset + sent, count - sent)
         if n == 0:
-            raise OSError(errno.EIO, "file ended before its recorded size")
+            break
         sent += n
     return sent
 
