@@ -129,13 +129,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         return None if x is None else x * factor
 
     for scenario in ("push_monolithic", "push_chunked"):
-        check(
-            f"{scenario}: >= 90% of write+fsync limit",
-            m(scenario, AIOREG, "MBps"),
-            times(limits.get("write_fsync_MBps"), 0.9),
-            True,
-            "MB/s vs 0.9 x limit",
-        )
+        # Issue 17: the device's limit, or where the 2 cores are the limit, the CPU it costs.
+        speed, limit = m(scenario, AIOREG, "MBps"), limits.get("write_fsync_MBps")
+        cpu = m(scenario, AIOREG, "server_cpu_s")  # 1 GiB pushed; start-up included
+        if speed is not None and limit and cpu is not None and cpu <= 1.2:
+            check(
+                f"{scenario}: >= 90% of write+fsync limit or <= 1.2 server CPU s/GiB",
+                cpu,
+                1.2,
+                False,
+                "CPU s/GiB (incl. start-up)",
+            )
+        else:
+            check(
+                f"{scenario}: >= 90% of write+fsync limit or <= 1.2 server CPU s/GiB",
+                speed,
+                times(limit, 0.9),
+                True,
+                f"MB/s vs 0.9 x limit; CPU {fmt(cpu) if cpu is not None else '?'} s/GiB",
+            )
         check(
             f"{scenario}: >= 1.8x Distribution",
             m(scenario, AIOREG, "MBps"),
@@ -157,27 +169,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         True,
         "MB/s vs 0.6 x limit",
     )
-    check(
-        "concurrent: aggregate push >= 1.5x Distribution",
-        m("concurrent", AIOREG, "push_MBps"),
-        times(m("concurrent", DIST, "push_MBps"), 1.5),
-        True,
-        "MB/s vs 1.5 x Distribution",
-    )
-    check(
-        "concurrent: push p99 <= Distribution",
-        m("concurrent", AIOREG, "push_p99_s"),
-        m("concurrent", DIST, "push_p99_s"),
-        False,
-        "s",
-    )
+    for op, more, p99 in (("push", 2.0, 0.5), ("pull", 1.5, 1.0)):
+        check(
+            f"concurrent: aggregate {op} >= {more}x Distribution",
+            m("concurrent", AIOREG, f"{op}_MBps"),
+            times(m("concurrent", DIST, f"{op}_MBps"), more),
+            True,
+            f"MB/s vs {more} x Distribution",
+        )
+        check(
+            f"concurrent: {op} p99 per blob <= {p99}x Distribution's",
+            m("concurrent", AIOREG, f"{op}_p99_s"),
+            times(m("concurrent", DIST, f"{op}_p99_s"), p99),
+            False,
+            "s",
+        )
     for method in ("get", "head"):
         check(
-            f"manifest {method.upper()}: req/s >= 5x Distribution",
+            f"manifest {method.upper()}: req/s >= 10x Distribution",
             m("manifest", AIOREG, f"{method}_rps"),
-            times(m("manifest", DIST, f"{method}_rps"), 5),
+            times(m("manifest", DIST, f"{method}_rps"), 10),
             True,
-            "req/s vs 5 x Distribution",
+            "req/s vs 10 x Distribution",
         )
         check(
             f"manifest {method.upper()}: p99 <= Distribution",
@@ -195,6 +208,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 False,
                 "ms",
             )
+    check(
+        "tags paged by 100: O(page), the last page costs <= 2x the first",
+        m("tags", AIOREG, "last_page_ms"),
+        times(m("tags", AIOREG, "first_page_ms"), 2),
+        False,
+        "ms",
+    )
     check(
         "proxy: cold pull >= 80% of the same pull direct from the upstream",
         m("proxy", AIOREG, "cold_MBps"),
