@@ -4,7 +4,9 @@ its own savepoint, so one refusal rolls back only its own link."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import threading
 
 import pytest
@@ -13,6 +15,7 @@ from aioreg.index import BlobRow
 from tests.conftest import Reg, digest_of, error_codes
 from tests.test_quotas import _quota, _refused
 from tests.test_uploads import poll
+from tests.test_webhooks import api
 
 
 async def test_concurrent_pushes_commit_in_fewer_transactions_than_blobs(reg: Reg) -> None:
@@ -98,3 +101,26 @@ async def test_a_cancelled_caller_never_cancels_its_batch(reg: Reg) -> None:
     assert await blobs.in_repository("c/app", rows[0].digest) is not None
     assert await blobs.in_repository("c/app", rows[1].digest) is not None
     assert await blobs.in_repository("c/app", rows[2].digest) is None
+
+
+async def test_each_link_of_a_batch_announces_with_its_own_request_id(reg: Reg) -> None:
+    await api(reg, "POST", "/webhooks", 201, json={"url": "http://127.0.0.1:9/x"})
+    index = reg.registry.index
+    async with index.blobs.files():
+        pushes = [
+            asyncio.create_task(
+                reg.client.post(
+                    f"/v2/ids/app{i}/blobs/uploads/?digest={digest_of(b'%d' % i)}",
+                    data=b"%d" % i,
+                    headers={"X-Request-Id": f"push-{i}"},
+                )
+            )
+            for i in range(4)
+        ]
+        await poll(lambda: index.blobs.batches.waiting == 4, "all 4 links queue")
+    assert [r.status for r in await asyncio.gather(*pushes)] == [201] * 4
+    with contextlib.closing(sqlite3.connect(reg.data_dir / "index.db")) as db:
+        rows = db.execute(
+            "SELECT repository, request_id FROM webhook_events WHERE action = 'repository_created'"
+        ).fetchall()
+    assert sorted(rows) == [(f"ids/app{i}", f"push-{i}") for i in range(4)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sqlite3
 import time
 from collections import deque
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from aioreg import logcontext
 from aioreg.index.database import Database, delete_in_repository, ensure_repository
 from aioreg.index.errors import BlobStillReferenced
 from aioreg.index.outbox import Outbox
@@ -148,8 +148,8 @@ class BlobQueries:
             place_file,
             quota_limit,
             adopt,
-            logcontext.request_id.get(),
             asyncio.get_running_loop().create_future(),
+            contextvars.copy_context(),
         )
         await self.batches.link(pending)
 
@@ -232,8 +232,9 @@ class _PendingLink:
     place_file: PlaceFile | None
     quota_limit: int | None
     adopt: bool
-    request_id: str | None  # the caller's, on the webhook events its link writes
     outcome: asyncio.Future[None]
+    # The caller's context (its request id, on the webhook events and log lines of its link).
+    context: contextvars.Context
 
 
 class LinkBatcher:
@@ -301,7 +302,8 @@ class LinkBatcher:
             async with self._db.transaction() as db:
                 batch = self._take()  # after the lock's wait: all that queued meanwhile
                 for pending in batch:
-                    errors.append(await self._run_one(db, pending))
+                    run = self._run_one(db, pending)
+                    errors.append(await asyncio.create_task(run, context=pending.context))
         except BaseException as exc:
             # BEGIN, COMMIT or an error that ended the transaction: none of the batch stands.
             batch = batch or self._take()
@@ -324,19 +326,15 @@ class LinkBatcher:
 
     async def _run_one(self, db: aiosqlite.Connection, pending: _PendingLink) -> Exception | None:
         """One link in its own savepoint: its error, rolled back alone, or None."""
-        request = logcontext.request_id.set(pending.request_id)
+        await db.execute("SAVEPOINT link")
         try:
-            await db.execute("SAVEPOINT link")
-            try:
-                await _insert_and_link(db, pending, self._db.outbox)
-            except Exception as exc:
-                if not await _undo_savepoint(db):
-                    raise  # the error ended the whole transaction
-                return exc
-            await db.execute("RELEASE link")
-            return None
-        finally:
-            logcontext.request_id.reset(request)
+            await _insert_and_link(db, pending, self._db.outbox)
+        except Exception as exc:
+            if not await _undo_savepoint(db):
+                raise  # the error ended the whole transaction
+            return exc
+        await db.execute("RELEASE link")
+        return None
 
 
 async def _insert_and_link(db: aiosqlite.Connection, pending: _PendingLink, outbox: Outbox) -> None:
