@@ -124,3 +124,55 @@ async def test_each_link_of_a_batch_announces_with_its_own_request_id(reg: Reg) 
             "SELECT repository, request_id FROM webhook_events WHERE action = 'repository_created'"
         ).fetchall()
     assert sorted(rows) == [(f"ids/app{i}", f"push-{i}") for i in range(4)]
+
+
+async def test_a_push_cancelled_while_its_batch_commits_leaves_no_temp_file(reg: Reg) -> None:
+    """The link committed after its caller was cancelled: the session is over and its temp
+    file goes with it, as after a push that returned; one cancelled before its batch keeps
+    its session, resumable."""
+    index, uploads = reg.registry.index, reg.registry.uploads
+    placing, go_on = threading.Event(), threading.Event()
+
+    def slow_place() -> None:
+        placing.set()
+        go_on.wait(10)
+
+    sessions = []
+    for data in (b"committed anyway", b"never linked"):
+        resp = await reg.client.post("/v2/cx/app/blobs/uploads/")
+        location = resp.headers["Location"]
+        resp = await reg.client.patch(
+            location, data=data, headers={"Content-Range": f"0-{len(data) - 1}"}
+        )
+        assert resp.status == 202
+        sessions.append((location, location.rsplit("/", 1)[1].split("?")[0], data))
+    (loc1, id1, data1), (loc2, id2, data2) = sessions
+    async with index.blobs.files():
+        blocker = asyncio.create_task(
+            index.blobs.link("cx/app", BlobRow(digest_of(b"x"), 1, None), place_file=slow_place)
+        )
+        await poll(lambda: index.blobs.batches.waiting == 1, "the blocking link queues")
+        finish = asyncio.create_task(uploads.finish("cx/app", id1, digest_of(data1), None, None))
+        await poll(lambda: index.blobs.batches.waiting == 2, "the push's link queues")
+    await poll(placing.is_set, "the batch holding both links runs")
+    finish.cancel()
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await finish
+    await blocker
+    resp = await reg.client.get(f"/v2/cx/app/blobs/{digest_of(data1)}")
+    assert resp.status == 200 and await resp.read() == data1
+    assert (await reg.client.get(loc1)).status == 404
+    # Cancelled while queued: never linked, the session goes on.
+    async with index.blobs.files():
+        finish = asyncio.create_task(uploads.finish("cx/app", id2, digest_of(data2), None, None))
+        await poll(lambda: index.blobs.batches.waiting == 1, "the second push's link queues")
+        finish.cancel()
+        await asyncio.wait([finish])
+    assert (await reg.client.head(f"/v2/cx/app/blobs/{digest_of(data2)}")).status == 404
+    assert [p.name for p in (reg.data_dir / "uploads").iterdir()] == [id2]
+    resp = await reg.client.put(
+        f"{loc2}&digest={digest_of(data2)}" if "?" in loc2 else f"{loc2}?digest={digest_of(data2)}"
+    )
+    assert resp.status == 201, await resp.text()
+    assert list((reg.data_dir / "uploads").iterdir()) == []

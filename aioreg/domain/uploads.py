@@ -294,8 +294,13 @@ class UploadSessions:
             # Links commit in batches that a cancelled caller does not stop: the link
             # may have committed, ending the session (the index says so by now). Then
             # its writer and temp file go as after success; else it stays resumable.
-            if upload_id is not None and await self.index.uploads.get(upload_id) is None:
-                await self._published(upload_id, writer)
+            # Whatever this finds, the caller still sees its cancellation.
+            if upload_id is not None:
+                try:
+                    if await self.index.uploads.get(upload_id) is None:
+                        await self._published(upload_id, writer)
+                except Exception:
+                    log.exception("upload %s: cleaning up after a cancelled link failed", upload_id)
             raise
         await self._published(upload_id, writer)
 
