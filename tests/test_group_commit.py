@@ -176,3 +176,25 @@ async def test_a_push_cancelled_while_its_batch_commits_leaves_no_temp_file(reg:
     )
     assert resp.status == 201, await resp.text()
     assert list((reg.data_dir / "uploads").iterdir()) == []
+
+
+async def test_a_batch_takes_at_most_64_links(reg: Reg) -> None:
+    blobs = reg.registry.index.blobs
+    placing, go_on = threading.Event(), threading.Event()
+
+    def slow_place() -> None:
+        placing.set()
+        go_on.wait(10)
+
+    rows = [BlobRow(digest_of(b"bound %d" % i), 8, None) for i in range(65)]
+    async with blobs.files():
+        links = [asyncio.create_task(blobs.link("bound/app", rows[0], place_file=slow_place))]
+        await poll(lambda: blobs.batches.waiting == 1, "the first link queues")
+        links += [asyncio.create_task(blobs.link("bound/app", row)) for row in rows[1:]]
+        await poll(lambda: blobs.batches.waiting == 65, "65 links queue")
+    await poll(placing.is_set, "the first batch runs")
+    assert blobs.batches.waiting == 1  # the 65th waits for the next batch
+    go_on.set()
+    await asyncio.gather(*links)
+    for row in rows:
+        assert await blobs.in_repository("bound/app", row.digest) is not None
