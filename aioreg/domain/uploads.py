@@ -280,15 +280,32 @@ class UploadSessions:
             # No quota can refuse it: the file takes its final name (and its directory
             # is fsynced) before the index's write lock, not while every upload waits.
             await writer.place_early(digest)
-        with self.quotas.refusal(name):
-            await self.index.blobs.link(
-                name,
-                row,
-                ended_upload=upload_id,
-                place_file=lambda: writer.place(digest),
-                quota_limit=limit,
-                adopt=adopt,
-            )
+        try:
+            with self.quotas.refusal(name):
+                await self.index.blobs.link(
+                    name,
+                    row,
+                    ended_upload=upload_id,
+                    place_file=lambda: writer.place(digest),
+                    quota_limit=limit,
+                    adopt=adopt,
+                )
+        except asyncio.CancelledError:
+            # Links commit in batches that a cancelled caller does not stop: the link
+            # may have committed, ending the session (the index says so by now). Then
+            # its writer and temp file go as after success; else it stays resumable.
+            # Whatever this finds, the caller still sees its cancellation.
+            if upload_id is not None:
+                try:
+                    if await self.index.uploads.get(upload_id) is None:
+                        await self._published(upload_id, writer)
+                except Exception:
+                    log.exception("upload %s: cleaning up after a cancelled link failed", upload_id)
+            raise
+        await self._published(upload_id, writer)
+
+    async def _published(self, upload_id: str | None, writer: UploadWriter) -> None:
+        """The blob is indexed (its session ended with it): drop the writer and temp copy."""
         if upload_id is not None:
             self._writers.pop(upload_id, None)
             self._locks.pop(upload_id, None)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 
 import aiosqlite
 
@@ -19,6 +23,8 @@ from aioreg.index.usage import within_quota
 # GC sweep also holds, so the files on disk and the rows agree. They decide nothing.
 PlaceFile = Callable[[], None]  # move the blob's file under its final name
 FileExists = Callable[[], bool]  # is the blob's file there
+# Links one write transaction takes at most: a batch's commit acknowledges them all at once.
+LINK_BATCH_MAX = 64
 
 
 class BlobFiles:
@@ -51,6 +57,7 @@ class BlobFiles:
 class BlobQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.batches = LinkBatcher(db)
 
     async def get(self, digest: str) -> BlobRow | None:
         """A stored, servable blob (quarantined ones are not)."""
@@ -133,21 +140,18 @@ class BlobQueries:
         manifests stored before this blob (a proxy's) that name it now reference it,
         in the same transaction: GC never sees the blob linked but unreferenced.
         """
-        now = time.time() if now is None else now
-        async with self._db.transaction() as db:
-            await db.execute(
-                "INSERT INTO blobs(digest, size, xxh3_128, created_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(digest) DO UPDATE SET quarantined_at = NULL, "
-                "xxh3_128 = coalesce(excluded.xxh3_128, xxh3_128) "
-                "WHERE quarantined_at IS NOT NULL",
-                (blob.digest, blob.size, blob.xxh3_128, now),
-            )
-            await _link(db, name, blob.digest, now, quota_limit, adopt, self._db.outbox)
-            if ended_upload is not None:
-                await db.execute("DELETE FROM uploads WHERE id = ?", (ended_upload,))
-            if place_file is not None:
-                # Last, so a refusal above never leaves a file under a final name.
-                await asyncio.to_thread(place_file)
+        pending = _PendingLink(
+            name,
+            blob,
+            time.time() if now is None else now,
+            ended_upload,
+            place_file,
+            quota_limit,
+            adopt,
+            asyncio.get_running_loop().create_future(),
+            contextvars.copy_context(),
+        )
+        await self.batches.link(pending)
 
     async def mount(
         self,
@@ -215,6 +219,160 @@ class BlobQueries:
         """
         async with self._db.transaction() as db:
             yield BlobFiles(db)
+
+
+@dataclass(slots=True, eq=False)
+class _PendingLink:
+    """One caller's ``link``, queued for the next batch; ``outcome`` resolves after its commit."""
+
+    name: str
+    blob: BlobRow
+    now: float
+    ended_upload: str | None
+    place_file: PlaceFile | None
+    quota_limit: int | None
+    adopt: bool
+    outcome: asyncio.Future[None]
+    # The caller's context (its request id, on the webhook events and log lines of its link).
+    context: contextvars.Context
+
+
+class LinkBatcher:
+    """Group commit: concurrent links share one write transaction and one WAL fsync.
+
+    Each commit (``synchronous=FULL``) costs an fsync, and with many pushers
+    every link used to queue for the write lock to pay its own. Here a caller
+    queues its link and waits for its own outcome. One leader task takes the
+    write lock, then every link queued by then (up to ``LINK_BATCH_MAX``), each
+    in a SAVEPOINT so a refusal (quota, a typed index error, a failed
+    ``place_file``) rolls back that link alone and raises to its caller alone,
+    and commits once. Links arriving meanwhile make the next batch; a lone link
+    commits at once (nothing waits on a timer). A link is acknowledged only
+    after the commit that holds it.
+    """
+
+    def __init__(self, db: Database, max_batch: int = LINK_BATCH_MAX) -> None:
+        self._db = db
+        self.max_batch = max_batch
+        self._queue: deque[_PendingLink] = deque()
+        self._leader: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Links queued for a batch not yet begun."""
+        return len(self._queue)
+
+    async def link(self, pending: _PendingLink) -> None:
+        """Run ``pending`` in the next batch; return once that batch committed it.
+
+        The batch runs in a task of its own: a caller cancelled while waiting
+        cancels nothing of it. If its link was not yet taken into a batch it is
+        dropped (never linked); if it was, the cancellation waits for that
+        batch's outcome, so whatever the caller cleans up finds the index final.
+        """
+        self._queue.append(pending)
+        if self._leader is None:
+            self._leader = asyncio.create_task(self._lead(), name="index link batches")
+        try:
+            await asyncio.shield(pending.outcome)
+        except asyncio.CancelledError:
+            if pending in self._queue:
+                self._queue.remove(pending)
+                raise
+            await _settled(pending.outcome)
+            raise
+
+    async def _lead(self) -> None:
+        try:
+            while self._queue:
+                await self._run_batch()
+        finally:
+            self._leader = None
+            while self._queue:  # only a cancelled leader (shutdown) leaves links never run
+                self._queue.popleft().outcome.cancel()
+
+    def _take(self) -> list[_PendingLink]:
+        count = min(len(self._queue), self.max_batch)
+        return [self._queue.popleft() for _ in range(count)]
+
+    async def _run_batch(self) -> None:
+        batch: list[_PendingLink] = []
+        errors: list[Exception | None] = []
+        try:
+            async with self._db.transaction() as db:
+                batch = self._take()  # after the lock's wait: all that queued meanwhile
+                for pending in batch:
+                    run = self._run_one(db, pending)
+                    errors.append(await asyncio.create_task(run, context=pending.context))
+        except BaseException as exc:
+            # BEGIN, COMMIT or an error that ended the transaction: none of the batch stands.
+            batch = batch or self._take()
+            for pending in batch:
+                if not pending.outcome.done():
+                    if isinstance(exc, Exception):
+                        pending.outcome.set_exception(exc)
+                    else:
+                        pending.outcome.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for pending, error in zip(batch, errors, strict=True):
+            if pending.outcome.done():
+                continue
+            if error is None:
+                pending.outcome.set_result(None)
+            else:
+                pending.outcome.set_exception(error)
+
+    async def _run_one(self, db: aiosqlite.Connection, pending: _PendingLink) -> Exception | None:
+        """One link in its own savepoint: its error, rolled back alone, or None."""
+        await db.execute("SAVEPOINT link")
+        try:
+            await _insert_and_link(db, pending, self._db.outbox)
+        except Exception as exc:
+            if not await _undo_savepoint(db):
+                raise  # the error ended the whole transaction
+            return exc
+        await db.execute("RELEASE link")
+        return None
+
+
+async def _insert_and_link(db: aiosqlite.Connection, pending: _PendingLink, outbox: Outbox) -> None:
+    blob = pending.blob
+    await db.execute(
+        "INSERT INTO blobs(digest, size, xxh3_128, created_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(digest) DO UPDATE SET quarantined_at = NULL, "
+        "xxh3_128 = coalesce(excluded.xxh3_128, xxh3_128) "
+        "WHERE quarantined_at IS NOT NULL",
+        (blob.digest, blob.size, blob.xxh3_128, pending.now),
+    )
+    await _link(
+        db, pending.name, blob.digest, pending.now, pending.quota_limit, pending.adopt, outbox
+    )
+    if pending.ended_upload is not None:
+        await db.execute("DELETE FROM uploads WHERE id = ?", (pending.ended_upload,))
+    if pending.place_file is not None:
+        # Last, so a refusal above never leaves a file under a final name.
+        await asyncio.to_thread(pending.place_file)
+
+
+async def _undo_savepoint(db: aiosqlite.Connection) -> bool:
+    """Roll back to the link's savepoint; False if the transaction itself is gone."""
+    try:
+        await db.execute("ROLLBACK TO link")
+        await db.execute("RELEASE link")
+    except sqlite3.Error:
+        return False
+    return db.in_transaction
+
+
+async def _settled(outcome: asyncio.Future[None]) -> None:
+    """Wait, through further cancellations, until ``outcome`` is decided (a batch is short)."""
+    while not outcome.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([outcome])
+    if not outcome.cancelled():
+        outcome.exception()  # its caller has gone: retrieved here, not logged as lost
 
 
 async def _link(

@@ -61,6 +61,7 @@ class Database:
         # Called with the seconds each write transaction waited for the write lock
         # (this process's lock, then SQLite's): how the API layer counts busy waits.
         self.wait_observers: list[Callable[[float], None]] = []
+        self.write_transactions = 0  # begun by this process: what group commit saves
         self.cache = ReadCache(
             self.data_version,
             LimitsConfig().read_cache_bytes if read_cache_bytes is None else read_cache_bytes,
@@ -141,6 +142,7 @@ class Database:
             db = self._writer
             try:
                 await db.execute("BEGIN IMMEDIATE")
+                self.write_transactions += 1
                 waited = time.monotonic() - asked
                 for observe in self.wait_observers:
                     observe(waited)
