@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from urllib.parse import urlparse
 
+import aiohttp
 import pytest
 from aiohttp import ClientResponse
 
@@ -20,6 +23,8 @@ from tests.conftest import (
     digest_of,
     error_codes,
 )
+from tests.process import Server, free_port
+from tests.process import start as start_server
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -939,3 +944,28 @@ async def test_deleting_a_blob_a_manifest_references_is_refused(reg: Reg) -> Non
     layer = image["layers"][0]["digest"]
     assert (await reg.client.delete(f"/v2/r/blobs/{layer}")).status == 202
     assert (await reg.client.get(f"/v2/other/blobs/{layer}")).status == 200
+
+
+async def test_empty_bodies_are_answered_not_spun_on(servers: list[Server], tmp_path: Path) -> None:
+    """A request with no body at all (aiohttp's empty stream reader) ends the body at once:
+    a manifest PUT, a monolithic blob POST and a PATCH each get their answer, and the
+    server goes on serving. (A separate process: a server spinning on the loop would
+    otherwise stop this test's own clock too.)"""
+    port = free_port()
+    start_server(servers, ["--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")])
+    digest = digest_of(b"")
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+        async with client.post("/v2/app/blobs/uploads/") as upload:
+            location = upload.headers["Location"]
+        for method, path in (
+            ("PUT", "/v2/app/manifests/v1"),
+            ("POST", f"/v2/app/blobs/uploads/?digest={digest}"),
+            ("PATCH", location),
+        ):
+            async with asyncio.timeout(10):
+                async with client.request(
+                    method, path, data=b"", headers={"Content-Type": OCI_MANIFEST}
+                ) as resp:
+                    assert resp.status < 500, (method, resp.status)
+        async with asyncio.timeout(10), client.get("/v2/") as resp:
+            assert resp.status == 200
