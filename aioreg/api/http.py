@@ -49,8 +49,8 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
             ) from None
         if chunk:
             yield chunk
-        elif not end_of_http_chunk:
-            return
+        elif not end_of_http_chunk or request.content.at_eof():
+            return  # an empty body's reader says (b"", True) forever
 
 
 async def read_form(request: web.Request, limit: int) -> MultiDict[str]:
