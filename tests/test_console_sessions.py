@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
+from aioreg.auth.accounts import Accounts
+from aioreg.auth.service import ANONYMOUS, Identity
+from aioreg.console.session import Session, Sessions
+from tests.conftest import OCI_MANIFEST, Reg, digest_of, image_manifest
 from tests.process import Server, free_port, start
 from tests.test_auth import basic
 
@@ -164,3 +168,55 @@ async def test_a_session_survives_a_restart(servers: list[Server], tmp_path: Pat
         assert "Signed in as <strong>admin</strong>" in page
     finally:
         await browser.close()
+
+
+async def test_anonymous_visitors_evict_only_anonymous_sessions(reg: Reg) -> None:
+    """Bounds kept apart: a flood of anonymous sessions never pushes out a signed-in one;
+    beyond the bound of its kind, the least recently seen session goes."""
+    index = reg.registry.index
+    await Accounts(index).add_user("alice", "alice-pw")
+    alice = await index.accounts.user("alice")
+    assert alice is not None
+    identity = Identity("alice", alice.id, False, "password", generation=alice.generation)
+    sessions = Sessions(index, max_sessions=3)
+    now = time.time()
+
+    async def saved(who: Identity, age: float) -> Session:
+        session = sessions.new(who)
+        session.seen = now - age
+        await sessions.save(session)
+        return session
+
+    signed_in = [await saved(identity, 50 - i) for i in range(3)]
+    anonymous = [await saved(ANONYMOUS, 40 - i) for i in range(10)]
+    for session in signed_in:
+        found = await sessions.get(session.id)
+        assert found is not None and found.identity.name == "alice"
+    kept = [s for s in anonymous if await sessions.get(s.id) is not None]
+    assert kept == anonymous[-3:]
+    newest = await saved(identity, 0)
+    assert await sessions.get(signed_in[0].id) is None  # the least recently seen went
+    assert all([await sessions.get(s.id) for s in (*signed_in[1:], newest)])
+
+
+async def test_last_seen_is_written_at_most_once_a_minute_and_idle_sessions_expire(
+    reg: Reg,
+) -> None:
+    index = reg.registry.index
+    sessions = Sessions(index, idle_seconds=3600)
+    now = time.time()
+    recent, stale, idle, forgotten = (sessions.new(ANONYMOUS) for _ in range(4))
+    for session, age in ((recent, 30), (stale, 120), (idle, 4000), (forgotten, 4000)):
+        session.seen = now - age
+        await sessions.save(session)
+    assert await sessions.get(recent.id) is not None
+    row = await index.sessions.get(recent.id_hash)
+    assert row is not None and row.seen_at == recent.seen  # no write within the minute
+    assert await sessions.get(stale.id) is not None
+    row = await index.sessions.get(stale.id_hash)
+    assert row is not None and row.seen_at >= now  # written: a minute had passed
+    assert await sessions.get(idle.id) is None
+    assert await index.sessions.get(idle.id_hash) is None
+    assert await sessions.expire() == 1  # the idle one nobody came back to
+    assert await index.sessions.get(forgotten.id_hash) is None
+    assert await index.sessions.get(recent.id_hash) is not None
