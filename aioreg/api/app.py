@@ -26,6 +26,7 @@ from aioreg.api.warnings import add_warning_headers, warnings_middleware
 from aioreg.auth.service import AuthService
 from aioreg.config import Config
 from aioreg.console.routes import add_routes as add_console_routes
+from aioreg.console.session import SESSION_EXPIRY_SECONDS, SESSIONS_KEY
 from aioreg.domain.management import Management
 from aioreg.domain.periodic import PeriodicJob
 from aioreg.domain.registry import Registry
@@ -134,6 +135,9 @@ def create_app(config: Config, worker: WorkerIdentity | None = None) -> web.Appl
                     config.retention.interval,
                     management.retention.apply,
                     log_result=True,
+                ),
+                PeriodicJob(
+                    "console session expiry", SESSION_EXPIRY_SECONDS, app[SESSIONS_KEY].expire
                 ),
             ]
         for job in schedules:

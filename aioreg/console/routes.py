@@ -160,7 +160,7 @@ def _handler(fn: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
             if isinstance(exc, AuthError) or status == 401:
                 status = 401
             response = render(request, who, "error.html", status, message=exc.message)
-        set_cookie(request, response)
+        await set_cookie(request, response)
         response.headers.update(SECURITY_HEADERS)
         response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1e3:.2f}"
         return response
@@ -220,7 +220,7 @@ async def sign_in_post(request: web.Request, who: views.Viewer) -> web.StreamRes
         )
     except AuthError as exc:
         return render(request, who, "signin.html", 401, error=exc.message, username=username)
-    sign_in(request, identity)
+    await sign_in(request, identity)
     return _redirect("/")
 
 
@@ -228,7 +228,7 @@ async def sign_in_post(request: web.Request, who: views.Viewer) -> web.StreamRes
 async def sign_out_post(request: web.Request, who: views.Viewer) -> web.StreamResponse:
     await _form(request)
     response = _redirect("/")
-    sign_out(request, response)
+    await sign_out(request, response)
     return response
 
 
@@ -433,7 +433,7 @@ async def tokens(request: web.Request, who: views.Viewer) -> web.StreamResponse:
     session = request.get(SESSION)
     created = None
     if session is not None:
-        created, session.new_token = session.new_token, None
+        created = await request.app[SESSIONS_KEY].shown_once(session, "token")
     return render(request, who, "tokens.html", created=created, **model)
 
 
@@ -456,7 +456,7 @@ async def create_token(request: web.Request, who: views.Viewer) -> web.StreamRes
     )
     # Shown by the page the browser is sent to, once: a reload neither shows it again
     # nor posts the form again.
-    request[SESSION].new_token = value
+    await request.app[SESSIONS_KEY].show_once(request[SESSION], "token", value)
     return _redirect("/tokens")
 
 
@@ -574,7 +574,7 @@ async def change_password(request: web.Request, who: views.Viewer) -> web.Stream
     form = await _form(request)
     password = views.new_password(_text(form, "password"), _text(form, "password_again"))
     identity = await views.change_own_password(request, who, _text(form, "current"), password)
-    sign_in(request, identity)  # this session goes on under a new id; the others end
+    await sign_in(request, identity)  # this session goes on under a new id; the others end
     return _redirect("/account?changed=1")
 
 
@@ -610,7 +610,9 @@ async def add_webhook(request: web.Request, who: views.Viewer) -> web.StreamResp
     )
     endpoint, secret = await views.add_webhook(request, who, spec)
     # The secret is shown by the endpoint's page, this once (post/redirect/get).
-    request[SESSION].new_secret = (endpoint.id, secret)
+    await request.app[SESSIONS_KEY].show_once(
+        request[SESSION], f"webhook secret {endpoint.id}", secret
+    )
     return _redirect(f"/admin/webhooks/{endpoint.id}")
 
 
@@ -619,10 +621,9 @@ async def webhook(request: web.Request, who: views.Viewer) -> web.StreamResponse
     model = await views.webhook(request, who, _endpoint_id(request))
     session = request.get(SESSION)
     secret = None
-    if session is not None and session.new_secret is not None:
-        if session.new_secret[0] == model["endpoint"].id:
-            secret = session.new_secret[1]
-        session.new_secret = None
+    if session is not None:
+        kind = f"webhook secret {model['endpoint'].id}"
+        secret = await request.app[SESSIONS_KEY].shown_once(session, kind)
     return render(request, who, "webhook.html", secret=secret, **model)
 
 
@@ -660,7 +661,7 @@ def static_dir() -> Path:
 
 
 def add_routes(app: web.Application) -> None:
-    app[SESSIONS_KEY] = Sessions()
+    app[SESSIONS_KEY] = Sessions(app[AUTH_KEY].index)
     app[ENV_KEY] = templates()
     get, post = app.router.add_get, app.router.add_post
     get("/", overview)

@@ -38,6 +38,7 @@ from aioreg.index.rows import (
     Usage,
     UserRow,
 )
+from aioreg.index.sessions import SessionRow
 from aioreg.index.webhooks import (
     AttemptRow,
     DeliveryRow,
@@ -462,6 +463,24 @@ class WebhookIndex(Protocol):
     async def redeliver(self, delivery_id: int, now: float) -> bool: ...
 
 
+class SessionIndex(Protocol):
+    """Web console sessions, keyed by the sha256 of their id (never the id itself)."""
+
+    async def get(self, id_hash: bytes) -> SessionRow | None: ...
+
+    async def create(self, session: SessionRow, max_sessions: int) -> None: ...
+
+    async def touch(self, id_hash: bytes, now: float) -> None: ...
+
+    async def drop(self, id_hash: bytes) -> None: ...
+
+    async def set_flash(self, id_hash: bytes, sealed: bytes) -> None: ...
+
+    async def take_flash(self, id_hash: bytes) -> bytes | None: ...
+
+    async def expire(self, seen_before: float) -> int: ...
+
+
 class IndexProtocol(Protocol):
     """The whole index, one query object per noun; opened before use, closed after."""
 
@@ -500,6 +519,9 @@ class IndexProtocol(Protocol):
 
     @property
     def webhooks(self) -> WebhookIndex: ...
+
+    @property
+    def sessions(self) -> SessionIndex: ...
 
     @property
     def schema_version(self) -> int: ...

@@ -18,6 +18,7 @@ from aioreg.index.manifests import ManifestQueries
 from aioreg.index.proxies import ProxyQueries
 from aioreg.index.repositories import RepositoryQueries
 from aioreg.index.retention import RetentionQueries
+from aioreg.index.sessions import SessionQueries
 from aioreg.index.uploads import UploadQueries
 from aioreg.index.usage import UsageQueries
 from aioreg.index.webhooks import WebhookQueries
@@ -63,6 +64,7 @@ class Index:
         self.gc = GcQueries(self.db)
         self.proxies = ProxyQueries(self.db)
         self.webhooks = WebhookQueries(self.db)
+        self.sessions = SessionQueries(self.db)
         self._flusher = PeriodicJob("pull flush", PULL_FLUSH_SECONDS, self.activity.flush)
 
     @property
