@@ -21,7 +21,7 @@ from aioreg.domain.manifest import INDEX_TYPES, Descriptor, ImageIndex, ImageMan
 from aioreg.domain.reference import Digest, validate_name
 from aioreg.domain.registry import Registry
 from aioreg.errors import ErrorCode, RegistryError
-from aioreg.index import ArtifactRow, Event, PullCounts, RepositorySummary, Usage
+from aioreg.index import ArtifactRow, Event, PullCounts, RepositorySummary, TagInfo, Usage
 from aioreg.index.listings import REPOSITORY_SORTS, TAG_SORTS
 from aioreg.index.pull_stats import day_of
 from aioreg.index.rows import Referrer
@@ -180,19 +180,7 @@ class Listings:
         sizes = await self._sizes(name, sorted({t.digest for t in tags}))
         deprecated = await self.index.repositories.tag_deprecations(name)
         pulls = pulls or await self.pull_counts(name)
-        items = [
-            TagDetail(
-                t.name,
-                t.digest,
-                sizes.get(t.digest, 0),
-                t.pushed_at,
-                t.last_pull_at,
-                deprecated.get(t.name),
-                pulls.tags.get(t.name, 0),
-            )
-            for t in tags
-        ]
-        return Page(items, total, offset, limit)
+        return Page(_tag_details(tags, sizes, deprecated, pulls), total, offset, limit)
 
     async def artifact_page(
         self, name: str, *, offset: int = 0, limit: int = 20, pulls: PullCounts | None = None
@@ -388,18 +376,7 @@ class Listings:
             size=summary.size,
             last_push_at=summary.last_push_at,
             last_pull_at=summary.last_pull_at,
-            tags=[
-                TagDetail(
-                    t.name,
-                    t.digest,
-                    sizes.get(t.digest, 0),
-                    t.pushed_at,
-                    t.last_pull_at,
-                    deprecated.get(t.name),
-                    pulls.tags.get(t.name, 0),
-                )
-                for t in tags
-            ],
+            tags=_tag_details(tags, sizes, deprecated, pulls),
             artifacts=details,
             deprecation=await self.index.repositories.deprecation(name),
             pull_count=pulls.total,
@@ -494,3 +471,21 @@ def _platforms(artifact: ArtifactRow) -> list[str]:
             if m.platform is not None
         ]
     return []
+
+
+def _tag_details(
+    tags: list[TagInfo], sizes: dict[str, int], deprecated: dict[str, str], pulls: PullCounts
+) -> list[TagDetail]:
+    """Tags as listed, with their artifact's size, deprecation and pull count."""
+    return [
+        TagDetail(
+            t.name,
+            t.digest,
+            sizes.get(t.digest, 0),
+            t.pushed_at,
+            t.last_pull_at,
+            deprecated.get(t.name),
+            pulls.tags.get(t.name, 0),
+        )
+        for t in tags
+    ]
