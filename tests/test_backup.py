@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import io
 import json
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
+import zstandard
 
 from aioreg.backup.snapshot import take_backup
 from tests.conftest import OCI_MANIFEST, digest_of, image_manifest
@@ -366,6 +369,29 @@ async def test_restore_of_an_incremental_backup_needs_its_base(
     assert code == 1
     assert "its base backup full" in err and "is neither next to it nor at" in err
     assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())
+
+
+async def test_an_archive_cut_at_a_member_boundary_is_damaged_not_restored(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    """A tar stream can end cleanly before any member: an archive whose blobs stop early
+    (here: a complete zstd frame of the tar cut just before its third blob) is damaged,
+    not a smaller backup with blobs quarantined."""
+    data = tmp_path / "data"
+    url = serve(servers, data)
+    await push_many(url, 4, "t")
+    archive = tmp_path / "a.tar.zst"
+    code, out, err = await cli("backup", str(archive), "--zstd", "--data", str(data))
+    assert code == 0, out + err
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive.read_bytes())).read()
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        blobs = [m for m in tar.getmembers() if m.name.startswith("blobs/")]
+    assert len(blobs) > 3
+    archive.write_bytes(zstandard.ZstdCompressor().compress(raw[: blobs[2].offset]))
+    code, out, err = await cli("restore", str(archive), "--data", str(tmp_path / "r"))
+    assert code == 1, out + err
+    assert f"archive {archive} is damaged or truncated" in err
+    assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
 
 
 async def test_restore_of_a_truncated_archive_fails_and_writes_nothing(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aioreg.backup.archive import damaged
 from aioreg.backup.errors import BackupError
 from aioreg.backup.files import blob_path, copy_file, copy_verified, sync_dirs
 from aioreg.backup.manifest import EXTRA_FILES, INDEX_NAME, BlobEntry
@@ -108,6 +109,7 @@ def _restore_files(
     for name, reader in backup.files(set(blobs) | plain):
         if name in plain:
             copy_file(reader, work / name)
+            done.add(name)
             continue
         entry = blobs[name]
         if copy_verified(reader, work / name, Digest.parse(entry.digest), entry.size):
@@ -118,4 +120,8 @@ def _restore_files(
         done.add(name)
         if on_blob is not None:
             on_blob(entry.size)
+    if backup.archive and (lost := sorted((set(blobs) | plain) - done)):
+        # An archive holds every blob its manifest lists: one that ends early was cut
+        # (a tar can end cleanly at any member boundary).
+        raise damaged(backup.path, EOFError(f"it ends before {lost[0]}"))
     report.absent += [entry.digest for name, entry in blobs.items() if name not in done]
