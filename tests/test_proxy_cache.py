@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from aioreg.auth.accounts import Accounts
-from aioreg.cli.output import format_size
 from aioreg.domain.management import Management
 from aioreg.domain.reference import Digest
+from aioreg.units import format_size
 from tests.conftest import AppFactory, Reg, digest_of
 from tests.test_management import api
 from tests.test_proxy import cached, get_bytes, proxy_entry, push_platform

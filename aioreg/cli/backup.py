@@ -12,8 +12,9 @@ from aioreg.backup.errors import BackupError
 from aioreg.backup.restore import restore
 from aioreg.backup.snapshot import take_backup
 from aioreg.cli.command import Subparsers, bind
-from aioreg.cli.output import Progress, format_size
+from aioreg.cli.output import Progress
 from aioreg.config import Config
+from aioreg.units import format_size
 
 
 def add_parsers(commands: Subparsers) -> None:

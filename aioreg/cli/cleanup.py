@@ -8,9 +8,10 @@ import sys
 import msgspec
 
 from aioreg.cli.command import Subparsers, bind, on_management
-from aioreg.cli.output import Progress, format_size
+from aioreg.cli.output import Progress
 from aioreg.domain.management import Management
 from aioreg.domain.retention import RetentionPolicy
+from aioreg.units import format_size
 
 
 def add_parsers(commands: Subparsers) -> None:

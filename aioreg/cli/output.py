@@ -76,15 +76,6 @@ def format_time(stamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def format_size(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
-
-
 def parse_size(text: str) -> int | None:
     """``500M``, ``20G``, ``1.5GiB``, ``512`` (bytes) or ``none``; binary units."""
     if text.strip().lower() == "none":

@@ -15,10 +15,11 @@ import sys
 import msgspec
 
 from aioreg.cli.command import Subparsers, bind, on_management
-from aioreg.cli.output import format_size, parse_size
+from aioreg.cli.output import parse_size
 from aioreg.config import ProxyConfig
 from aioreg.domain.management import Management
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.units import format_size
 
 
 def add_parsers(commands: Subparsers) -> None:

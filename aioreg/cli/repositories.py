@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from aioreg.cli.command import Subparsers, bind, on_management
-from aioreg.cli.output import format_size, format_time, parse_size
+from aioreg.cli.output import format_time, parse_size
 from aioreg.domain.management import Management
+from aioreg.units import format_size
 
 
 def add_parsers(commands: Subparsers) -> None:

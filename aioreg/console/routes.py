@@ -43,6 +43,7 @@ from aioreg.console.session import (
     sign_out,
 )
 from aioreg.errors import ErrorCode, RegistryError
+from aioreg.units import format_size
 
 FORM_MAX_BYTES = 65536
 MAX_OFFSET = 1 << 31
@@ -71,14 +72,8 @@ Page = Callable[[web.Request, views.Viewer], Awaitable[web.StreamResponse]]
 
 
 def human_size(value: int | None) -> str:
-    if value is None:
-        return "—"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
+    """Sizes read as the CLI prints them; a dash where there is none."""
+    return "—" if value is None else format_size(value)
 
 
 def when(value: float | None) -> str:
