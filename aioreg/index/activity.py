@@ -171,22 +171,9 @@ class ActivityQueries:
         kinds: list[str] | None = None,
         actor: str | None = None,
     ) -> list[Event]:
-        sql = "SELECT at, kind, repository, reference, digest, actor, detail FROM events"
-        where: list[str] = []
-        params: list[object] = []
-        if repository is not None:
-            where.append("repository = ?")
-            params.append(repository)
-        if kinds:
-            where.append(f"kind IN ({','.join('?' * len(kinds))})")
-            params.extend(kinds)
-        if actor is not None:
-            where.append("actor = ?")
-            params.append(actor)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = await self._db.all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [Event(*r) for r in rows]
+        """The newest ``limit`` events, optionally of one repository, kinds or actor."""
+        repositories = None if repository is None else [repository]
+        return await self.feed(limit, repositories=repositories, kinds=kinds, actor=actor)
 
     async def feed(
         self,
